@@ -1,0 +1,134 @@
+"""
+The compiled core of txsession. Drop-in replacements for
+C{twisted.python.components.Componentized} and C{twisted.web.server.Session}.
+"""
+
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
+from typing import Any, ClassVar, TypeVar
+
+_T = TypeVar("_T")
+
+__version__: str
+
+class Namespaces:
+    """
+    An insertion-ordered map held in Rust that behaves like a dict: any hashable key,
+    C{KeyError} for a missing key, C{RuntimeError} when it changes size during iteration.
+    Registered as a C{collections.abc.MutableMapping}. It backs C{Session.sessionNamespaces}
+    and C{Componentized._adapterCache}.
+    """
+
+    def __init__(self, other: Any = None, /, **kwargs: Any) -> None: ...
+    def __len__(self) -> int: ...
+    def __bool__(self) -> bool: ...
+    def __getitem__(self, key: Any) -> Any: ...
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+    def __delitem__(self, key: Any) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __reversed__(self) -> Iterator[Any]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __or__(self, other: Any) -> dict[Any, Any]: ...
+    def __ror__(self, other: Any) -> dict[Any, Any]: ...
+    def __ior__(self, other: Any) -> Namespaces: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value for C{key}, or C{default}."""
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        """The value for C{key}, storing C{default} first when it is absent."""
+    def pop(self, key: Any, *default: Any) -> Any:
+        """Remove C{key} and return its value, or C{default}; C{KeyError} without one."""
+    def popitem(self) -> tuple[Any, Any]:
+        """Remove and return the last pair added; C{KeyError} when empty."""
+    def update(self, other: Any = None, /, **kwargs: Any) -> None:
+        """Add the pairs of a mapping or of an iterable of pairs, then C{kwargs}."""
+    def clear(self) -> None: ...
+    def copy(self) -> dict[Any, Any]:
+        """A shallow copy, as a plain dict."""
+    def keys(self) -> KeysView[Any]: ...
+    def values(self) -> ValuesView[Any]: ...
+    def items(self) -> ItemsView[Any, Any]: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class Componentized:
+    """
+    An object that can be adapted, caching its adapters (components) per interface, keyed by
+    the interface's qualified name as C{twisted.python.reflect.qual} gives it.
+
+    Behaves as C{twisted.python.components.Componentized}; adapters are found through
+    Twisted's global registry (C{twisted.python.components.registerAdapter}).
+    """
+
+    persistenceVersion: ClassVar[int]
+    _adapterCache: Namespaces
+
+    def __init__(self) -> None:
+        """Empty the component cache."""
+    def locateAdapterClass(self, klass: type, interfaceClass: Any, default: _T) -> Any | _T:
+        """The adapter factory registered for C{klass} and C{interfaceClass}, or C{default}."""
+    def setAdapter(self, interfaceClass: Any, adapterClass: Callable[[Any], Any]) -> None:
+        """Cache C{adapterClass(self)} as the component for C{interfaceClass}."""
+    def addAdapter(self, adapterClass: Callable[[Any], _T], ignoreClass: Any = 0) -> _T:
+        """Make C{adapterClass(self)}, add it with C{addComponent} and return it."""
+    def setComponent(self, interfaceClass: Any, component: Any) -> None:
+        """Cache C{component} as the provider of C{interfaceClass}."""
+    def addComponent(self, component: Any, ignoreClass: Any = 0) -> None:
+        """
+        Cache C{component} for each interface it provides: all of them when C{ignoreClass}
+        is true, otherwise those for which its class is the registered adapter of mine.
+        """
+    def unsetComponent(self, interfaceClass: Any) -> None:
+        """Forget the component for C{interfaceClass}; C{KeyError} when there is none."""
+    def removeComponent(self, component: Any) -> list[Any]:
+        """Forget C{component} wherever it is cached; return those interfaces."""
+    def getComponent(self, interface: Any, default: Any = None) -> Any:
+        """
+        The cached component for C{interface}, else C{interface.__adapt__(self)}, cached
+        unless the adapter has a true C{temporaryAdapter} and added for all its interfaces
+        when it has a true C{multiComponent}; C{default} when nothing adapts.
+        """
+    def __conform__(self, interface: Any) -> Any:
+        """C{getComponent(interface)}, so that calling an interface adapts me."""
+    def __getstate__(self) -> dict[str, Any]:
+        """
+        The instance C{__dict__} with C{_adapterCache} as a dict: what Twisted's class
+        pickles.
+        """
+    def __setstate__(self, state: dict[str, Any]) -> None: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class Session(Componentized):
+    """
+    A user's session with a web site, as C{twisted.web.server.Session}: a unique id, an
+    expiry timer on the reactor, expiry callbacks, and C{sessionNamespaces}.
+    """
+
+    sessionTimeout: ClassVar[float]
+    site: Any
+    uid: bytes
+    _reactor: Any
+    lastModified: float
+    _expireCall: Any
+    expireCallbacks: list[Callable[[], object]]
+    sessionNamespaces: Namespaces
+
+    def __init__(self, site: Any, uid: bytes, reactor: Any = None) -> None:
+        """
+        Start a session for C{site} with id C{uid}, timed on C{reactor} or else
+        C{site.reactor}. Calls C{self.touch()}.
+        """
+    def startCheckingExpiration(self) -> None:
+        """Schedule C{self.expire} in C{sessionTimeout} seconds with the reactor's callLater."""
+    def notifyOnExpire(self, callback: Callable[[], object]) -> None:
+        """Call C{callback} when the session expires or logs out."""
+    def expire(self) -> None:
+        """
+        Remove the session from C{site.sessions} (C{KeyError} if it is gone), run the expire
+        callbacks in order, then cancel the pending timer.
+        """
+    def touch(self) -> None:
+        """
+        Set C{lastModified} to the reactor's time and move the expiry to C{sessionTimeout}
+        from now. Raises C{AlreadyCalled} once the timer has fired.
+        """

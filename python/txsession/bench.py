@@ -1,0 +1,370 @@
+"""
+Side-by-side benchmark: Twisted's L{twisted.web.server.Session} against L{txsession.Session}.
+
+Run with C{python -m txsession.bench}. Every operation is timed in blocks that alternate
+between the two implementations in one process, on the real reactor (which is never run:
+delayed calls are only scheduled and cancelled), and the medians of the blocks are compared.
+Memory per live session is the growth of the resident set of a fresh child process per
+implementation, so that allocations made by Rust count as well as Python's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import twisted
+from twisted.internet import reactor
+from twisted.python import components
+from twisted.web import resource, server
+from zope.interface import Interface, implementer
+
+import txsession
+
+IMPLEMENTATIONS = {"Twisted": server.Session, "txsession": txsession.Session}
+
+
+class ICached(Interface):
+    pass
+
+
+class ITemporary(Interface):
+    pass
+
+
+class IMissing(Interface):
+    pass
+
+
+@implementer(ICached)
+class CachedAdapter:
+    def __init__(self, original):
+        self.original = original
+
+
+@implementer(ITemporary)
+class TemporaryAdapter:
+    temporaryAdapter = 1
+
+    def __init__(self, original):
+        self.original = original
+
+
+for _cls in IMPLEMENTATIONS.values():
+    components.registerAdapter(CachedAdapter, _cls, ICached)
+    components.registerAdapter(TemporaryAdapter, _cls, ITemporary)
+
+
+def _site(sessionClass):
+    site = server.Site(resource.Resource(), reactor=reactor)
+    site.sessionFactory = sessionClass
+    return site
+
+
+def _cancelAll(sessions):
+    for session in sessions:
+        call = session._expireCall
+        if call is not None and call.active():
+            call.cancel()
+
+
+def _noop():
+    pass
+
+
+# Each scenario: (name, prepare) where prepare(sessionClass, n) returns (run, cleanup); run()
+# performs the operation n times and is the only part timed.
+
+
+def _construct(cls, n):
+    site = _site(cls)
+    uids = [b"%064d" % i for i in range(n)]
+
+    def run():
+        for uid in uids:
+            cls(site, uid)
+
+    return run, _noop
+
+
+def _constructAndStart(cls, n):
+    site = _site(cls)
+    uids = [b"%064d" % i for i in range(n)]
+    made = []
+
+    def run():
+        append = made.append
+        for uid in uids:
+            session = cls(site, uid)
+            session.startCheckingExpiration()
+            append(session)
+
+    return run, lambda: _cancelAll(made)
+
+
+def _touch(cls, n):
+    session = cls(_site(cls), b"touch")
+    session.startCheckingExpiration()
+    touch = session.touch
+
+    def run():
+        for _ in range(n):
+            touch()
+
+    return run, lambda: _cancelAll([session])
+
+
+def _getComponent(interface):
+    def prepare(cls, n):
+        session = cls(_site(cls), b"component")
+        session.getComponent(interface)
+        getComponent = session.getComponent
+
+        def run():
+            for _ in range(n):
+                getComponent(interface)
+
+        return run, _noop
+
+    return prepare
+
+
+def _expire(cls, n):
+    site = _site(cls)
+    sessions = []
+    for i in range(n):
+        session = site.sessions[b"%d" % i] = cls(site, b"%d" % i)
+        session.startCheckingExpiration()
+        for _ in range(3):
+            session.notifyOnExpire(_noop)
+        sessions.append(session)
+
+    def run():
+        for session in sessions:
+            session.expire()
+
+    return run, _noop
+
+
+def _namespaces(cls, n):
+    ns = cls(_site(cls), b"ns").sessionNamespaces
+
+    def run():
+        for i in range(n):
+            ns["visits"] = i
+            ns["visits"]
+
+    return run, _noop
+
+
+def _attributes(cls, n):
+    session = cls(_site(cls), b"attributes")
+
+    def run():
+        for _ in range(n):
+            session.uid
+            session.lastModified
+            session.sessionNamespaces
+
+    return run, _noop
+
+
+def _makeSession(cls, n):
+    site = _site(cls)
+
+    def run():
+        for _ in range(n):
+            site.makeSession()
+
+    return run, lambda: _cancelAll(site.sessions.values())
+
+
+SCENARIOS: list[tuple[str, Callable]] = [
+    ("construct Session(site, uid)", _construct),
+    ("construct + startCheckingExpiration", _constructAndStart),
+    ("touch (checking expiration)", _touch),
+    ("getComponent, cache hit", _getComponent(ICached)),
+    ("getComponent, temporary adapter", _getComponent(ITemporary)),
+    ("getComponent, miss", _getComponent(IMissing)),
+    ("expire with 3 callbacks", _expire),
+    ("sessionNamespaces set + get", _namespaces),
+    ("read uid, lastModified, sessionNamespaces", _attributes),
+    ("Site.makeSession", _makeSession),
+]
+
+
+@dataclass
+class Row:
+    operation: str
+    twisted_ns: float
+    txsession_ns: float
+
+    @property
+    def speedup(self) -> float:
+        return self.twisted_ns / self.txsession_ns
+
+
+def _timeBlock(prepare, cls, n):
+    run, cleanup = prepare(cls, n)
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        run()
+        elapsed = time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+        cleanup()
+    return elapsed / n
+
+
+def measure(repeats: int, n: int, only: Iterable[str] | None = None) -> list[Row]:
+    rows = []
+    for name, prepare in SCENARIOS:
+        if only and not any(word in name for word in only):
+            continue
+        samples: dict[str, list[float]] = {label: [] for label in IMPLEMENTATIONS}
+        # Warm up both, then alternate so that drift on a noisy machine hits both alike.
+        for cls in IMPLEMENTATIONS.values():
+            _timeBlock(prepare, cls, max(n // 10, 10))
+        for _ in range(repeats):
+            for label, cls in IMPLEMENTATIONS.items():
+                samples[label].append(_timeBlock(prepare, cls, n))
+        rows.append(
+            Row(
+                name,
+                statistics.median(samples["Twisted"]),
+                statistics.median(samples["txsession"]),
+            )
+        )
+    return rows
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memoryChild(label: str, n: int) -> None:
+    """
+    In a fresh process: the resident growth per live session, each with one namespace entry
+    and one expire callback, scheduled on the reactor and kept in C{site.sessions}.
+    """
+    cls = IMPLEMENTATIONS[label]
+    site = _site(cls)
+    uids = [b"%064x" % i for i in range(n)]
+    gc.collect()
+    before = _rss()
+    for uid in uids:
+        session = site.sessions[uid] = cls(site, uid)
+        session.startCheckingExpiration()
+        session.sessionNamespaces["visits"] = 1
+        session.notifyOnExpire(_noop)
+    gc.collect()
+    after = _rss()
+    # The delayed calls are Twisted's own objects, the same for both: count them out.
+    callsBefore = _rss()
+    extra = [reactor.callLater(900, _noop) for _ in range(n)]
+    callsCost = _rss() - callsBefore
+    print(json.dumps({"bytes": (after - before - callsCost) / n}))
+    del extra
+
+
+def measureMemory(n: int) -> dict[str, float]:
+    result = {}
+    for label in IMPLEMENTATIONS:
+        out = subprocess.run(
+            [sys.executable, "-m", "txsession.bench", "--memory-child", label, str(n)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        result[label] = json.loads(out.strip().splitlines()[-1])["bytes"]
+    return result
+
+
+def _formatTime(ns: float) -> str:
+    return f"{ns / 1000:.2f} us" if ns >= 1000 else f"{ns:.0f} ns"
+
+
+def render(rows: list[Row], memory: dict[str, float] | None) -> str:
+    header = ("operation", "Twisted", "txsession", "speed-up")
+    lines = [
+        [r.operation, _formatTime(r.twisted_ns), _formatTime(r.txsession_ns), f"{r.speedup:.2f}x"]
+        for r in rows
+    ]
+    if memory:
+        lines.append(
+            [
+                "memory per live session",
+                f"{memory['Twisted']:.0f} B",
+                f"{memory['txsession']:.0f} B",
+                f"{memory['Twisted'] / memory['txsession']:.2f}x less",
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for line in lines:
+        out.append("| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |")
+    return "\n".join(out)
+
+
+def environment() -> str:
+    return (
+        f"CPython {platform.python_version()}, Twisted {twisted.__version__}, "
+        f"txsession {txsession.__version__}, {platform.machine()}, {os.cpu_count()} cores"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m txsession.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
+    parser.add_argument("--repeats", type=int, help="timed blocks per implementation")
+    parser.add_argument("--number", type=int, help="operations per timed block")
+    parser.add_argument("--only", nargs="*", help="only operations whose name contains a word")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child:
+        _memoryChild(args.memory_child[0], int(args.memory_child[1]))
+        return 0
+
+    repeats = args.repeats or (7 if args.quick else 25)
+    number = args.number or (2000 if args.quick else 5000)
+    print(f"txsession benchmark: {environment()}")
+    print(f"median of {repeats} alternating blocks of {number} operations each\n", flush=True)
+    rows = measure(repeats, number, args.only)
+    memory = None if args.no_memory else measureMemory(20_000 if args.quick else 100_000)
+    print(render(rows, memory))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "environment": environment(),
+                    "repeats": repeats,
+                    "number": number,
+                    "rows": [dict(asdict(r), speedup=r.speedup) for r in rows],
+                    "memory_bytes_per_session": memory,
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

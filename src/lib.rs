@@ -1,0 +1,27 @@
+//! The compiled core of txsession: `Session`, `Componentized` and the map behind
+//! `sessionNamespaces`. The Python-facing docstrings live in `_txsession.pyi`.
+
+mod componentized;
+mod gc;
+mod namespaces;
+mod session;
+mod twisted;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+mod _txsession {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::componentized::Componentized;
+    #[pymodule_export]
+    use crate::namespaces::Namespaces;
+    #[pymodule_export]
+    use crate::session::Session;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))
+    }
+}

@@ -1,0 +1,725 @@
+//! The insertion-ordered Rust map behind `Session.sessionNamespaces`, also used as
+//! `Componentized._adapterCache`.
+//!
+//! It behaves like a dict: any hashable key, insertion order, `KeyError` for a missing key,
+//! `RuntimeError` when it changes size during iteration. Keys whose `__eq__` is Python code are
+//! compared with the lock released (the comparison may touch this very map); if the map changed
+//! meanwhile, the lookup starts again, as CPython's dict does.
+
+use parking_lot::{Mutex, MutexGuard};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyIterator, PyList, PyTuple, PyType};
+use pyo3::{ffi, PyTraverseError, PyVisit};
+use std::cell::RefCell;
+
+use crate::gc::Traverse;
+
+/// Below this many slots a linear scan beats an index.
+const INDEX_FROM: usize = 8;
+const EMPTY: u32 = u32::MAX;
+
+pub struct Entry {
+    pub hash: isize,
+    pub key: Py<PyAny>,
+    pub value: Py<PyAny>,
+}
+
+impl Traverse for Entry {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.key)?;
+        visit.call(&self.value)
+    }
+}
+
+/// Slots in insertion order (`None` for a deleted entry) and, once the map is large enough, an
+/// open-addressing index from hash to slot, probed the way CPython probes a dict.
+#[derive(Default)]
+pub struct MapCore {
+    slots: Vec<Option<Entry>>,
+    indices: Vec<u32>,
+    len: usize,
+    /// Bumped whenever a key is added or removed: iterators and lookups that ran Python code
+    /// check it to notice that the map changed under them.
+    version: u64,
+}
+
+enum Probe {
+    Found(usize),
+    Missing,
+    /// Candidates with an equal hash whose equality needs Python code.
+    Compare(Vec<(usize, Py<PyAny>)>),
+}
+
+/// Whether `a == b` can be decided without running user code or allocating: both of the same
+/// exact builtin type whose comparison is plain C.
+fn plain_pair(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
+    let ta = a.get_type_ptr();
+    if ta != b.get_type_ptr() {
+        return false;
+    }
+    ta == &raw mut ffi::PyUnicode_Type
+        || ta == &raw mut ffi::PyBytes_Type
+        || ta == &raw mut ffi::PyLong_Type
+}
+
+impl MapCore {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn candidates(&self, hash: isize) -> impl Iterator<Item = usize> + '_ {
+        let indexed = !self.indices.is_empty();
+        let mask = self.indices.len().wrapping_sub(1);
+        let mut perturb = hash as usize;
+        let mut i = (hash as usize) & mask;
+        let mut linear = 0usize;
+        std::iter::from_fn(move || loop {
+            if indexed {
+                let ix = self.indices[i];
+                if ix == EMPTY {
+                    return None;
+                }
+                perturb >>= 5;
+                i = (i.wrapping_mul(5).wrapping_add(perturb).wrapping_add(1)) & mask;
+                if matches!(&self.slots[ix as usize], Some(e) if e.hash == hash) {
+                    return Some(ix as usize);
+                }
+            } else {
+                let ix = linear;
+                if ix >= self.slots.len() {
+                    return None;
+                }
+                linear += 1;
+                if matches!(&self.slots[ix], Some(e) if e.hash == hash) {
+                    return Some(ix);
+                }
+            }
+        })
+    }
+
+    fn probe(&self, py: Python<'_>, key: &Bound<'_, PyAny>, hash: isize) -> Probe {
+        let mut slow = Vec::new();
+        for ix in self.candidates(hash) {
+            let entry = self.slots[ix].as_ref().expect("candidate slots are live");
+            if entry.key.as_ptr() == key.as_ptr() {
+                return Probe::Found(ix);
+            }
+            let stored = entry.key.bind(py);
+            if plain_pair(stored, key) {
+                // No user code runs for these types, so comparing under the lock is safe.
+                if stored.eq(key).unwrap_or(false) {
+                    return Probe::Found(ix);
+                }
+            } else {
+                slow.push((ix, entry.key.clone_ref(py)));
+            }
+        }
+        if slow.is_empty() {
+            Probe::Missing
+        } else {
+            Probe::Compare(slow)
+        }
+    }
+
+    fn insert_index(&mut self, hash: isize, slot: usize) {
+        let mask = self.indices.len() - 1;
+        let mut perturb = hash as usize;
+        let mut i = (hash as usize) & mask;
+        while self.indices[i] != EMPTY {
+            perturb >>= 5;
+            i = (i.wrapping_mul(5).wrapping_add(perturb).wrapping_add(1)) & mask;
+        }
+        self.indices[i] = slot as u32;
+    }
+
+    /// Drops deleted slots and rebuilds the index when it is due.
+    fn rebuild(&mut self) {
+        if self.len < self.slots.len() {
+            self.slots.retain(Option::is_some);
+        }
+        self.indices.clear();
+        if self.slots.len() > INDEX_FROM {
+            let size = (self.slots.len() * 3).next_power_of_two();
+            self.indices = vec![EMPTY; size];
+            for ix in 0..self.slots.len() {
+                let hash = self.slots[ix].as_ref().map_or(0, |e| e.hash);
+                self.insert_index(hash, ix);
+            }
+        }
+    }
+
+    pub fn push(&mut self, hash: isize, key: Py<PyAny>, value: Py<PyAny>) {
+        self.slots.push(Some(Entry { hash, key, value }));
+        self.len += 1;
+        self.version += 1;
+        let ix = self.slots.len() - 1;
+        if self.indices.is_empty() {
+            if self.slots.len() > INDEX_FROM {
+                self.rebuild();
+            }
+        } else if self.slots.len() * 3 > self.indices.len() * 2 {
+            self.rebuild();
+        } else {
+            self.insert_index(hash, ix);
+        }
+    }
+
+    /// Removes the entry in slot `ix`, returning it so that it is dropped after the lock.
+    fn take(&mut self, ix: usize) -> Option<Entry> {
+        let entry = self.slots[ix].take();
+        if entry.is_some() {
+            self.len -= 1;
+            self.version += 1;
+            let dead = self.slots.len() - self.len;
+            if self.len == 0 {
+                self.slots.clear();
+                self.indices.clear();
+            } else if dead > INDEX_FROM && dead > self.len {
+                self.rebuild();
+            }
+        }
+        entry
+    }
+
+    /// Empties the map, handing back the entries to drop once the lock is released.
+    pub fn take_all(&mut self) -> Vec<Option<Entry>> {
+        self.indices.clear();
+        self.len = 0;
+        self.version += 1;
+        std::mem::take(&mut self.slots)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten()
+    }
+
+    /// The entry at or after slot `pos`, with the slot after it.
+    fn entry_from(&self, pos: usize) -> Option<(usize, &Entry)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(pos)
+            .find_map(|(ix, e)| e.as_ref().map(|e| (ix + 1, e)))
+    }
+
+    /// Removes the first entry whose value is `value` (by identity).
+    pub fn take_value(&mut self, value: &Bound<'_, PyAny>) -> Option<Entry> {
+        let ix = self
+            .slots
+            .iter()
+            .position(|e| matches!(e, Some(e) if e.value.as_ptr() == value.as_ptr()))?;
+        self.take(ix)
+    }
+}
+
+impl Traverse for MapCore {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.slots.traverse(visit)
+    }
+}
+
+/// The dict-like map. `frozen`: all state sits behind one lock that is never held while
+/// Python code runs.
+#[pyclass(module = "txsession", name = "Namespaces", frozen, mapping)]
+#[derive(Default)]
+pub struct Namespaces {
+    core: Mutex<MapCore>,
+}
+
+/// The outcome of a lookup: the guard, still held, and the slot holding the key, if any.
+type Located<'a> = (MutexGuard<'a, MapCore>, Option<usize>);
+
+impl Namespaces {
+    pub fn lock(&self) -> MutexGuard<'_, MapCore> {
+        self.core.lock()
+    }
+
+    /// Finds `key`, comparing with Python code only while the lock is released.
+    fn locate<'a>(
+        &'a self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        hash: isize,
+    ) -> PyResult<Located<'a>> {
+        'retry: loop {
+            let guard = self.core.lock();
+            let (version, candidates) = match guard.probe(py, key, hash) {
+                Probe::Found(ix) => return Ok((guard, Some(ix))),
+                Probe::Missing => return Ok((guard, None)),
+                Probe::Compare(candidates) => (guard.version, candidates),
+            };
+            drop(guard);
+            let mut found = None;
+            for (ix, stored) in &candidates {
+                let equal = stored.bind(py).eq(key)?;
+                if self.core.lock().version != version {
+                    drop(candidates);
+                    continue 'retry;
+                }
+                if equal {
+                    found = Some(*ix);
+                    break;
+                }
+            }
+            drop(candidates);
+            let guard = self.core.lock();
+            if guard.version != version {
+                continue;
+            }
+            return Ok((guard, found));
+        }
+    }
+
+    pub fn get(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let py = key.py();
+        let hash = key.hash()?;
+        let (guard, slot) = self.locate(py, key, hash)?;
+        Ok(slot.and_then(|ix| guard.slots[ix].as_ref().map(|e| e.value.clone_ref(py))))
+    }
+
+    /// Stores `value` under `key`, returning the value it replaced.
+    pub fn set(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let hash = key.hash()?;
+        let (mut guard, slot) = self.locate(key.py(), key, hash)?;
+        match slot.and_then(|ix| guard.slots[ix].as_mut()) {
+            Some(entry) => Ok(Some(std::mem::replace(&mut entry.value, value))),
+            None => {
+                guard.push(hash, key.clone().unbind(), value);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes `key`, returning its entry, or `None` when it is absent.
+    pub fn remove(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Entry>> {
+        let hash = key.hash()?;
+        let (mut guard, slot) = self.locate(key.py(), key, hash)?;
+        Ok(slot.and_then(|ix| guard.take(ix)))
+    }
+
+    pub fn clear_all(&self) {
+        let old = self.core.lock().take_all();
+        drop(old);
+    }
+
+    /// A snapshot of the entries, to run Python code over without the lock.
+    pub fn items_vec(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>)> {
+        self.core
+            .lock()
+            .entries()
+            .map(|e| (e.key.clone_ref(py), e.value.clone_ref(py)))
+            .collect()
+    }
+
+    pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (k, v) in self.items_vec(py) {
+            dict.set_item(k, v)?;
+        }
+        Ok(dict)
+    }
+
+    /// Adds every pair of `other` (a mapping, or an iterable of pairs) as `dict.update` does.
+    pub fn update_from(&self, other: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = other.py();
+        if let Ok(ns) = other.cast::<Namespaces>() {
+            for (k, v) in ns.get().items_vec(py) {
+                drop(self.set(k.bind(py), v)?);
+            }
+        } else if let Ok(dict) = other.cast::<PyDict>() {
+            for (k, v) in dict.iter() {
+                drop(self.set(&k, v.unbind())?);
+            }
+        } else if other.hasattr(pyo3::intern!(py, "keys"))? {
+            for k in other.call_method0(pyo3::intern!(py, "keys"))?.try_iter()? {
+                let k = k?;
+                let v = other.get_item(&k)?;
+                drop(self.set(&k, v.unbind())?);
+            }
+        } else {
+            for (n, item) in other.try_iter()?.enumerate() {
+                let item = item?;
+                let pair: Vec<Bound<'_, PyAny>> = item
+                    .try_iter()
+                    .map_err(|_| {
+                        PyTypeError::new_err(format!(
+                            "cannot convert update sequence element #{n} to a sequence"
+                        ))
+                    })?
+                    .collect::<PyResult<_>>()?;
+                let [k, v]: [Bound<'_, PyAny>; 2] = pair.try_into().map_err(|p: Vec<_>| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "update sequence element #{n} has length {}; 2 is required",
+                        p.len()
+                    ))
+                })?;
+                drop(self.set(&k, v.unbind())?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn from_mapping(other: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let map = Self::default();
+        map.update_from(other)?;
+        Ok(map)
+    }
+}
+
+fn key_error(key: &Bound<'_, PyAny>) -> PyErr {
+    PyKeyError::new_err(key.clone().unbind())
+}
+
+thread_local! {
+    /// Maps being repr'd on this thread, so that a map containing itself prints `{...}`.
+    static IN_REPR: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+fn abc_view<'py>(
+    py: Python<'py>,
+    name: &str,
+    map: &Bound<'py, Namespaces>,
+) -> PyResult<Bound<'py, PyAny>> {
+    static ABC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    ABC.get_or_try_init(py, || {
+        py.import("collections.abc").map(|m| m.into_any().unbind())
+    })?
+    .bind(py)
+    .getattr(name)?
+    .call1((map,))
+}
+
+#[pymethods]
+impl Namespaces {
+    #[new]
+    #[pyo3(signature = (other = None, **kwargs))]
+    fn py_new(
+        other: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let map = Self::default();
+        if let Some(other) = other {
+            map.update_from(other)?;
+        }
+        if let Some(kwargs) = kwargs {
+            map.update_from(kwargs.as_any())?;
+        }
+        Ok(map)
+    }
+
+    fn __len__(&self) -> usize {
+        self.core.lock().len()
+    }
+
+    fn __bool__(&self) -> bool {
+        self.core.lock().len() > 0
+    }
+
+    fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.get(key)?.ok_or_else(|| key_error(key))
+    }
+
+    fn __setitem__(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
+        drop(self.set(key, value)?);
+        Ok(())
+    }
+
+    fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self.remove(key)? {
+            Some(entry) => {
+                drop(entry);
+                Ok(())
+            }
+            None => Err(key_error(key)),
+        }
+    }
+
+    fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    fn __iter__(slf: &Bound<'_, Self>) -> NamespacesIter {
+        NamespacesIter::new(slf, IterKind::Keys)
+    }
+
+    fn __reversed__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let keys: Vec<Py<PyAny>> = slf
+            .get()
+            .lock()
+            .entries()
+            .map(|e| e.key.clone_ref(py))
+            .collect();
+        let list = PyList::new(py, keys.into_iter().rev())?;
+        Ok(PyIterator::from_object(&list)?.into_any())
+    }
+
+    #[pyo3(name = "get", signature = (key, default = None))]
+    fn py_get<'py>(
+        &self,
+        key: &Bound<'py, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.get(key)?.or(default))
+    }
+
+    #[pyo3(signature = (key, default = None))]
+    fn setdefault(
+        &self,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = key.py();
+        let hash = key.hash()?;
+        let (mut guard, slot) = self.locate(py, key, hash)?;
+        if let Some(entry) = slot.and_then(|ix| guard.slots[ix].as_ref()) {
+            return Ok(entry.value.clone_ref(py));
+        }
+        let value = default.unwrap_or_else(|| py.None());
+        guard.push(hash, key.clone().unbind(), value.clone_ref(py));
+        Ok(value)
+    }
+
+    #[pyo3(signature = (key, *default))]
+    fn pop(&self, key: &Bound<'_, PyAny>, default: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        if default.len() > 1 {
+            return Err(PyTypeError::new_err(format!(
+                "pop expected at most 2 arguments, got {}",
+                default.len() + 1
+            )));
+        }
+        match self.remove(key)? {
+            Some(entry) => Ok(entry.value),
+            None if default.len() == 1 => Ok(default.get_item(0)?.unbind()),
+            None => Err(key_error(key)),
+        }
+    }
+
+    fn popitem(&self) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let entry = {
+            let mut core = self.core.lock();
+            let last = core.slots.iter().rposition(Option::is_some);
+            last.and_then(|ix| core.take(ix))
+        };
+        entry
+            .map(|e| (e.key, e.value))
+            .ok_or_else(|| PyKeyError::new_err("popitem(): Namespaces is empty"))
+    }
+
+    #[pyo3(signature = (other = None, **kwargs))]
+    fn update(
+        &self,
+        other: Option<&Bound<'_, PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if let Some(other) = other {
+            self.update_from(other)?;
+        }
+        if let Some(kwargs) = kwargs {
+            self.update_from(kwargs.as_any())?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) {
+        self.clear_all();
+    }
+
+    /// A shallow copy, as a plain dict.
+    fn copy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.to_dict(py)
+    }
+
+    fn keys<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf.py(), "KeysView", slf)
+    }
+
+    fn values<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf.py(), "ValuesView", slf)
+    }
+
+    fn items<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        abc_view(slf.py(), "ItemsView", slf)
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let mine = self.to_dict(py)?;
+        let theirs = if let Ok(ns) = other.cast::<Namespaces>() {
+            ns.get().to_dict(py)?
+        } else if let Ok(dict) = other.cast::<PyDict>() {
+            dict.clone()
+        } else if is_mapping(other)? {
+            PyDict::from_sequence(&other.call_method0("items")?)?
+        } else {
+            return Ok(py.NotImplemented());
+        };
+        Ok(mine
+            .eq(theirs)?
+            .into_pyobject(py)?
+            .to_owned()
+            .into_any()
+            .unbind())
+    }
+
+    fn __ne__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let eq = self.__eq__(py, other)?;
+        if eq.is(py.NotImplemented()) {
+            return Ok(eq);
+        }
+        let ne = !eq.bind(py).is_truthy()?;
+        Ok(ne.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+
+    fn __or__<'py>(&self, py: Python<'py>, other: &Bound<'py, PyAny>) -> PyResult<Py<PyAny>> {
+        if !(other.is_instance_of::<PyDict>() || other.is_instance_of::<Namespaces>()) {
+            return Ok(py.NotImplemented());
+        }
+        let merged = self.to_dict(py)?;
+        merged.call_method1("update", (other,))?;
+        Ok(merged.into_any().unbind())
+    }
+
+    fn __ror__<'py>(&self, py: Python<'py>, other: &Bound<'py, PyAny>) -> PyResult<Py<PyAny>> {
+        if !other.is_instance_of::<PyDict>() {
+            return Ok(py.NotImplemented());
+        }
+        let merged = other.cast::<PyDict>()?.copy()?;
+        merged.update(self.to_dict(py)?.as_mapping())?;
+        Ok(merged.into_any().unbind())
+    }
+
+    fn __ior__(&self, other: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.update_from(other)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let id = slf.as_ptr() as usize;
+        if IN_REPR.with(|s| s.borrow().contains(&id)) {
+            return Ok("{...}".to_owned());
+        }
+        IN_REPR.with(|s| s.borrow_mut().push(id));
+        let result = (|| {
+            let parts = slf
+                .get()
+                .items_vec(slf.py())
+                .into_iter()
+                .map(|(k, v)| {
+                    Ok(format!(
+                        "{}: {}",
+                        k.bind(slf.py()).repr()?,
+                        v.bind(slf.py()).repr()?
+                    ))
+                })
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(format!("{{{}}}", parts.join(", ")))
+        })();
+        IN_REPR.with(|s| s.borrow_mut().retain(|x| *x != id));
+        result
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let cls: Bound<'py, PyType> = slf.get_type();
+        let items = PyList::new(py, slf.get().items_vec(py))?;
+        (cls, (items,)).into_pyobject(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.core.try_lock() {
+            Some(core) => core.traverse(&visit),
+            // A thread that holds the lock keeps these objects alive anyway: skipping them
+            // only makes the collector treat them as reachable.
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        self.clear_all();
+    }
+}
+
+fn is_mapping(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static MAPPING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = obj.py();
+    let mapping = MAPPING.get_or_try_init(py, || {
+        py.import("collections.abc")?
+            .getattr("Mapping")
+            .map(Bound::unbind)
+    })?;
+    obj.is_instance(mapping.bind(py))
+}
+
+#[derive(Clone, Copy)]
+enum IterKind {
+    Keys,
+}
+
+/// Iterates a [`Namespaces`] in insertion order, failing like a dict iterator when the map
+/// changes size underneath it.
+#[pyclass(module = "txsession", name = "NamespacesIterator", frozen)]
+pub struct NamespacesIter {
+    map: Py<Namespaces>,
+    state: Mutex<(usize, u64, usize)>,
+    kind: IterKind,
+}
+
+impl NamespacesIter {
+    fn new(map: &Bound<'_, Namespaces>, kind: IterKind) -> Self {
+        let core = map.get().lock();
+        let state = (0, core.version, core.len());
+        drop(core);
+        Self {
+            map: map.clone().unbind(),
+            state: Mutex::new(state),
+            kind,
+        }
+    }
+}
+
+#[pymethods]
+impl NamespacesIter {
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let map = self.map.get();
+        let core = map.lock();
+        let mut state = self.state.lock();
+        let (pos, version, len) = *state;
+        if core.version != version {
+            let message = if core.len() != len {
+                "Namespaces changed size during iteration"
+            } else {
+                "Namespaces keys changed during iteration"
+            };
+            // Stay broken, as a dict iterator does.
+            state.1 = u64::MAX;
+            return Err(PyRuntimeError::new_err(message));
+        }
+        match core.entry_from(pos) {
+            Some((next, entry)) => {
+                state.0 = next;
+                Ok(Some(match self.kind {
+                    IterKind::Keys => entry.key.clone_ref(py),
+                }))
+            }
+            None => {
+                state.0 = usize::MAX;
+                Ok(None)
+            }
+        }
+    }
+
+    fn __length_hint__(&self) -> usize {
+        let (pos, _, _) = *self.state.lock();
+        let core = self.map.get().lock();
+        core.slots.iter().skip(pos).flatten().count()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.map)
+    }
+}

@@ -1,0 +1,384 @@
+//! `Session`: a user's session with a site, as `twisted.web.server.Session`.
+//!
+//! Every method reaches the reactor, `sessionTimeout`, `expire`, `touch` and the site through
+//! ordinary Python attribute lookup at the moment of use, as Twisted's does, so that subclasses
+//! and patched reactors behave the same. Rust state is copied out of the lock before any call
+//! into Python: callbacks, the reactor and `site.sessions` may all use this session again.
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyAttributeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::componentized::{state_dict, Componentized};
+use crate::namespaces::Namespaces;
+use crate::traverse_fields;
+
+/// Fields are `None` until set, which also makes an all-zero instance valid for the collector.
+#[derive(Default)]
+struct State {
+    site: Option<Py<PyAny>>,
+    uid: Option<Py<PyAny>>,
+    reactor: Option<Py<PyAny>>,
+    last_modified: Option<Py<PyAny>>,
+    expire_call: Option<Py<PyAny>>,
+    /// `None` stands for a fresh empty list, made when first needed.
+    callbacks: Option<Py<PyAny>>,
+    /// `None` stands for a fresh empty map, made when first needed.
+    namespaces: Option<Py<Namespaces>>,
+}
+
+/// The Python-visible names of the fields, as pickled state uses them.
+const FIELDS: [&str; 7] = [
+    "site",
+    "uid",
+    "_reactor",
+    "lastModified",
+    "_expireCall",
+    "expireCallbacks",
+    "sessionNamespaces",
+];
+
+#[pyclass(module = "txsession", name = "Session", extends = Componentized, subclass, frozen)]
+#[derive(Default)]
+pub struct Session {
+    state: Mutex<State>,
+}
+
+fn missing(slf: &Bound<'_, PyAny>, name: &str) -> PyErr {
+    let type_name = slf
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Session".to_owned());
+    PyAttributeError::new_err(format!("'{type_name}' object has no attribute '{name}'"))
+}
+
+impl Session {
+    /// Replaces one field, dropping the old value only after the lock is released: dropping
+    /// the last reference to an object may run its finalizer, which may use this session.
+    fn put<T>(&self, field: impl FnOnce(&mut State) -> &mut Option<T>, value: Option<T>) {
+        let old = std::mem::replace(field(&mut self.state.lock()), value);
+        drop(old);
+    }
+
+    fn read(
+        &self,
+        py: Python<'_>,
+        field: impl FnOnce(&State) -> &Option<Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
+        field(&self.state.lock()).as_ref().map(|v| v.clone_ref(py))
+    }
+
+    fn required<'py>(
+        slf: &Bound<'py, Self>,
+        name: &str,
+        field: impl FnOnce(&State) -> &Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get()
+            .read(slf.py(), field)
+            .map(|v| v.into_bound(slf.py()))
+            .ok_or_else(|| missing(slf.as_any(), name))
+    }
+
+    fn callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(list) = self.read(py, |s| &s.callbacks) {
+            return Ok(list.into_bound(py));
+        }
+        let fresh = PyList::empty(py).into_any().unbind();
+        Ok(self
+            .state
+            .lock()
+            .callbacks
+            .get_or_insert(fresh)
+            .clone_ref(py)
+            .into_bound(py))
+    }
+
+    fn namespaces(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
+        if let Some(map) = self.state.lock().namespaces.as_ref() {
+            return Ok(map.clone_ref(py));
+        }
+        let fresh = Py::new(py, Namespaces::default())?;
+        Ok(self
+            .state
+            .lock()
+            .namespaces
+            .get_or_insert(fresh)
+            .clone_ref(py))
+    }
+
+    fn set_namespaces(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let map = match value.cast::<Namespaces>() {
+            Ok(ns) => ns.clone().unbind(),
+            Err(_) => Py::new(value.py(), Namespaces::from_mapping(value)?)?,
+        };
+        self.put(|s| &mut s.namespaces, Some(map));
+        Ok(())
+    }
+
+    /// Sets a field from pickled state; `false` when `name` is not one of this class's fields.
+    fn restore_field(&self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let value_py = || Some(value.clone().unbind());
+        match name {
+            "site" => self.put(|s| &mut s.site, value_py()),
+            "uid" => self.put(|s| &mut s.uid, value_py()),
+            "_reactor" => self.put(|s| &mut s.reactor, value_py()),
+            "lastModified" => self.put(|s| &mut s.last_modified, value_py()),
+            "_expireCall" => self.put(|s| &mut s.expire_call, value_py()),
+            "expireCallbacks" => self.put(|s| &mut s.callbacks, value_py()),
+            "sessionNamespaces" => self.set_namespaces(value)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+#[pymethods]
+#[allow(non_snake_case)]
+impl Session {
+    /// Any arguments are accepted here; `__init__` does the work, so that subclasses may have
+    /// their own `__init__` signature and call `super().__init__(site, uid)`.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyClassInitializer<Self> {
+        PyClassInitializer::from(Componentized::default()).add_subclass(Session::default())
+    }
+
+    #[pyo3(signature = (site, uid, reactor = None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        site: &Bound<'_, PyAny>,
+        uid: &Bound<'_, PyAny>,
+        reactor: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        // Twisted's `super().__init__()`: Componentized's, which empties the component cache.
+        slf.as_super().get().reset();
+        let reactor = match reactor {
+            Some(reactor) if !reactor.is_none() => reactor.clone(),
+            _ => site.getattr(intern!(py, "reactor"))?,
+        };
+        let this = slf.get();
+        this.put(|s| &mut s.reactor, Some(reactor.unbind()));
+        this.put(|s| &mut s.site, Some(site.clone().unbind()));
+        this.put(|s| &mut s.uid, Some(uid.clone().unbind()));
+        this.put(|s| &mut s.callbacks, None);
+        slf.call_method0(intern!(py, "touch"))?;
+        this.put(|s| &mut s.namespaces, None);
+        Ok(())
+    }
+
+    #[classattr]
+    fn sessionTimeout() -> i32 {
+        900
+    }
+
+    #[getter(site)]
+    fn get_site<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Session::required(slf, "site", |s| &s.site)
+    }
+
+    #[setter(site)]
+    fn set_site(&self, value: Option<Py<PyAny>>) {
+        self.put(|s| &mut s.site, value);
+    }
+
+    #[getter(uid)]
+    fn get_uid<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Session::required(slf, "uid", |s| &s.uid)
+    }
+
+    #[setter(uid)]
+    fn set_uid(&self, value: Option<Py<PyAny>>) {
+        self.put(|s| &mut s.uid, value);
+    }
+
+    #[getter(_reactor)]
+    fn get_reactor<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Session::required(slf, "_reactor", |s| &s.reactor)
+    }
+
+    #[setter(_reactor)]
+    fn set_reactor(&self, value: Option<Py<PyAny>>) {
+        self.put(|s| &mut s.reactor, value);
+    }
+
+    #[getter(lastModified)]
+    fn get_last_modified<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        Session::required(slf, "lastModified", |s| &s.last_modified)
+    }
+
+    #[setter(lastModified)]
+    fn set_last_modified(&self, value: Option<Py<PyAny>>) {
+        self.put(|s| &mut s.last_modified, value);
+    }
+
+    /// The pending expiry call, or `None`.
+    #[getter(_expireCall)]
+    fn get_expire_call(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.read(py, |s| &s.expire_call)
+    }
+
+    #[setter(_expireCall)]
+    fn set_expire_call(&self, value: Option<Py<PyAny>>) {
+        self.put(|s| &mut s.expire_call, value);
+    }
+
+    #[getter(expireCallbacks)]
+    fn get_expire_callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.callbacks(py)
+    }
+
+    #[setter(expireCallbacks)]
+    fn set_expire_callbacks(&self, value: Option<Py<PyAny>>) -> PyResult<()> {
+        match value {
+            Some(value) => {
+                self.put(|s| &mut s.callbacks, Some(value));
+                Ok(())
+            }
+            None => Err(PyAttributeError::new_err(
+                "can't delete attribute 'expireCallbacks'",
+            )),
+        }
+    }
+
+    #[getter(sessionNamespaces)]
+    fn get_session_namespaces(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
+        self.namespaces(py)
+    }
+
+    #[setter(sessionNamespaces)]
+    fn set_session_namespaces(&self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        match value {
+            Some(value) => self.set_namespaces(value),
+            None => Err(PyAttributeError::new_err(
+                "can't delete attribute 'sessionNamespaces'",
+            )),
+        }
+    }
+
+    fn startCheckingExpiration(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let call_later = Session::required(slf, "_reactor", |s| &s.reactor)?
+            .getattr(intern!(py, "callLater"))?;
+        let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
+        let expire = slf.getattr(intern!(py, "expire"))?;
+        let call = call_later.call1((timeout, expire))?;
+        slf.get().put(|s| &mut s.expire_call, Some(call.unbind()));
+        Ok(())
+    }
+
+    fn notifyOnExpire(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<()> {
+        let callbacks = self.callbacks(py)?;
+        match callbacks.cast::<PyList>() {
+            Ok(list) => list.append(callback),
+            Err(_) => callbacks
+                .call_method1(intern!(py, "append"), (callback,))
+                .map(drop),
+        }
+    }
+
+    /// Twisted's order, kept on purpose: remove from `site.sessions` (a `KeyError` if it is
+    /// already gone), run the callbacks (an exception propagates), then cancel the timer.
+    fn expire(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let site = Session::required(slf, "site", |s| &s.site)?;
+        let sessions = site.getattr(intern!(py, "sessions"))?;
+        let uid = Session::required(slf, "uid", |s| &s.uid)?;
+        sessions.del_item(uid)?;
+        if let Some(callbacks) = this.read(py, |s| &s.callbacks) {
+            for callback in callbacks.bind(py).try_iter()? {
+                callback?.call0()?;
+            }
+        }
+        this.put(|s| &mut s.callbacks, None);
+        if let Some(call) = this.read(py, |s| &s.expire_call) {
+            let call = call.bind(py);
+            if call.is_truthy()? && call.call_method0(intern!(py, "active"))?.is_truthy()? {
+                call.call_method0(intern!(py, "cancel"))?;
+                this.put(|s| &mut s.expire_call, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the time and moves the expiry. Raises Twisted's `AlreadyCalled` when the timer
+    /// already fired: `Request.getSession` relies on that to replace an expired session.
+    fn touch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let now = Session::required(slf, "_reactor", |s| &s.reactor)?
+            .call_method0(intern!(py, "seconds"))?;
+        this.put(|s| &mut s.last_modified, Some(now.unbind()));
+        if let Some(call) = this.read(py, |s| &s.expire_call) {
+            let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
+            call.bind(py)
+                .call_method1(intern!(py, "reset"), (timeout,))?;
+        }
+        Ok(())
+    }
+
+    fn __getstate__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let base = slf.as_super();
+        let state = Componentized::base_state(slf.as_any(), base.get())?;
+        let this = slf.get();
+        let namespaces = this.namespaces(py)?.get().to_dict(py)?.into_any().unbind();
+        let callbacks = this.callbacks(py)?.unbind();
+        let values = {
+            let s = this.state.lock();
+            [
+                s.site.as_ref().map(|v| v.clone_ref(py)),
+                s.uid.as_ref().map(|v| v.clone_ref(py)),
+                s.reactor.as_ref().map(|v| v.clone_ref(py)),
+                s.last_modified.as_ref().map(|v| v.clone_ref(py)),
+                s.expire_call.as_ref().map(|v| v.clone_ref(py)),
+                Some(callbacks),
+                Some(namespaces),
+            ]
+        };
+        for (name, value) in FIELDS.iter().zip(values) {
+            if let Some(value) = value {
+                state.set_item(PyString::new(py, name), value)?;
+            }
+        }
+        Ok(state)
+    }
+
+    fn __setstate__(slf: &Bound<'_, Self>, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let state = state_dict(state)?;
+        let rest = PyDict::new(py);
+        for (name, value) in state.iter() {
+            let handled = match name.cast::<PyString>() {
+                Ok(s) => slf.get().restore_field(s.to_str()?, &value)?,
+                Err(_) => false,
+            };
+            if !handled {
+                rest.set_item(name, value)?;
+            }
+        }
+        let base = slf.as_super();
+        Componentized::restore_state(slf.as_any(), base.get(), &rest)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.try_lock() else {
+            // Whoever holds the lock keeps these alive; skipping only delays their collection.
+            return Ok(());
+        };
+        traverse_fields!(visit; s.site, s.uid, s.reactor, s.last_modified, s.expire_call,
+            s.callbacks, s.namespaces)
+    }
+
+    fn __clear__(&self) {
+        let old = std::mem::take(&mut *self.state.lock());
+        drop(old);
+    }
+}

@@ -1,0 +1,50 @@
+"""
+Shared helpers: each behaviour test is a mixin run once against Twisted's own class and once
+against txsession's, so that a passing pair shows the two behave the same.
+"""
+
+from twisted.internet.task import Clock
+from twisted.python import components
+from twisted.web import resource, server
+from zope.interface.adapter import AdapterRegistry
+
+import txsession
+
+
+def implementations(mixin, namespace, **extra):
+    """
+    Define C{<Mixin>Twisted} and C{<Mixin>Txsession} TestCases in C{namespace}, with
+    C{sessionClass} and C{componentizedClass} set to Twisted's and txsession's classes.
+    """
+    from twisted.trial import unittest
+
+    base = mixin.__name__.removesuffix("Mixin")
+    for label, session, componentized in (
+        ("Twisted", server.Session, components.Componentized),
+        ("Txsession", txsession.Session, txsession.Componentized),
+    ):
+        name = f"{base}{label}Tests"
+        attrs = dict(sessionClass=session, componentizedClass=componentized, **extra)
+        attrs["__module__"] = namespace["__name__"]
+        namespace[name] = type(name, (mixin, unittest.TestCase), attrs)
+
+
+class ScratchRegistryMixin:
+    """
+    Put a fresh adapter registry in place of Twisted's global one for each test, as Twisted's
+    own component tests do, so registrations do not leak between tests.
+    """
+
+    def setUp(self):
+        registry = AdapterRegistry()
+        self.patch(components, "globalRegistry", registry)
+        hook = components._addHook(registry)
+        self.addCleanup(components._removeHook, hook)
+
+
+def makeSite(clock=None):
+    """
+    A real L{server.Site} on a deterministic clock.
+    """
+    clock = Clock() if clock is None else clock
+    return server.Site(resource.Resource(), reactor=clock), clock
