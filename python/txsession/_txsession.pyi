@@ -3,7 +3,7 @@ The compiled core of txsession. Drop-in replacements for
 C{twisted.python.components.Componentized} and C{twisted.web.server.Session}.
 """
 
-from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
 from typing import Any, ClassVar, TypeVar
 
 _T = TypeVar("_T")
