@@ -8,6 +8,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::gc::Traverse;
+use crate::keys::key_for;
 use crate::namespaces::Namespaces;
 use crate::twisted;
 
@@ -195,7 +196,7 @@ impl Componentized {
         interfaceClass: &Bound<'_, PyAny>,
         component: Py<PyAny>,
     ) -> PyResult<()> {
-        self.store(&twisted::qual(interfaceClass)?, component)
+        self.store(&key_for(interfaceClass)?, component)
     }
 
     #[pyo3(signature = (component, ignoreClass = None))]
@@ -224,14 +225,14 @@ impl Componentized {
             };
             if appropriate {
                 slf.get()
-                    .store(&twisted::qual(&iface)?, component.clone().unbind())?;
+                    .store(&key_for(&iface)?, component.clone().unbind())?;
             }
         }
         Ok(())
     }
 
     fn unsetComponent(&self, interfaceClass: &Bound<'_, PyAny>) -> PyResult<()> {
-        let key = twisted::qual(interfaceClass)?;
+        let key = key_for(interfaceClass)?;
         let removed = match self.map(key.py()) {
             Some(map) => map.get().remove(&key)?,
             None => None,
@@ -268,7 +269,7 @@ impl Componentized {
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let key = twisted::qual(interface)?;
+        let key = key_for(interface)?;
         let this = slf.get();
         if let Some(component) = this.cached(&key)? {
             return Ok(component);

@@ -3,8 +3,10 @@
 
 mod componentized;
 mod gc;
+mod keys;
 mod namespaces;
 mod session;
+mod timer;
 mod twisted;
 
 use pyo3::prelude::*;
