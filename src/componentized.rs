@@ -175,7 +175,10 @@ impl Componentized {
         Ok(())
     }
 
-    #[pyo3(signature = (adapterClass, ignoreClass = None))]
+    #[pyo3(
+        signature = (adapterClass, ignoreClass = None),
+        text_signature = "($self, adapterClass, ignoreClass=0)"
+    )]
     fn addAdapter<'py>(
         slf: &Bound<'py, Self>,
         adapterClass: &Bound<'py, PyAny>,
@@ -199,7 +202,10 @@ impl Componentized {
         self.store(&key_for(interfaceClass)?, component)
     }
 
-    #[pyo3(signature = (component, ignoreClass = None))]
+    #[pyo3(
+        signature = (component, ignoreClass = None),
+        text_signature = "($self, component, ignoreClass=0)"
+    )]
     fn addComponent(
         slf: &Bound<'_, Self>,
         component: &Bound<'_, PyAny>,

@@ -394,7 +394,7 @@ fn abc_view<'py>(
 #[pymethods]
 impl Namespaces {
     #[new]
-    #[pyo3(signature = (other = None, **kwargs))]
+    #[pyo3(signature = (other = None, /, **kwargs))]
     fn py_new(
         other: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
@@ -508,7 +508,7 @@ impl Namespaces {
             .ok_or_else(|| PyKeyError::new_err("popitem(): Namespaces is empty"))
     }
 
-    #[pyo3(signature = (other = None, **kwargs))]
+    #[pyo3(signature = (other = None, /, **kwargs))]
     fn update(
         &self,
         other: Option<&Bound<'_, PyAny>>,

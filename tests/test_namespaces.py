@@ -5,7 +5,7 @@ L{txsession.Namespaces}, the Rust map behind C{sessionNamespaces}, checked again
 import pickle
 from collections.abc import MutableMapping
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -69,7 +69,6 @@ def apply(mapping, op, key, value):
 
 
 class NamespacesTests(unittest.TestCase):
-    @settings(max_examples=200, deadline=None)
     @given(operations)
     def test_behavesLikeDict(self, ops):
         """

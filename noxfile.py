@@ -1,0 +1,111 @@
+"""
+The version matrix: txsession's tests and Twisted's suites (swapped in and not) on every
+CPython from 3.9 to 3.13 found here, against Twisted releases from the last three years.
+
+    nox                      # the whole matrix
+    nox -s newest            # the newest Python here with the newest Twisted
+    nox -s stubs             # the type stubs checked against the built module
+
+Each session builds a wheel with maturin for its interpreter and installs that wheel, not the
+source tree, the way users install the package.
+"""
+
+import glob
+import os
+import shutil
+
+import nox
+
+# Oldest first; the oldest is the oldest Twisted the package supports (see pyproject.toml).
+TWISTED = ["23.10.0", "24.11.0", "25.5.0", "26.10.0"]
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+
+# Twisted releases older than these do not support that Python.
+FIRST_TWISTED_FOR = {"3.13": "24.7.0", "3.12": "23.10.0"}
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _interpreter(version):
+    """
+    The interpreter for a version: on PATH, else from pyenv, else the bare name (nox then
+    reports it missing).
+    """
+    name = f"python{version}"
+    if shutil.which(name) and os.system(f"{name} -c '' 2>/dev/null") == 0:
+        return name
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", name)))
+    return found[-1] if found else version
+
+
+def _supported(python, twisted):
+    first = FIRST_TWISTED_FOR.get(python)
+    as_tuple = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
+    return first is None or as_tuple(twisted) >= as_tuple(first)
+
+
+def _installWheel(session, twisted):
+    dist = os.path.join(session.create_tmp(), "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("maturin>=1.9,<2")
+    session.run(
+        "maturin", "build", "--release", "--interpreter", _venvPython(session), "--out", dist
+    )
+    wheel = glob.glob(os.path.join(dist, "*.whl"))[0]
+    session.install(f"{wheel}[test]", f"twisted[test]=={twisted}")
+    # The version number does not change between builds: replace what a reused venv holds.
+    session.install("--force-reinstall", "--no-deps", wheel)
+
+
+def _venvPython(session):
+    return os.path.join(session.virtualenv.location, "bin", "python")
+
+
+def _checks(session):
+    # Run from a scratch directory so that the installed wheel is what gets imported.
+    tests = os.path.join(os.getcwd(), "tests")
+    tmp = session.create_tmp()
+    shutil.rmtree(os.path.join(tmp, "tests"), ignore_errors=True)
+    shutil.copytree(tests, os.path.join(tmp, "tests"))
+    with session.chdir(tmp):
+        session.run("python", "-c", "import txsession, sys; print(txsession.__file__)")
+        session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
+        session.run("python", "-m", "txsession.conformance")
+
+
+MATRIX = [
+    (_interpreter(python), twisted, python)
+    for python in PYTHONS
+    for twisted in TWISTED
+    if _supported(python, twisted)
+]
+
+
+@nox.session
+@nox.parametrize(
+    "python,twisted",
+    [(interp, twisted) for interp, twisted, _ in MATRIX],
+    ids=[f"{python}-twisted{twisted}" for _, twisted, python in MATRIX],
+)
+def tests(session, twisted):
+    _installWheel(session, twisted)
+    _checks(session)
+
+
+@nox.session(python=_interpreter(PYTHONS[-1]))
+def newest(session):
+    _installWheel(session, TWISTED[-1])
+    _checks(session)
+
+
+@nox.session(python=_interpreter("3.11"))
+def stubs(session):
+    _installWheel(session, TWISTED[-1])
+    session.install("mypy")
+    allowlist = os.path.join(os.getcwd(), "stubtest-allowlist.txt")
+    with session.chdir(session.create_tmp()):
+        session.run(
+            "python", "-m", "mypy.stubtest", "txsession._txsession", "--allowlist", allowlist
+        )
