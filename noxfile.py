@@ -22,6 +22,8 @@ PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 
 # Twisted releases older than these do not support that Python.
 FIRST_TWISTED_FOR = {"3.13": "24.7.0", "3.12": "23.10.0"}
+# Twisted releases that need a newer Python than this.
+LAST_TWISTED_FOR = {"3.9": "26.4.0"}
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -40,10 +42,14 @@ def _interpreter(version):
     return found[-1] if found else version
 
 
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
 def _supported(python, twisted):
-    first = FIRST_TWISTED_FOR.get(python)
-    as_tuple = lambda v: tuple(int(p) for p in v.split("."))  # noqa: E731
-    return first is None or as_tuple(twisted) >= as_tuple(first)
+    first = FIRST_TWISTED_FOR.get(python, "0")
+    last = LAST_TWISTED_FOR.get(python, "9999")
+    return _version(first) <= _version(twisted) <= _version(last)
 
 
 def _installWheel(session, twisted):

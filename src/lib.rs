@@ -3,6 +3,7 @@
 
 mod componentized;
 mod gc;
+mod ids;
 mod keys;
 mod namespaces;
 mod session;
@@ -21,6 +22,9 @@ mod _txsession {
     use crate::namespaces::Namespaces;
     #[pymodule_export]
     use crate::session::Session;
+
+    #[pymodule_export]
+    use crate::ids::{reseed_after_fork, session_id};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

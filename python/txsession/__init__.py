@@ -7,13 +7,23 @@ Switch a Twisted web app with one line::
     site.sessionFactory = txsession.Session
 """
 
+import os
 from collections.abc import MutableMapping
 from io import StringIO
 from pprint import pprint
 
-from txsession._txsession import Componentized, Namespaces, Session, __version__
+from txsession._txsession import (
+    Componentized,
+    Namespaces,
+    Session,
+    __version__,
+    reseed_after_fork,
+)
 
 MutableMapping.register(Namespaces)
+
+# A forked child must not continue its parent's stream of session ids.
+os.register_at_fork(after_in_child=reseed_after_fork)
 
 
 class ReprableComponentized(Componentized):
@@ -27,4 +37,22 @@ class ReprableComponentized(Componentized):
         return sio.getvalue()
 
 
-__all__ = ["Componentized", "Namespaces", "ReprableComponentized", "Session", "__version__"]
+def __getattr__(name: str):
+    # Site pulls in twisted.web.server: import it only when asked for, so that importing
+    # txsession does not import Twisted's web modules (the conformance runner relies on it).
+    if name in ("Site", "Request"):
+        from txsession import web
+
+        return getattr(web, name)
+    raise AttributeError(f"module 'txsession' has no attribute {name!r}")
+
+
+__all__ = [
+    "Componentized",
+    "Namespaces",
+    "ReprableComponentized",
+    "Request",
+    "Session",
+    "Site",
+    "__version__",
+]

@@ -10,7 +10,14 @@ from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 
-__all__ = ["Componentized", "Namespaces", "Session", "__version__"]
+__all__ = [
+    "Componentized",
+    "Namespaces",
+    "Session",
+    "__version__",
+    "reseed_after_fork",
+    "session_id",
+]
 __version__: str
 
 @final
@@ -140,3 +147,12 @@ class Session(Componentized):
         Set C{lastModified} to the reactor's time and move the expiry to C{sessionTimeout}
         from now. Raises C{AlreadyCalled} once the timer has fired.
         """
+
+def session_id() -> bytes:
+    """
+    A new session id: 32 bytes from a ChaCha generator seeded by the operating system,
+    hex-encoded to 64 lowercase ASCII bytes.
+    """
+
+def reseed_after_fork() -> None:
+    """Forget the id generator's state, so that a forked child seeds its own."""

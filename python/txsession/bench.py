@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -252,6 +253,122 @@ def measure(repeats: int, n: int, only: Iterable[str] | None = None) -> list[Row
     return rows
 
 
+# The HTTP scenario: each implementation's site in its own server process, loaded in turn by
+# the same client over loopback.
+
+
+class _Counter(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        ns = request.getSession().sessionNamespaces
+        ns["hits"] = ns.get("hits", 0) + 1
+        return b"ok"
+
+
+def _httpServer(label: str) -> None:
+    from twisted.internet import reactor as running
+
+    site = server.Site(_Counter()) if label == "Twisted" else txsession.Site(_Counter())
+    port = running.listenTCP(0, site, interface="127.0.0.1", backlog=128)
+    print(port.getHost().port, flush=True)
+    running.run()
+
+
+def _request(cookie: bytes | None) -> bytes:
+    header = b"Cookie: TWISTED_SESSION=" + cookie + b"\r\n" if cookie else b""
+    return b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n"
+
+
+def _load(port: int, newSessions: bool, seconds: float, depth: int = 32) -> float:
+    """
+    Requests per second answered on one keep-alive connection with C{depth} pipelined
+    requests in flight; every request without a cookie (new sessions) or with one session's.
+    """
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cookie = None
+    if not newSessions:
+        sock.sendall(_request(None))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        cookie = head.split(b"TWISTED_SESSION=", 1)[1].split(b";", 1)[0]
+        _drain(sock, head)
+    request = _request(cookie)
+    batch = request * depth
+    answered = 0
+    buffer = b""
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        sock.sendall(batch)
+        pending = depth
+        while pending:
+            buffer += sock.recv(1 << 20)
+            done, buffer = _responses(buffer)
+            pending -= done
+        answered += depth
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return answered / elapsed
+
+
+def _responses(buffer: bytes) -> tuple[int, bytes]:
+    """
+    Complete responses at the start of C{buffer}, and what is left of it.
+    """
+    count = 0
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return count, buffer
+        head = buffer[:end].lower()
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        if len(buffer) < end + 4 + length:
+            return count, buffer
+        buffer = buffer[end + 4 + length :]
+        count += 1
+
+
+def _drain(sock: socket.socket, head: bytes) -> None:
+    while _responses(head)[0] < 1:
+        head += sock.recv(65536)
+
+
+def measureHttp(seconds: float, rounds: int) -> list[Row]:
+    servers = {}
+    try:
+        for label in IMPLEMENTATIONS:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "txsession.bench", "--http-server", label],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            servers[label] = (proc, int(proc.stdout.readline()))
+        rows = []
+        for newSessions, name in ((True, "HTTP, new session"), (False, "HTTP, returning session")):
+            rates: dict[str, list[float]] = {label: [] for label in IMPLEMENTATIONS}
+            for _, port in servers.values():
+                _load(port, newSessions, min(seconds, 0.5))  # warm up
+            for _ in range(rounds):
+                for label, (_, port) in servers.items():
+                    rates[label].append(_load(port, newSessions, seconds))
+            # Stored as microseconds per request, so that the table's ratio reads the same way.
+            rows.append(
+                Row(
+                    name,
+                    1e9 / statistics.median(rates["Twisted"]),
+                    1e9 / statistics.median(rates["txsession"]),
+                )
+            )
+        return rows
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -324,6 +441,26 @@ def render(rows: list[Row], memory: dict[str, float] | None) -> str:
     return "\n".join(out)
 
 
+def renderHttp(rows: list[Row]) -> str:
+    header = ("HTTP, getSession + namespace", "Twisted req/s", "txsession req/s", "ratio")
+    lines = [
+        [
+            r.operation,
+            f"{1e9 / r.twisted_ns:,.0f}",
+            f"{1e9 / r.txsession_ns:,.0f}",
+            f"{r.speedup:.2f}x",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    out += ["| " + " | ".join(x.ljust(w) for x, w in zip(line, widths)) + " |" for line in lines]
+    return "\n".join(out)
+
+
 def environment() -> str:
     return (
         f"CPython {platform.python_version()}, Twisted {twisted.__version__}, "
@@ -338,10 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--number", type=int, help="operations per timed block")
     parser.add_argument("--only", nargs="*", help="only operations whose name contains a word")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP scenario")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--http-server", metavar="IMPL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.http_server:
+        _httpServer(args.http_server)
+        return 0
     if args.memory_child:
         _memoryChild(args.memory_child[0], int(args.memory_child[1]))
         return 0
@@ -351,8 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"txsession benchmark: {environment()}")
     print(f"median of {repeats} alternating blocks of {number} operations each\n", flush=True)
     rows = measure(repeats, number, args.only)
+    httpRows = (
+        [] if args.no_http else measureHttp(1.0 if args.quick else 3.0, 3 if args.quick else 5)
+    )
     memory = None if args.no_memory else measureMemory(20_000 if args.quick else 100_000)
     print(render(rows, memory))
+    if httpRows:
+        print()
+        print(renderHttp(httpRows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -361,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
                     "repeats": repeats,
                     "number": number,
                     "rows": [dict(asdict(r), speedup=r.speedup) for r in rows],
+                    "http_requests_per_second": {
+                        r.operation: {
+                            "Twisted": 1e9 / r.twisted_ns,
+                            "txsession": 1e9 / r.txsession_ns,
+                        }
+                        for r in httpRows
+                    },
                     "memory_bytes_per_session": memory,
                 },
                 f,
