@@ -2,12 +2,12 @@
 //! `sessionNamespaces`. The Python-facing docstrings live in `_txsession.pyi`.
 
 mod componentized;
+mod delayed_call;
 mod gc;
 mod ids;
 mod keys;
 mod namespaces;
 mod session;
-mod timer;
 mod twisted;
 
 use pyo3::prelude::*;

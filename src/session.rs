@@ -12,11 +12,9 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::componentized::{state_dict, Componentized};
+use crate::delayed_call;
 use crate::namespaces::Namespaces;
-use crate::timer::{plain_f64, Due, Timer, Touch};
 use crate::traverse_fields;
-
-pyo3::import_exception!(twisted.internet.error, AlreadyCalled);
 
 /// Fields are `None` until set, which also makes an all-zero instance valid for the collector.
 #[derive(Default)]
@@ -30,7 +28,6 @@ struct State {
     callbacks: Option<Py<PyAny>>,
     /// `None` stands for a fresh empty map, made when first needed.
     namespaces: Option<Py<Namespaces>>,
-    timer: Timer,
 }
 
 /// The Python-visible names of the fields, as pickled state uses them.
@@ -125,36 +122,6 @@ impl Session {
             Err(_) => Py::new(value.py(), Namespaces::from_mapping(value)?)?,
         };
         self.put(|s| &mut s.namespaces, Some(map));
-        Ok(())
-    }
-
-    /// Moves an expiry that `touch` put off: a new call at exactly `at`, the instant Twisted's
-    /// reset call would have run at.
-    fn reschedule(
-        slf: &Bound<'_, Self>,
-        reactor: &Bound<'_, PyAny>,
-        generation: u64,
-        at: f64,
-        now: f64,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let fire = slf.getattr(intern!(py, "_expireTimer"))?;
-        let call = reactor.call_method1(intern!(py, "callLater"), (at - now, fire, generation))?;
-        // `now + (at - now)` may miss `at` by a rounding step; the reactor has not filed the
-        // call yet, so its time can still be set.
-        if let Ok(time) = call.getattr(intern!(py, "time")) {
-            if plain_f64(&time).is_some_and(|t| t != at) {
-                call.setattr(intern!(py, "time"), at)?;
-            }
-        }
-        let released = {
-            let mut state = slf.get().state.lock();
-            match state.timer.moved(generation, call.clone().unbind(), at) {
-                Ok(old_own) => (old_own, state.expire_call.replace(call.unbind())),
-                Err(unused) => (Some(unused), None),
-            }
-        };
-        drop(released);
         Ok(())
     }
 
@@ -306,59 +273,16 @@ impl Session {
         }
     }
 
-    /// Schedules the expiry with the reactor's `callLater`, `sessionTimeout` from now.
+    /// Schedules `self.expire` with the reactor's `callLater`, `sessionTimeout` from now.
     fn startCheckingExpiration(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
         let call_later = Session::required(slf, "_reactor", |s| &s.reactor)?
             .getattr(intern!(py, "callLater"))?;
         let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
-        let generation = {
-            let mut state = this.state.lock();
-            state.timer.generation += 1;
-            state.timer.generation
-        };
-        let fire = slf.getattr(intern!(py, "_expireTimer"))?;
-        let call = call_later.call1((timeout, fire, generation))?;
-        let time = call
-            .getattr(intern!(py, "time"))
-            .ok()
-            .and_then(|t| plain_f64(&t));
-        let released = {
-            let mut state = this.state.lock();
-            let old_own = state.timer.start(call.clone().unbind(), time);
-            (old_own, state.expire_call.replace(call.unbind()))
-        };
-        drop(released);
+        let expire = slf.getattr(intern!(py, "expire"))?;
+        let call = call_later.call1((timeout, expire))?;
+        slf.get().put(|s| &mut s.expire_call, Some(call.unbind()));
         Ok(())
-    }
-
-    /// What the expiry call runs: expires the session through `self.expire`, or, when `touch`
-    /// moved the expiry later, schedules the rest.
-    fn _expireTimer(slf: &Bound<'_, Self>, generation: u64) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let current = this.read(py, |s| &s.expire_call);
-        let due = this
-            .state
-            .lock()
-            .timer
-            .due(generation, current.as_ref().map(|c| c.bind(py)));
-        if let Due::At(at) = due {
-            let reactor = Session::required(slf, "_reactor", |s| &s.reactor)?;
-            let now = reactor.call_method0(intern!(py, "seconds"))?;
-            match plain_f64(&now) {
-                Some(now) if now < at => {
-                    return Session::reschedule(slf, &reactor, generation, at, now)
-                }
-                _ => this.state.lock().timer.fired = true,
-            }
-        }
-        if Session::is_exact(slf) {
-            Session::expire(slf)
-        } else {
-            slf.call_method0(intern!(py, "expire")).map(drop)
-        }
     }
 
     fn notifyOnExpire(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -386,25 +310,9 @@ impl Session {
             }
         }
         this.put(|s| &mut s.callbacks, None);
-        let (call, fired) = {
-            let state = this.state.lock();
-            let call = state.expire_call.as_ref().map(|c| c.clone_ref(py));
-            let fired = match &call {
-                Some(c) if state.timer.is_own(c.bind(py)) => Some(state.timer.fired),
-                _ => None,
-            };
-            (call, fired)
-        };
-        if let Some(call) = call {
+        if let Some(call) = this.read(py, |s| &s.expire_call) {
             let call = call.bind(py);
-            // `call.active()` is `not (cancelled or called)`; for the call this session
-            // scheduled, `called` is known here without asking.
-            let active = match fired {
-                Some(fired) => !fired && !call.getattr(intern!(py, "cancelled"))?.is_truthy()?,
-                None => {
-                    call.is_truthy()? && call.call_method0(intern!(py, "active"))?.is_truthy()?
-                }
-            };
+            let active = call.is_truthy()? && delayed_call::active(call)?;
             if active {
                 call.call_method0(intern!(py, "cancel"))?;
                 this.put(|s| &mut s.expire_call, None);
@@ -418,42 +326,21 @@ impl Session {
     fn touch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (reactor, call, own) = {
+        let (reactor, call) = {
             let state = this.state.lock();
-            let call = state.expire_call.as_ref().map(|c| c.clone_ref(py));
-            let own = call
-                .as_ref()
-                .is_some_and(|c| state.timer.is_own(c.bind(py)));
-            (state.reactor.as_ref().map(|r| r.clone_ref(py)), call, own)
+            let clone = |v: &Option<Py<PyAny>>| v.as_ref().map(|v| v.clone_ref(py));
+            (clone(&state.reactor), clone(&state.expire_call))
         };
         let reactor = reactor.ok_or_else(|| missing(slf.as_any(), "_reactor"))?;
-        let now = reactor.bind(py).call_method0(intern!(py, "seconds"))?;
-        let Some(call) = call else {
-            this.put(|s| &mut s.last_modified, Some(now.unbind()));
-            return Ok(());
-        };
-        let call = call.bind(py);
-        let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
-        // A call the app cancelled by hand must fail in `reset` as in Twisted.
-        let cancelled = own && call.getattr(intern!(py, "cancelled"))?.is_truthy()?;
-        let (now_f64, timeout_f64) = (plain_f64(&now), plain_f64(&timeout));
-        let (decision, old) = {
-            let mut state = this.state.lock();
-            let old = state.last_modified.replace(now.unbind());
-            let decision = if cancelled {
-                Touch::Reset
-            } else {
-                state.timer.touch(call, now_f64, timeout_f64)
-            };
-            (decision, old)
-        };
-        drop(old);
-        match decision {
-            Touch::Recorded => Ok(()),
-            Touch::AlreadyCalled => Err(AlreadyCalled::new_err(())),
-            Touch::Reset => call
-                .call_method1(intern!(py, "reset"), (timeout,))
-                .map(drop),
+        let seconds = reactor.bind(py).getattr(intern!(py, "seconds"))?;
+        let now = seconds.call0()?;
+        this.put(|s| &mut s.last_modified, Some(now.clone().unbind()));
+        match call {
+            Some(call) => {
+                let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
+                delayed_call::reset(call.bind(py), &timeout, &now, &seconds)
+            }
+            None => Ok(()),
         }
     }
 
@@ -507,7 +394,7 @@ impl Session {
             return Ok(());
         };
         traverse_fields!(visit; s.site, s.uid, s.reactor, s.last_modified, s.expire_call,
-            s.callbacks, s.namespaces, s.timer.call)
+            s.callbacks, s.namespaces)
     }
 
     fn __clear__(&self) {

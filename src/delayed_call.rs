@@ -1,0 +1,88 @@
+//! Twisted's `DelayedCall.reset` and `active`, done from Rust for the exact class
+//! `twisted.internet.base.DelayedCall`, the one every Twisted reactor and `task.Clock` return.
+//!
+//! `reset(secondsFromNow)` raises `AlreadyCancelled` or `AlreadyCalled`, and otherwise computes
+//! `newTime = self.seconds() + secondsFromNow`. When `newTime` is not earlier than `self.time`,
+//! the only thing it does is `self.delayed_time = newTime - self.time`. That is the case on
+//! almost every `touch`, so it is done here with the same checks, in the same order and with
+//! the same arithmetic, without running the Python method. An earlier time (the reactor must
+//! move the call), another class of delayed call, or a time that is not a plain number goes
+//! through `reset` itself.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyFloat, PyInt, PyType};
+
+pyo3::import_exception!(twisted.internet.error, AlreadyCalled);
+pyo3::import_exception!(twisted.internet.error, AlreadyCancelled);
+
+fn delayed_call_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "twisted.internet.base", "DelayedCall")
+}
+
+/// A time or timeout as an `f64`, only for a plain `float` or `int`: anything else (a
+/// `Decimal` from a custom reactor, say) takes Twisted's own path.
+fn plain_f64(value: &Bound<'_, PyAny>) -> Option<f64> {
+    if let Ok(f) = value.cast_exact::<PyFloat>() {
+        return Some(f.value());
+    }
+    if value.is_exact_instance_of::<PyInt>() {
+        return value.extract::<f64>().ok();
+    }
+    None
+}
+
+fn is_exact(call: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(call.get_type().is(delayed_call_type(call.py())?))
+}
+
+/// `call.reset(timeout)`. `now` is the time the caller just read from `seconds`, the clock
+/// function it was read with; it is reused when the call's own `seconds` is that same clock.
+pub fn reset(
+    call: &Bound<'_, PyAny>,
+    timeout: &Bound<'_, PyAny>,
+    now: &Bound<'_, PyAny>,
+    seconds: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = call.py();
+    if !is_exact(call)? {
+        return call
+            .call_method1(intern!(py, "reset"), (timeout,))
+            .map(drop);
+    }
+    if call.getattr(intern!(py, "cancelled"))?.is_truthy()? {
+        return Err(AlreadyCancelled::new_err(()));
+    }
+    if call.getattr(intern!(py, "called"))?.is_truthy()? {
+        return Err(AlreadyCalled::new_err(()));
+    }
+    let own_seconds = call.getattr(intern!(py, "seconds"))?;
+    let now = if own_seconds.eq(seconds)? {
+        now.clone()
+    } else {
+        own_seconds.call0()?
+    };
+    let time = call.getattr(intern!(py, "time"))?;
+    if let (Some(now), Some(timeout), Some(time)) =
+        (plain_f64(&now), plain_f64(timeout), plain_f64(&time))
+    {
+        let new_time = now + timeout;
+        if new_time >= time {
+            return call.setattr(intern!(py, "delayed_time"), new_time - time);
+        }
+    }
+    call.call_method1(intern!(py, "reset"), (timeout,))
+        .map(drop)
+}
+
+/// `call.active()`: not cancelled and not called.
+pub fn active(call: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = call.py();
+    if !is_exact(call)? {
+        return call.call_method0(intern!(py, "active"))?.is_truthy();
+    }
+    Ok(!call.getattr(intern!(py, "cancelled"))?.is_truthy()?
+        && !call.getattr(intern!(py, "called"))?.is_truthy()?)
+}
