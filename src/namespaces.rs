@@ -382,13 +382,7 @@ fn abc_view<'py>(
     name: &str,
     map: &Bound<'py, Namespaces>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    static ABC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    ABC.get_or_try_init(py, || {
-        py.import("collections.abc").map(|m| m.into_any().unbind())
-    })?
-    .bind(py)
-    .getattr(name)?
-    .call1((map,))
+    py.import("collections.abc")?.getattr(name)?.call1((map,))
 }
 
 #[pymethods]
@@ -641,14 +635,8 @@ impl Namespaces {
 }
 
 fn is_mapping(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
-    static MAPPING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let py = obj.py();
-    let mapping = MAPPING.get_or_try_init(py, || {
-        py.import("collections.abc")?
-            .getattr("Mapping")
-            .map(Bound::unbind)
-    })?;
-    obj.is_instance(mapping.bind(py))
+    static MAPPING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    obj.is_instance(MAPPING.import(obj.py(), "collections.abc", "Mapping")?)
 }
 
 #[derive(Clone, Copy)]
