@@ -358,7 +358,7 @@ def measureHttp(seconds: float, rounds: int) -> list[Row]:
             for _ in range(rounds):
                 for label, (_, port) in servers.items():
                     rates[label].append(_load(port, newSessions, seconds))
-            # Stored as microseconds per request, so that the table's ratio reads the same way.
+            # Stored as nanoseconds per request, so that Row's speed-up is the rate ratio.
             rows.append(
                 Row(
                     name,
@@ -420,6 +420,19 @@ def _formatTime(ns: float) -> str:
     return f"{ns / 1000:.2f} us" if ns >= 1000 else f"{ns:.0f} ns"
 
 
+def _table(header: tuple[str, ...], lines: list[list[str]]) -> str:
+    """
+    A Markdown table with columns padded to their widest cell.
+    """
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+    out = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
+    return "\n".join(out)
+
+
 def render(rows: list[Row], memory: dict[str, float] | None) -> str:
     header = ("operation", "Twisted", "txsession", "speed-up")
     lines = [
@@ -435,14 +448,7 @@ def render(rows: list[Row], memory: dict[str, float] | None) -> str:
                 f"{memory['Twisted'] / memory['txsession']:.2f}x less",
             ]
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    for line in lines:
-        out.append("| " + " | ".join(str(x).ljust(w) for x, w in zip(line, widths)) + " |")
-    return "\n".join(out)
+    return _table(header, lines)
 
 
 def renderHttp(rows: list[Row]) -> str:
@@ -456,13 +462,7 @@ def renderHttp(rows: list[Row]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    out = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    out += ["| " + " | ".join(x.ljust(w) for x, w in zip(line, widths)) + " |" for line in lines]
-    return "\n".join(out)
+    return _table(header, lines)
 
 
 def environment() -> str:
