@@ -9,10 +9,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile(
-    "soak", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+# differing_executors: trial makes a new TestCase instance for every run of a test, and
+# tests.parallel runs each test in several threads, so a test meets several instances.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.differing_executors]
+settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=_SUPPRESS)
+settings.register_profile("soak", max_examples=5000, deadline=None, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

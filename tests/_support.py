@@ -26,7 +26,12 @@ def implementations(mixin, namespace, **extra):
         name = f"{base}{label}Tests"
         attrs = dict(sessionClass=session, componentizedClass=componentized, **extra)
         attrs["__module__"] = namespace["__name__"]
-        namespace[name] = type(name, (mixin, unittest.TestCase), attrs)
+        namespace[name] = type(name, (mixin, unittest.SynchronousTestCase), attrs)
+
+
+# Set by tests.parallel while it runs the suites in several threads at once: there each thread
+# has its own scratch registry behind one thread-aware stand-in for Twisted's global one.
+perThread = None
 
 
 class ScratchRegistryMixin:
@@ -37,6 +42,10 @@ class ScratchRegistryMixin:
 
     def setUp(self):
         registry = AdapterRegistry()
+        if perThread is not None:
+            perThread.registry = registry
+            self.addCleanup(delattr, perThread, "registry")
+            return
         self.patch(components, "globalRegistry", registry)
         hook = components._addHook(registry)
         self.addCleanup(components._removeHook, hook)

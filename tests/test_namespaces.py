@@ -68,7 +68,7 @@ def apply(mapping, op, key, value):
     return None
 
 
-class NamespacesTests(unittest.TestCase):
+class NamespacesTests(unittest.SynchronousTestCase):
     @given(operations)
     def test_behavesLikeDict(self, ops):
         """

@@ -343,7 +343,7 @@ class SessionMixin(ScratchRegistryMixin):
 implementations(SessionMixin, globals())
 
 
-class ReentrancyTests(ScratchRegistryMixin, unittest.TestCase):
+class ReentrancyTests(ScratchRegistryMixin, unittest.SynchronousTestCase):
     """
     Callbacks and adapters may use the very session that is calling them.
     """

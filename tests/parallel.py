@@ -1,0 +1,108 @@
+"""
+Run txsession's core test suites in several threads at once: every thread runs its own
+instances of every test, started together at a barrier, round after round, with a tiny switch
+interval so that threads interleave inside txsession's methods. Each thread gets its own scratch
+adapter registry (see L{tests._support.ScratchRegistryMixin}); everything else, txsession's
+interface-key cache, its id generator and the classes themselves, is shared.
+
+    python -m tests.parallel [--threads N] [--rounds N] [module ...]
+
+Exits 1 if any test fails or errors in any thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import unittest
+
+from twisted.python import components
+from twisted.trial.reporter import TestResult
+from zope.interface import declarations, interface
+
+from tests import _support
+
+CORE = ["tests.test_session", "tests.test_componentized", "tests.test_namespaces"]
+
+
+class ThreadRegistry:
+    """
+    Twisted's global adapter registry as seen by the current thread: that thread's scratch
+    registry during a test, else the real global one.
+    """
+
+    def __init__(self, local, fallback):
+        self._local = local
+        self._fallback = fallback
+
+    def __getattr__(self, name):
+        return getattr(getattr(self._local, "registry", self._fallback), name)
+
+
+def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
+    """
+    Run C{modules} in C{threads} threads for C{rounds} rounds; return the number of tests run
+    and a description of every failure and error.
+    """
+    for name in modules:
+        __import__(name)
+    local = threading.local()
+    registry = ThreadRegistry(local, components.globalRegistry)
+
+    def hook(iface, ob):
+        factory = registry.lookup1(declarations.providedBy(ob), iface)
+        return None if factory is None else factory(ob)
+
+    problems: list[str] = []
+    counts = [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def worker(index):
+        loader = unittest.TestLoader()
+        for _ in range(rounds):
+            suite = loader.loadTestsFromNames(modules)
+            result = TestResult()
+            barrier.wait()
+            suite.run(result)
+            counts[index] += result.testsRun
+            for case, failure in result.errors + result.failures:
+                problems.append(f"{case.id()} (thread {index}):\n{failure}")
+
+    oldRegistry, oldInterval = components.globalRegistry, sys.getswitchinterval()
+    components.globalRegistry = registry
+    interface.adapter_hooks.append(hook)
+    _support.perThread = local
+    sys.setswitchinterval(1e-5)
+    try:
+        workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        sys.setswitchinterval(oldInterval)
+        _support.perThread = None
+        interface.adapter_hooks.remove(hook)
+        components.globalRegistry = oldRegistry
+    return sum(counts), problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.parallel", description=__doc__)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("modules", nargs="*", default=CORE)
+    args = parser.parse_args(argv)
+    total, problems = run(args.modules, args.threads, args.rounds)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(
+        f"{total} test runs in {args.threads} threads x {args.rounds} rounds: "
+        f"{len(problems)} failed"
+    )
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
