@@ -5,6 +5,7 @@ CPython from 3.9 to 3.13 found here, against Twisted releases from the last thre
     nox                      # the whole matrix
     nox -s newest            # the newest Python here with the newest Twisted
     nox -s stubs             # the type stubs checked against the built module
+    nox -s memcheck          # the test suite under valgrind's memcheck (about 5 minutes)
 
 Each session builds a wheel with maturin for its interpreter and installs that wheel, not the
 source tree, the way users install the package.
@@ -52,12 +53,19 @@ def _supported(python, twisted):
     return _version(first) <= _version(twisted) <= _version(last)
 
 
-def _installWheel(session, twisted):
+def _installWheel(session, twisted, env=None):
     dist = os.path.join(session.create_tmp(), "dist")
     shutil.rmtree(dist, ignore_errors=True)
     session.install("maturin>=1.9,<2")
     session.run(
-        "maturin", "build", "--release", "--interpreter", _venvPython(session), "--out", dist
+        "maturin",
+        "build",
+        "--release",
+        "--interpreter",
+        _venvPython(session),
+        "--out",
+        dist,
+        env=env,
     )
     wheel = glob.glob(os.path.join(dist, "*.whl"))[0]
     session.install(f"{wheel}[test]", f"twisted[test]=={twisted}")
@@ -69,13 +77,19 @@ def _venvPython(session):
     return os.path.join(session.virtualenv.location, "bin", "python")
 
 
-def _checks(session):
-    # Run from a scratch directory so that the installed wheel is what gets imported.
-    tests = os.path.join(os.getcwd(), "tests")
+def _scratchTests(session):
+    """
+    A copy of the tests in the session's scratch directory, returned: run from there, the
+    installed wheel is what gets imported.
+    """
     tmp = session.create_tmp()
     shutil.rmtree(os.path.join(tmp, "tests"), ignore_errors=True)
-    shutil.copytree(tests, os.path.join(tmp, "tests"))
-    with session.chdir(tmp):
+    shutil.copytree(os.path.join(os.getcwd(), "tests"), os.path.join(tmp, "tests"))
+    return tmp
+
+
+def _checks(session):
+    with session.chdir(_scratchTests(session)):
         session.run("python", "-c", "import txsession, sys; print(txsession.__file__)")
         session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests")
         session.run("python", "-m", "txsession.conformance")
@@ -115,3 +129,34 @@ def stubs(session):
         session.run(
             "python", "-m", "mypy.stubtest", "txsession._txsession", "--allowlist", allowlist
         )
+
+
+@nox.session(python=_interpreter("3.11"))
+def memcheck(session):
+    """
+    The test suite under valgrind's memcheck, with C{PYTHONMALLOC=malloc} so that every Python
+    allocation is seen, on a release build with debug information. tests/memcheck.py then reads
+    the log and fails on any error whose stack passes through txsession or PyO3.
+    """
+    _installWheel(session, TWISTED[-1], env={"CARGO_PROFILE_RELEASE_DEBUG": "true"})
+    tmp = _scratchTests(session)
+    log = os.path.join(tmp, "memcheck.log")
+    with session.chdir(tmp):
+        session.run(
+            "valgrind",
+            "--tool=memcheck",
+            "--leak-check=full",
+            "--show-leak-kinds=definite",
+            "--num-callers=40",
+            f"--log-file={log}",
+            "python",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests",
+            env={"PYTHONMALLOC": "malloc"},
+            external=True,
+        )
+        session.run("python", os.path.join("tests", "memcheck.py"), log)

@@ -16,7 +16,9 @@ use crate::delayed_call;
 use crate::namespaces::Namespaces;
 use crate::traverse_fields;
 
-/// Fields are `None` until set, which also makes an all-zero instance valid for the collector.
+/// Fields are `None` until set (or after `del`), which also makes an all-zero instance valid
+/// for the collector. A field set to Python's `None` holds `Some(None)`, as Twisted's instance
+/// attribute would.
 #[derive(Default)]
 struct State {
     site: Option<Py<PyAny>>,
@@ -24,10 +26,13 @@ struct State {
     reactor: Option<Py<PyAny>>,
     last_modified: Option<Py<PyAny>>,
     expire_call: Option<Py<PyAny>>,
-    /// `None` stands for a fresh empty list, made when first needed.
+    /// `None` stands for a fresh empty list, made when first needed, unless deleted.
     callbacks: Option<Py<PyAny>>,
-    /// `None` stands for a fresh empty map, made when first needed.
-    namespaces: Option<Py<Namespaces>>,
+    /// `None` stands for a fresh empty `Namespaces`, made when first needed, unless deleted.
+    /// Whatever is assigned is kept as it is, as Twisted keeps it.
+    namespaces: Option<Py<PyAny>>,
+    callbacks_deleted: bool,
+    namespaces_deleted: bool,
 }
 
 /// The Python-visible names of the fields, as pickled state uses them.
@@ -89,9 +94,28 @@ impl Session {
             .ok_or_else(|| missing(slf.as_any(), name))
     }
 
+    /// Takes a field as `del` does: an `AttributeError` if it is not set.
+    fn delete(
+        slf: &Bound<'_, Self>,
+        name: &str,
+        field: impl FnOnce(&mut State) -> &mut Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let old = field(&mut slf.get().state.lock()).take();
+        match old {
+            Some(old) => {
+                drop(old);
+                Ok(())
+            }
+            None => Err(missing(slf.as_any(), name)),
+        }
+    }
+
     fn callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if let Some(list) = self.read(py, |s| &s.callbacks) {
             return Ok(list.into_bound(py));
+        }
+        if self.state.lock().callbacks_deleted {
+            return Err(PyAttributeError::new_err("expireCallbacks"));
         }
         let fresh = PyList::empty(py).into_any().unbind();
         Ok(self
@@ -103,11 +127,14 @@ impl Session {
             .into_bound(py))
     }
 
-    fn namespaces(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
+    fn namespaces(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if let Some(map) = self.state.lock().namespaces.as_ref() {
             return Ok(map.clone_ref(py));
         }
-        let fresh = Py::new(py, Namespaces::default())?;
+        if self.state.lock().namespaces_deleted {
+            return Err(PyAttributeError::new_err("sessionNamespaces"));
+        }
+        let fresh = Py::new(py, Namespaces::default())?.into_any();
         Ok(self
             .state
             .lock()
@@ -116,13 +143,22 @@ impl Session {
             .clone_ref(py))
     }
 
-    fn set_namespaces(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let map = match value.cast::<Namespaces>() {
-            Ok(ns) => ns.clone().unbind(),
-            Err(_) => Py::new(value.py(), Namespaces::from_mapping(value)?)?,
+    fn set_namespaces(&self, value: Py<PyAny>) {
+        let old = {
+            let mut state = self.state.lock();
+            state.namespaces_deleted = false;
+            state.namespaces.replace(value)
         };
-        self.put(|s| &mut s.namespaces, Some(map));
-        Ok(())
+        drop(old);
+    }
+
+    fn set_callbacks(&self, value: Option<Py<PyAny>>) {
+        let old = {
+            let mut state = self.state.lock();
+            state.callbacks_deleted = false;
+            std::mem::replace(&mut state.callbacks, value)
+        };
+        drop(old);
     }
 
     /// Sets a field from pickled state; `false` when `name` is not one of this class's fields.
@@ -134,8 +170,13 @@ impl Session {
             "_reactor" => self.put(|s| &mut s.reactor, value_py()),
             "lastModified" => self.put(|s| &mut s.last_modified, value_py()),
             "_expireCall" => self.put(|s| &mut s.expire_call, value_py()),
-            "expireCallbacks" => self.put(|s| &mut s.callbacks, value_py()),
-            "sessionNamespaces" => self.set_namespaces(value)?,
+            "expireCallbacks" => self.set_callbacks(value_py()),
+            // A pickled session's namespaces are a dict: back into a Rust map.
+            "sessionNamespaces" if value.is_exact_instance_of::<PyDict>() => {
+                let map = Namespaces::from_mapping(value)?;
+                self.set_namespaces(Py::new(value.py(), map)?.into_any())
+            }
+            "sessionNamespaces" => self.set_namespaces(value.clone().unbind()),
             _ => return Ok(false),
         }
         Ok(true)
@@ -174,13 +215,17 @@ impl Session {
         this.put(|s| &mut s.reactor, Some(reactor.unbind()));
         this.put(|s| &mut s.site, Some(site.clone().unbind()));
         this.put(|s| &mut s.uid, Some(uid.clone().unbind()));
-        this.put(|s| &mut s.callbacks, None);
+        this.set_callbacks(None);
         if Session::is_exact(slf) {
             Session::touch(slf)?;
         } else {
             slf.call_method0(intern!(py, "touch"))?;
         }
-        this.put(|s| &mut s.namespaces, None);
+        {
+            let mut state = this.state.lock();
+            state.namespaces_deleted = false;
+            state.namespaces.take()
+        };
         Ok(())
     }
 
@@ -195,8 +240,13 @@ impl Session {
     }
 
     #[setter(site)]
-    fn set_site(&self, value: Option<Py<PyAny>>) {
-        self.put(|s| &mut s.site, value);
+    fn set_site(&self, value: Py<PyAny>) {
+        self.put(|s| &mut s.site, Some(value));
+    }
+
+    #[deleter(site)]
+    fn delete_site(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Session::delete(slf, "site", |s| &mut s.site)
     }
 
     #[getter(uid)]
@@ -205,8 +255,13 @@ impl Session {
     }
 
     #[setter(uid)]
-    fn set_uid(&self, value: Option<Py<PyAny>>) {
-        self.put(|s| &mut s.uid, value);
+    fn set_uid(&self, value: Py<PyAny>) {
+        self.put(|s| &mut s.uid, Some(value));
+    }
+
+    #[deleter(uid)]
+    fn delete_uid(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Session::delete(slf, "uid", |s| &mut s.uid)
     }
 
     #[getter(_reactor)]
@@ -215,8 +270,13 @@ impl Session {
     }
 
     #[setter(_reactor)]
-    fn set_reactor(&self, value: Option<Py<PyAny>>) {
-        self.put(|s| &mut s.reactor, value);
+    fn set_reactor(&self, value: Py<PyAny>) {
+        self.put(|s| &mut s.reactor, Some(value));
+    }
+
+    #[deleter(_reactor)]
+    fn delete_reactor(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Session::delete(slf, "_reactor", |s| &mut s.reactor)
     }
 
     #[getter(lastModified)]
@@ -225,8 +285,13 @@ impl Session {
     }
 
     #[setter(lastModified)]
-    fn set_last_modified(&self, value: Option<Py<PyAny>>) {
-        self.put(|s| &mut s.last_modified, value);
+    fn set_last_modified(&self, value: Py<PyAny>) {
+        self.put(|s| &mut s.last_modified, Some(value));
+    }
+
+    #[deleter(lastModified)]
+    fn delete_last_modified(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Session::delete(slf, "lastModified", |s| &mut s.last_modified)
     }
 
     /// The pending expiry call, or `None`.
@@ -235,9 +300,15 @@ impl Session {
         self.read(py, |s| &s.expire_call)
     }
 
+    /// Unset reads as `None`, as Twisted's class attribute does.
     #[setter(_expireCall)]
-    fn set_expire_call(&self, value: Option<Py<PyAny>>) {
-        self.put(|s| &mut s.expire_call, value);
+    fn set_expire_call(&self, value: Py<PyAny>) {
+        self.put(|s| &mut s.expire_call, Some(value));
+    }
+
+    #[deleter(_expireCall)]
+    fn delete_expire_call(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Session::delete(slf, "_expireCall", |s| &mut s.expire_call)
     }
 
     #[getter(expireCallbacks)]
@@ -246,31 +317,42 @@ impl Session {
     }
 
     #[setter(expireCallbacks)]
-    fn set_expire_callbacks(&self, value: Option<Py<PyAny>>) -> PyResult<()> {
-        match value {
-            Some(value) => {
-                self.put(|s| &mut s.callbacks, Some(value));
-                Ok(())
-            }
-            None => Err(PyAttributeError::new_err(
-                "can't delete attribute 'expireCallbacks'",
-            )),
-        }
+    fn set_expire_callbacks(&self, value: Py<PyAny>) {
+        self.set_callbacks(Some(value));
+    }
+
+    #[deleter(expireCallbacks)]
+    fn delete_expire_callbacks(&self, py: Python<'_>) -> PyResult<()> {
+        self.callbacks(py)?;
+        let old = {
+            let mut state = self.state.lock();
+            state.callbacks_deleted = true;
+            state.callbacks.take()
+        };
+        drop(old);
+        Ok(())
     }
 
     #[getter(sessionNamespaces)]
-    fn get_session_namespaces(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
+    fn get_session_namespaces(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.namespaces(py)
     }
 
     #[setter(sessionNamespaces)]
-    fn set_session_namespaces(&self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        match value {
-            Some(value) => self.set_namespaces(value),
-            None => Err(PyAttributeError::new_err(
-                "can't delete attribute 'sessionNamespaces'",
-            )),
-        }
+    fn set_session_namespaces(&self, value: Py<PyAny>) {
+        self.set_namespaces(value);
+    }
+
+    #[deleter(sessionNamespaces)]
+    fn delete_session_namespaces(&self, py: Python<'_>) -> PyResult<()> {
+        self.namespaces(py)?;
+        let old = {
+            let mut state = self.state.lock();
+            state.namespaces_deleted = true;
+            state.namespaces.take()
+        };
+        drop(old);
+        Ok(())
     }
 
     /// Schedules `self.expire` with the reactor's `callLater`, `sessionTimeout` from now.
@@ -308,8 +390,10 @@ impl Session {
             for callback in callbacks.bind(py).try_iter()? {
                 callback?.call0()?;
             }
+        } else if this.state.lock().callbacks_deleted {
+            return Err(missing(slf.as_any(), "expireCallbacks"));
         }
-        this.put(|s| &mut s.callbacks, None);
+        this.set_callbacks(None);
         if let Some(call) = this.read(py, |s| &s.expire_call) {
             let call = call.bind(py);
             let active = call.is_truthy()? && delayed_call::active(call)?;
@@ -336,11 +420,11 @@ impl Session {
         let now = seconds.call0()?;
         this.put(|s| &mut s.last_modified, Some(now.clone().unbind()));
         match call {
-            Some(call) => {
+            Some(call) if !call.is_none(py) => {
                 let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
                 delayed_call::reset(call.bind(py), &timeout, &now, &seconds)
             }
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -349,8 +433,15 @@ impl Session {
         let base = slf.as_super();
         let state = Componentized::base_state(slf.as_any(), base.get())?;
         let this = slf.get();
-        let namespaces = this.namespaces(py)?.get().to_dict(py)?.into_any().unbind();
-        let callbacks = this.callbacks(py)?.unbind();
+        let namespaces =
+            this.namespaces(py)
+                .ok()
+                .map(|ns| match ns.bind(py).cast::<Namespaces>() {
+                    Ok(map) => map.get().to_dict(py).map(|d| d.into_any().unbind()),
+                    Err(_) => Ok(ns),
+                });
+        let namespaces = namespaces.transpose()?;
+        let callbacks = this.callbacks(py).ok().map(Bound::unbind);
         let values = {
             let s = this.state.lock();
             [
@@ -359,8 +450,8 @@ impl Session {
                 s.reactor.as_ref().map(|v| v.clone_ref(py)),
                 s.last_modified.as_ref().map(|v| v.clone_ref(py)),
                 s.expire_call.as_ref().map(|v| v.clone_ref(py)),
-                Some(callbacks),
-                Some(namespaces),
+                callbacks,
+                namespaces,
             ]
         };
         for (name, value) in FIELDS.iter().zip(values) {

@@ -285,15 +285,46 @@ class SessionMixin(ScratchRegistryMixin):
 
     def test_namespacesMapping(self):
         """
-        C{sessionNamespaces} behaves as a dict; assigning a dict replaces its contents.
+        C{sessionNamespaces} behaves as a dict; whatever is assigned to it is kept as it is.
         """
         ns = self.session.sessionNamespaces
         ns["visits"] = 1
         ns.setdefault("cart", []).append("book")
         self.assertEqual(ns, {"visits": 1, "cart": ["book"]})
-        self.session.sessionNamespaces = {"fresh": True}
-        self.assertEqual(dict(self.session.sessionNamespaces), {"fresh": True})
+        fresh = {"fresh": True}
+        self.session.sessionNamespaces = fresh
+        self.assertIs(self.session.sessionNamespaces, fresh)
         self.assertEqual(ns, {"visits": 1, "cart": ["book"]})
+
+    def test_attributesHoldNone(self):
+        """
+        Every attribute can be set to C{None} and reads back C{None}; a deleted attribute is
+        gone (C{_expireCall} and C{sessionTimeout} fall back to the class's value).
+        """
+        names = [
+            "site",
+            "uid",
+            "_reactor",
+            "lastModified",
+            "expireCallbacks",
+            "sessionNamespaces",
+            "_expireCall",
+            "sessionTimeout",
+        ]
+        for name in names:
+            setattr(self.session, name, None)
+            self.assertIsNone(getattr(self.session, name), name)
+            delattr(self.session, name)
+        for name in names[:6]:
+            self.assertRaises(AttributeError, getattr, self.session, name)
+            self.assertRaises(AttributeError, delattr, self.session, name)
+        self.assertIsNone(self.session._expireCall)
+        self.assertEqual(self.session.sessionTimeout, 900)
+        self.assertRaises(AttributeError, self.session.notifyOnExpire, lambda: None)
+        self.session.site = self.site
+        self.session.uid = b"back"
+        self.site.sessions[b"back"] = self.session
+        self.assertRaises(AttributeError, self.session.expire)
 
     def test_requestGetSession(self):
         """
