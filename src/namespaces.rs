@@ -40,9 +40,12 @@ pub struct MapCore {
     slots: Vec<Option<Entry>>,
     indices: Vec<u32>,
     len: usize,
-    /// Bumped whenever a key is added or removed: iterators and lookups that ran Python code
-    /// check it to notice that the map changed under them.
+    /// Bumped whenever a key is added or removed: iterators check it to notice that the map
+    /// changed under them.
     version: u64,
+    /// Bumped whenever slots move (a rebuild or emptying): a lookup that ran Python code starts
+    /// again if it changed, as CPython's dict lookup does when its keys table is replaced.
+    layout: u64,
 }
 
 enum Probe {
@@ -99,9 +102,10 @@ impl MapCore {
         })
     }
 
-    fn probe(&self, py: Python<'_>, key: &Bound<'_, PyAny>, hash: isize) -> Probe {
+    /// Looks `key` up among the slots from `from` on.
+    fn probe(&self, py: Python<'_>, key: &Bound<'_, PyAny>, hash: isize, from: usize) -> Probe {
         let mut slow = Vec::new();
-        for ix in self.candidates(hash) {
+        for ix in self.candidates(hash).filter(|&ix| ix >= from) {
             let entry = self.slots[ix].as_ref().expect("candidate slots are live");
             if entry.key.as_ptr() == key.as_ptr() {
                 return Probe::Found(ix);
@@ -134,8 +138,15 @@ impl MapCore {
         self.indices[i] = slot as u32;
     }
 
+    /// Whether slot `ix` still holds `key`, with the slots where they were.
+    fn holds(&self, layout: u64, ix: usize, key: &Py<PyAny>) -> bool {
+        self.layout == layout
+            && matches!(&self.slots[ix], Some(e) if e.key.as_ptr() == key.as_ptr())
+    }
+
     /// Drops deleted slots and rebuilds the index when it is due.
     fn rebuild(&mut self) {
+        self.layout += 1;
         if self.len < self.slots.len() {
             self.slots.retain(Option::is_some);
         }
@@ -174,6 +185,7 @@ impl MapCore {
             self.version += 1;
             let dead = self.slots.len() - self.len;
             if self.len == 0 {
+                self.layout += 1;
                 self.slots.clear();
                 self.indices.clear();
             } else if dead > INDEX_FROM && dead > self.len {
@@ -185,6 +197,7 @@ impl MapCore {
 
     /// Empties the map, handing back the entries to drop once the lock is released.
     pub fn take_all(&mut self) -> Vec<Option<Entry>> {
+        self.layout += 1;
         self.indices.clear();
         self.len = 0;
         self.version += 1;
@@ -237,6 +250,10 @@ impl Namespaces {
     }
 
     /// Finds `key`, comparing with Python code only while the lock is released.
+    ///
+    /// As CPython's dict lookup: after a comparison that ran Python code, the lookup starts
+    /// again only if the slots moved or the compared entry is gone; keys added meanwhile are
+    /// compared after the ones already found.
     fn locate<'a>(
         &'a self,
         py: Python<'_>,
@@ -244,31 +261,46 @@ impl Namespaces {
         hash: isize,
     ) -> PyResult<Located<'a>> {
         'retry: loop {
-            let guard = self.core.lock();
-            let (version, candidates) = match guard.probe(py, key, hash) {
-                Probe::Found(ix) => return Ok((guard, Some(ix))),
-                Probe::Missing => return Ok((guard, None)),
-                Probe::Compare(candidates) => (guard.version, candidates),
-            };
-            drop(guard);
-            let mut found = None;
-            for (ix, stored) in &candidates {
-                let equal = stored.bind(py).eq(key)?;
-                if self.core.lock().version != version {
-                    drop(candidates);
+            let mut guard = self.core.lock();
+            let layout = guard.layout;
+            let mut from = 0;
+            loop {
+                let candidates = match guard.probe(py, key, hash, from) {
+                    Probe::Found(ix) => return Ok((guard, Some(ix))),
+                    Probe::Missing => return Ok((guard, None)),
+                    Probe::Compare(candidates) => candidates,
+                };
+                from = guard.slots.len();
+                drop(guard);
+                let mut found = None;
+                for (ix, stored) in &candidates {
+                    let equal = stored.bind(py).eq(key)?;
+                    if !self.core.lock().holds(layout, *ix, stored) {
+                        drop(candidates);
+                        continue 'retry;
+                    }
+                    if equal {
+                        found = Some((*ix, stored.clone_ref(py)));
+                        break;
+                    }
+                }
+                // Dropped before locking: the last reference to a key may run its finalizer.
+                drop(candidates);
+                if let Some((ix, stored)) = found {
+                    let guard = self.core.lock();
+                    if guard.holds(layout, ix, &stored) {
+                        // `stored` is still in the map: dropping this reference frees nothing.
+                        drop(stored);
+                        return Ok((guard, Some(ix)));
+                    }
+                    drop(guard);
                     continue 'retry;
                 }
-                if equal {
-                    found = Some(*ix);
-                    break;
+                guard = self.core.lock();
+                if guard.layout != layout {
+                    continue 'retry;
                 }
             }
-            drop(candidates);
-            let guard = self.core.lock();
-            if guard.version != version {
-                continue;
-            }
-            return Ok((guard, found));
         }
     }
 

@@ -399,7 +399,8 @@ impl Session {
             let active = call.is_truthy()? && delayed_call::active(call)?;
             if active {
                 call.call_method0(intern!(py, "cancel"))?;
-                this.put(|s| &mut s.expire_call, None);
+                // Twisted sets the attribute to None here (it is then an instance attribute).
+                this.put(|s| &mut s.expire_call, Some(py.None()));
             }
         }
         Ok(())

@@ -40,6 +40,26 @@ class ThreadRegistry:
         return getattr(getattr(self._local, "registry", self._fallback), name)
 
 
+def _cases(suite):
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            yield from _cases(test)
+        else:
+            yield test
+
+
+def parallelUnsafe(reason):
+    """
+    Mark a test that this runner leaves out, and say why.
+    """
+
+    def mark(f):
+        f.parallelUnsafe = reason
+        return f
+
+    return mark
+
+
 def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
     """
     Run C{modules} in C{threads} threads for C{rounds} rounds; return the number of tests run
@@ -61,7 +81,11 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
     def worker(index):
         loader = unittest.TestLoader()
         for _ in range(rounds):
-            suite = loader.loadTestsFromNames(modules)
+            suite = unittest.TestSuite(
+                case
+                for case in _cases(loader.loadTestsFromNames(modules))
+                if not getattr(getattr(case, case._testMethodName), "parallelUnsafe", None)
+            )
             result = TestResult()
             barrier.wait()
             suite.run(result)

@@ -14,7 +14,11 @@ class ParallelTests(unittest.SynchronousTestCase):
         """
         Four threads each run every core test twice, all at once: every run passes.
         """
-        size = pyunit.TestLoader().loadTestsFromNames(parallel.CORE).countTestCases()
+        loaded = pyunit.TestLoader().loadTestsFromNames(parallel.CORE)
+        cases = list(parallel._cases(loaded))
+        left = [c for c in cases if getattr(getattr(c, c._testMethodName), "parallelUnsafe", 0)]
+        self.assertEqual(len(left), 3)
+        size = len(cases) - len(left)
         total, problems = parallel.run(parallel.CORE, threads=4, rounds=2)
         self.assertEqual(problems, [])
         self.assertEqual(total, size * 4 * 2)
