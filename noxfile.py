@@ -140,7 +140,7 @@ def memcheck(session):
     """
     _installWheel(session, TWISTED[-1], env={"CARGO_PROFILE_RELEASE_DEBUG": "true"})
     tmp = _scratchTests(session)
-    log = os.path.join(tmp, "memcheck.log")
+    log = os.path.abspath(os.path.join(tmp, "memcheck.log"))
     with session.chdir(tmp):
         session.run(
             "valgrind",
