@@ -16,8 +16,10 @@ import argparse
 import sys
 import threading
 import unittest
+import warnings
 
 from twisted.python import components
+from twisted.trial import _synctest
 from twisted.trial.reporter import TestResult
 from zope.interface import declarations, interface
 
@@ -93,6 +95,22 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
             for case, failure in result.errors + result.failures:
                 problems.append(f"{case.id()} (thread {index}):\n{failure}")
 
+    # trial counts the tests that use its log observer, and swaps the warnings hooks while a
+    # test runs, both unguarded: serialise the first, and put the second back afterwards, so
+    # that later tests' flushLoggedErrors and flushWarnings still see what they should.
+    observer, observerLock = _synctest._logObserver, threading.Lock()
+    add, remove = observer._add, observer._remove
+
+    def lockedAdd():
+        with observerLock:
+            add()
+
+    def lockedRemove():
+        with observerLock:
+            remove()
+
+    showwarning, filters = warnings.showwarning, warnings.filters[:]
+    observer._add, observer._remove = lockedAdd, lockedRemove
     oldRegistry, oldInterval = components.globalRegistry, sys.getswitchinterval()
     components.globalRegistry = registry
     interface.adapter_hooks.append(hook)
@@ -105,6 +123,8 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
         for t in workers:
             t.join()
     finally:
+        del observer._add, observer._remove
+        warnings.showwarning, warnings.filters[:] = showwarning, filters
         sys.setswitchinterval(oldInterval)
         _support.perThread = None
         interface.adapter_hooks.remove(hook)
