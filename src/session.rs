@@ -143,22 +143,37 @@ impl Session {
             .clone_ref(py))
     }
 
-    fn set_namespaces(&self, value: Py<PyAny>) {
+    /// Replaces a lazily made field (`None`: made fresh when first read) and sets whether it
+    /// counts as deleted, dropping the old value after the lock is released.
+    fn replace_lazy(
+        &self,
+        slot: impl FnOnce(&mut State) -> (&mut Option<Py<PyAny>>, &mut bool),
+        value: Option<Py<PyAny>>,
+        deleted: bool,
+    ) {
         let old = {
             let mut state = self.state.lock();
-            state.namespaces_deleted = false;
-            state.namespaces.replace(value)
+            let (field, flag) = slot(&mut state);
+            *flag = deleted;
+            std::mem::replace(field, value)
         };
         drop(old);
     }
 
-    fn set_callbacks(&self, value: Option<Py<PyAny>>) {
-        let old = {
-            let mut state = self.state.lock();
-            state.callbacks_deleted = false;
-            std::mem::replace(&mut state.callbacks, value)
-        };
-        drop(old);
+    fn set_namespaces(&self, value: Option<Py<PyAny>>, deleted: bool) {
+        self.replace_lazy(
+            |s| (&mut s.namespaces, &mut s.namespaces_deleted),
+            value,
+            deleted,
+        );
+    }
+
+    fn set_callbacks(&self, value: Option<Py<PyAny>>, deleted: bool) {
+        self.replace_lazy(
+            |s| (&mut s.callbacks, &mut s.callbacks_deleted),
+            value,
+            deleted,
+        );
     }
 
     /// Sets a field from pickled state; `false` when `name` is not one of this class's fields.
@@ -170,13 +185,13 @@ impl Session {
             "_reactor" => self.put(|s| &mut s.reactor, value_py()),
             "lastModified" => self.put(|s| &mut s.last_modified, value_py()),
             "_expireCall" => self.put(|s| &mut s.expire_call, value_py()),
-            "expireCallbacks" => self.set_callbacks(value_py()),
+            "expireCallbacks" => self.set_callbacks(value_py(), false),
             // A pickled session's namespaces are a dict: back into a Rust map.
             "sessionNamespaces" if value.is_exact_instance_of::<PyDict>() => {
                 let map = Namespaces::from_mapping(value)?;
-                self.set_namespaces(Py::new(value.py(), map)?.into_any())
+                self.set_namespaces(Some(Py::new(value.py(), map)?.into_any()), false)
             }
-            "sessionNamespaces" => self.set_namespaces(value.clone().unbind()),
+            "sessionNamespaces" => self.set_namespaces(value_py(), false),
             _ => return Ok(false),
         }
         Ok(true)
@@ -215,17 +230,13 @@ impl Session {
         this.put(|s| &mut s.reactor, Some(reactor.unbind()));
         this.put(|s| &mut s.site, Some(site.clone().unbind()));
         this.put(|s| &mut s.uid, Some(uid.clone().unbind()));
-        this.set_callbacks(None);
+        this.set_callbacks(None, false);
         if Session::is_exact(slf) {
             Session::touch(slf)?;
         } else {
             slf.call_method0(intern!(py, "touch"))?;
         }
-        {
-            let mut state = this.state.lock();
-            state.namespaces_deleted = false;
-            state.namespaces.take()
-        };
+        this.set_namespaces(None, false);
         Ok(())
     }
 
@@ -318,18 +329,14 @@ impl Session {
 
     #[setter(expireCallbacks)]
     fn set_expire_callbacks(&self, value: Py<PyAny>) {
-        self.set_callbacks(Some(value));
+        self.set_callbacks(Some(value), false);
     }
 
+    /// Twisted's `del`: an `AttributeError` if already deleted.
     #[deleter(expireCallbacks)]
     fn delete_expire_callbacks(&self, py: Python<'_>) -> PyResult<()> {
         self.callbacks(py)?;
-        let old = {
-            let mut state = self.state.lock();
-            state.callbacks_deleted = true;
-            state.callbacks.take()
-        };
-        drop(old);
+        self.set_callbacks(None, true);
         Ok(())
     }
 
@@ -340,18 +347,14 @@ impl Session {
 
     #[setter(sessionNamespaces)]
     fn set_session_namespaces(&self, value: Py<PyAny>) {
-        self.set_namespaces(value);
+        self.set_namespaces(Some(value), false);
     }
 
+    /// Twisted's `del`: an `AttributeError` if already deleted.
     #[deleter(sessionNamespaces)]
     fn delete_session_namespaces(&self, py: Python<'_>) -> PyResult<()> {
         self.namespaces(py)?;
-        let old = {
-            let mut state = self.state.lock();
-            state.namespaces_deleted = true;
-            state.namespaces.take()
-        };
-        drop(old);
+        self.set_namespaces(None, true);
         Ok(())
     }
 
@@ -393,7 +396,7 @@ impl Session {
         } else if this.state.lock().callbacks_deleted {
             return Err(missing(slf.as_any(), "expireCallbacks"));
         }
-        this.set_callbacks(None);
+        this.set_callbacks(None, false);
         if let Some(call) = this.read(py, |s| &s.expire_call) {
             let call = call.bind(py);
             let active = call.is_truthy()? && delayed_call::active(call)?;
