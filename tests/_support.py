@@ -6,6 +6,7 @@ against txsession's, so that a passing pair shows the two behave the same.
 from twisted.internet.task import Clock
 from twisted.python import components
 from twisted.web import resource, server
+from zope.interface import providedBy
 from zope.interface.adapter import AdapterRegistry
 
 import txsession
@@ -32,6 +33,15 @@ def implementations(mixin, namespace, **extra):
 # Set by tests.parallel while it runs the suites in several threads at once: there each thread
 # has its own scratch registry behind one thread-aware stand-in for Twisted's global one.
 perThread = None
+
+
+def globalRegistryHook(iface, ob):
+    """
+    An adapter hook, as C{components._addHook} makes, that looks adapters up in whatever
+    Twisted's global registry is at the moment of the call, not when the hook was made.
+    """
+    factory = components.globalRegistry.lookup1(providedBy(ob), iface)
+    return None if factory is None else factory(ob)
 
 
 class ScratchRegistryMixin:

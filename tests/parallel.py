@@ -21,7 +21,7 @@ import warnings
 from twisted.python import components
 from twisted.trial import _synctest
 from twisted.trial.reporter import TestResult
-from zope.interface import declarations, interface
+from zope.interface import interface
 
 from tests import _support
 
@@ -72,10 +72,6 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
     local = threading.local()
     registry = ThreadRegistry(local, components.globalRegistry)
 
-    def hook(iface, ob):
-        factory = registry.lookup1(declarations.providedBy(ob), iface)
-        return None if factory is None else factory(ob)
-
     problems: list[str] = []
     counts = [0] * threads
     barrier = threading.Barrier(threads)
@@ -113,7 +109,7 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
     observer._add, observer._remove = lockedAdd, lockedRemove
     oldRegistry, oldInterval = components.globalRegistry, sys.getswitchinterval()
     components.globalRegistry = registry
-    interface.adapter_hooks.append(hook)
+    interface.adapter_hooks.append(_support.globalRegistryHook)
     _support.perThread = local
     sys.setswitchinterval(1e-5)
     try:
@@ -127,7 +123,7 @@ def run(modules: list[str], threads: int, rounds: int) -> tuple[int, list[str]]:
         warnings.showwarning, warnings.filters[:] = showwarning, filters
         sys.setswitchinterval(oldInterval)
         _support.perThread = None
-        interface.adapter_hooks.remove(hook)
+        interface.adapter_hooks.remove(_support.globalRegistryHook)
         components.globalRegistry = oldRegistry
     return sum(counts), problems
 

@@ -19,11 +19,12 @@ from twisted.internet.task import Clock
 from twisted.python import components
 from twisted.trial import unittest
 from twisted.web import resource, server
-from zope.interface import Interface, implementedBy, implementer, interface, providedBy
+from zope.interface import Interface, implementedBy, implementer, interface
 from zope.interface.adapter import AdapterRegistry
 from zope.interface.interface import InterfaceClass
 
 import txsession
+from tests._support import globalRegistryHook
 
 
 class IAdapted(Interface):
@@ -498,13 +499,8 @@ class HostileInputTests(unittest.SynchronousTestCase):
     def setUp(self):
         # Adaptation goes to whichever world's registry is Twisted's global one at the time.
         self.patch(components, "globalRegistry", components.globalRegistry)
-
-        def hook(iface, ob):
-            factory = components.globalRegistry.lookup1(providedBy(ob), iface)
-            return None if factory is None else factory(ob)
-
-        interface.adapter_hooks.append(hook)
-        self.addCleanup(interface.adapter_hooks.remove, hook)
+        interface.adapter_hooks.append(globalRegistryHook)
+        self.addCleanup(interface.adapter_hooks.remove, globalRegistryHook)
 
     def assertSame(self, twisted, ours, ops):
         for step, op in enumerate(ops):

@@ -30,6 +30,7 @@ from twisted.web import resource, server
 from zope.interface import Interface, implementer
 
 import txsession
+from txsession._report import rss, table
 
 IMPLEMENTATIONS = {"Twisted": server.Session, "txsession": txsession.Session}
 
@@ -373,11 +374,6 @@ def measureHttp(seconds: float, rounds: int) -> list[Row]:
             proc.wait()
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _memoryChild(label: str, n: int) -> None:
     """
     In a fresh process: the resident growth per live session, each with one namespace entry
@@ -387,18 +383,18 @@ def _memoryChild(label: str, n: int) -> None:
     site = _site(cls)
     uids = [b"%064x" % i for i in range(n)]
     gc.collect()
-    before = _rss()
+    before = rss()
     for uid in uids:
         session = site.sessions[uid] = cls(site, uid)
         session.startCheckingExpiration()
         session.sessionNamespaces["visits"] = 1
         session.notifyOnExpire(_noop)
     gc.collect()
-    after = _rss()
+    after = rss()
     # The delayed calls are Twisted's own objects, the same for both: count them out.
-    callsBefore = _rss()
+    callsBefore = rss()
     extra = [reactor.callLater(900, _noop) for _ in range(n)]
-    callsCost = _rss() - callsBefore
+    callsCost = rss() - callsBefore
     print(json.dumps({"bytes": (after - before - callsCost) / n}))
     del extra
 
@@ -420,19 +416,6 @@ def _formatTime(ns: float) -> str:
     return f"{ns / 1000:.2f} us" if ns >= 1000 else f"{ns:.0f} ns"
 
 
-def _table(header: tuple[str, ...], lines: list[list[str]]) -> str:
-    """
-    A Markdown table with columns padded to their widest cell.
-    """
-    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
-    out = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    out += ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |" for line in lines]
-    return "\n".join(out)
-
-
 def render(rows: list[Row], memory: dict[str, float] | None) -> str:
     header = ("operation", "Twisted", "txsession", "speed-up")
     lines = [
@@ -448,7 +431,7 @@ def render(rows: list[Row], memory: dict[str, float] | None) -> str:
                 f"{memory['Twisted'] / memory['txsession']:.2f}x less",
             ]
         )
-    return _table(header, lines)
+    return table(header, lines)
 
 
 def renderHttp(rows: list[Row]) -> str:
@@ -462,7 +445,7 @@ def renderHttp(rows: list[Row]) -> str:
         ]
         for r in rows
     ]
-    return _table(header, lines)
+    return table(header, lines)
 
 
 def environment() -> str:

@@ -16,7 +16,6 @@ import array
 import gc
 import heapq
 import json
-import os
 import subprocess
 import sys
 import weakref
@@ -26,6 +25,7 @@ from twisted.internet.base import DelayedCall
 from twisted.web import resource, server
 from zope.interface import Interface, implementedBy, implementer
 
+from txsession._report import rss, table
 from txsession.web import Site
 
 
@@ -157,14 +157,6 @@ class SoakReactor:
 IMPLEMENTATIONS = {"Twisted": (server.Site, server.Session), "txsession": (Site, None)}
 
 
-def rss() -> int:
-    """
-    This process's resident memory, in bytes.
-    """
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _fill(session, log):
     """
     Give C{session} everything that can point back at it.
@@ -267,21 +259,30 @@ def _mib(n: int) -> str:
 
 
 def render(reports: list[Report], settle: int) -> str:
-    lines = [
-        "| implementation | sessions | RSS after round "
-        f"{settle} | RSS growth after round {settle} | gc objects growth | blocks growth "
-        "| sessions left alive |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    header = (
+        "implementation",
+        "sessions",
+        f"RSS after round {settle}",
+        f"RSS growth after round {settle}",
+        "gc objects growth",
+        "blocks growth",
+        "sessions left alive",
+    )
+    lines = []
     for report in reports:
         growth = report.growth(settle)
         lines.append(
-            f"| {report.implementation} | {report.total:,} "
-            f"| {report.rounds[settle - 1].rss / 2**20:.1f} MiB | {_mib(growth['rss'])} "
-            f"| {growth['gcObjects']:+d} | {growth['blocks']:+d} "
-            f"| {sum(r.alive for r in report.rounds)} |"
+            [
+                report.implementation,
+                f"{report.total:,}",
+                f"{report.rounds[settle - 1].rss / 2**20:.1f} MiB",
+                _mib(growth["rss"]),
+                f"{growth['gcObjects']:+d}",
+                f"{growth['blocks']:+d}",
+                str(sum(r.alive for r in report.rounds)),
+            ]
         )
-    return "\n".join(lines)
+    return table(header, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
