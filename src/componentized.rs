@@ -1,19 +1,19 @@
 //! `Componentized`: a per-object cache of components keyed by interface, as in
 //! `twisted.python.components.Componentized`.
 
-use parking_lot::Mutex;
 use pyo3::exceptions::{PyAttributeError, PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::gc::Traverse;
+use crate::gil::GilCell;
 use crate::keys::key_for;
 use crate::namespaces::Namespaces;
 use crate::twisted;
 
-/// `frozen`: the cache sits behind a lock that is never held across a call into Python, so an
-/// adapter's constructor may use the same object without an "Already borrowed" error.
+/// `frozen`: the cache is never borrowed across a call into Python, so an adapter's
+/// constructor may use the same object without an "Already borrowed" error.
 /// An all-zero `Option<Py<..>>` is `None`, so the collector can safely traverse an instance
 /// whose `__dict__` CPython created before the Rust fields were written.
 #[pyclass(
@@ -26,7 +26,7 @@ use crate::twisted;
 )]
 #[derive(Default)]
 pub struct Componentized {
-    cache: Mutex<Option<Py<Namespaces>>>,
+    cache: GilCell<Option<Py<Namespaces>>>,
 }
 
 /// `getattr(obj, name)` made `hasattr(obj, name) and obj.name`, as Twisted tests its adapters.
@@ -41,7 +41,7 @@ fn flag(obj: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) -> PyRe
 impl Componentized {
     /// The cache map, if any component was ever stored.
     fn map(&self, py: Python<'_>) -> Option<Py<Namespaces>> {
-        self.cache.lock().as_ref().map(|m| m.clone_ref(py))
+        self.cache.borrow_mut(py).as_ref().map(|m| m.clone_ref(py))
     }
 
     fn map_or_create(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
@@ -49,15 +49,15 @@ impl Componentized {
             return Ok(map);
         }
         let fresh = Py::new(py, Namespaces::default())?;
-        Ok(self.cache.lock().get_or_insert(fresh).clone_ref(py))
+        Ok(self.cache.borrow_mut(py).get_or_insert(fresh).clone_ref(py))
     }
 
-    pub fn reset(&self) {
-        self.replace_map(None);
+    pub fn reset(&self, py: Python<'_>) {
+        self.replace_map(py, None);
     }
 
-    fn replace_map(&self, map: Option<Py<Namespaces>>) {
-        let old = std::mem::replace(&mut *self.cache.lock(), map);
+    fn replace_map(&self, py: Python<'_>, map: Option<Py<Namespaces>>) {
+        let old = std::mem::replace(&mut *self.cache.borrow_mut(py), map);
         drop(old);
     }
 
@@ -87,7 +87,7 @@ impl Componentized {
             Ok(ns) => ns.clone().unbind(),
             Err(_) => Py::new(value.py(), Namespaces::from_mapping(value)?)?,
         };
-        self.replace_map(Some(map));
+        self.replace_map(value.py(), Some(map));
         Ok(())
     }
 
@@ -144,8 +144,8 @@ impl Componentized {
         Self::default()
     }
 
-    fn __init__(&self) {
-        self.reset();
+    fn __init__(&self, py: Python<'_>) {
+        self.reset(py);
     }
 
     #[classattr]
@@ -261,7 +261,7 @@ impl Componentized {
         let named_object = twisted::reflect(py)?.getattr(intern!(py, "namedObject"))?;
         // One at a time, as Twisted does: each entry goes before its interface is resolved.
         loop {
-            let entry = map.get().lock().take_value(component);
+            let entry = map.get().lock(py).take_value(component);
             let Some(entry) = entry else { break };
             removed.append(named_object.call1((entry.key.bind(py),))?)?;
         }
@@ -332,13 +332,17 @@ impl Componentized {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self.cache.try_lock() {
+        match self.cache.try_borrow_mut() {
             Some(cache) => cache.traverse(&visit),
             None => Ok(()),
         }
     }
 
     fn __clear__(&self) {
-        self.replace_map(None);
+        let old = self
+            .cache
+            .try_borrow_mut()
+            .and_then(|mut cache| cache.take());
+        drop(old);
     }
 }

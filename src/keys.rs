@@ -5,11 +5,11 @@
 //! address is never reused while it is remembered. It is emptied when it grows past `LIMIT`,
 //! which bounds it for apps that make interfaces on the fly.
 
-use parking_lot::Mutex;
 use pyo3::prelude::*;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::gil::GilCell;
 use crate::twisted;
 
 const LIMIT: usize = 4096;
@@ -36,25 +36,25 @@ impl Hasher for AddressHasher {
 
 type Remembered = HashMap<usize, (Py<PyAny>, Py<PyAny>), BuildHasherDefault<AddressHasher>>;
 
-static KEYS: Mutex<Option<Remembered>> = Mutex::new(None);
+static KEYS: GilCell<Option<Remembered>> = GilCell::new(None);
 
 /// The cache key for `interface`.
 pub fn key_for<'py>(interface: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = interface.py();
     let id = interface.as_ptr() as usize;
-    if let Some((_, key)) = KEYS.lock().as_ref().and_then(|keys| keys.get(&id)) {
+    if let Some((_, key)) = KEYS.borrow_mut(py).as_ref().and_then(|keys| keys.get(&id)) {
         return Ok(key.bind(py).clone());
     }
-    // Computed without the lock: `__module__` and `__name__` may be Python code.
+    // Computed without a borrow: `__module__` and `__name__` may be Python code.
     let key = twisted::qual(interface)?;
     let released = {
-        let mut keys = KEYS.lock();
+        let mut keys = KEYS.borrow_mut(py);
         let keys = keys.get_or_insert_with(Remembered::default);
         let evicted = (keys.len() >= LIMIT).then(|| std::mem::take(keys));
         let replaced = keys.insert(id, (interface.clone().unbind(), key.clone().unbind()));
         (evicted, replaced)
     };
-    // Dropped outside the lock: releasing an interface may run Python code.
+    // Dropped after the borrow: releasing an interface may run Python code.
     drop(released);
     Ok(key)
 }

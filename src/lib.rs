@@ -4,6 +4,7 @@
 mod componentized;
 mod delayed_call;
 mod gc;
+mod gil;
 mod ids;
 mod keys;
 mod namespaces;

@@ -3,18 +3,18 @@
 //!
 //! It behaves like a dict: any hashable key, insertion order, `KeyError` for a missing key,
 //! `RuntimeError` when it changes size during iteration. Keys whose `__eq__` is Python code are
-//! compared with the lock released (the comparison may touch this very map); if the map changed
+//! compared with the map not borrowed (the comparison may touch this very map); if the map changed
 //! meanwhile, the lookup starts again, as CPython's dict does.
 
-use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyIterator, PyList, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError, PyVisit};
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 
 use crate::gc::Traverse;
+use crate::gil::GilCell;
 
 /// Below this many slots a linear scan beats an index.
 const INDEX_FROM: usize = 8;
@@ -112,7 +112,7 @@ impl MapCore {
             }
             let stored = entry.key.bind(py);
             if plain_pair(stored, key) {
-                // No user code runs for these types, so comparing under the lock is safe.
+                // No user code runs for these types, so comparing while borrowed is safe.
                 if stored.eq(key).unwrap_or(false) {
                     return Probe::Found(ix);
                 }
@@ -177,7 +177,7 @@ impl MapCore {
         }
     }
 
-    /// Removes the entry in slot `ix`, returning it so that it is dropped after the lock.
+    /// Removes the entry in slot `ix`, returning it so that it is dropped after the borrow.
     fn take(&mut self, ix: usize) -> Option<Entry> {
         let entry = self.slots[ix].take();
         if entry.is_some() {
@@ -195,7 +195,7 @@ impl MapCore {
         entry
     }
 
-    /// Empties the map, handing back the entries to drop once the lock is released.
+    /// Empties the map, handing back the entries to drop once the borrow ends.
     pub fn take_all(&mut self) -> Vec<Option<Entry>> {
         self.layout += 1;
         self.indices.clear();
@@ -233,23 +233,23 @@ impl Traverse for MapCore {
     }
 }
 
-/// The dict-like map. `frozen`: all state sits behind one lock that is never held while
+/// The dict-like map. `frozen`: all state sits in one cell that is never borrowed while
 /// Python code runs.
 #[pyclass(module = "txsession", name = "Namespaces", frozen, mapping)]
 #[derive(Default)]
 pub struct Namespaces {
-    core: Mutex<MapCore>,
+    core: GilCell<MapCore>,
 }
 
 /// The outcome of a lookup: the guard, still held, and the slot holding the key, if any.
-type Located<'a> = (MutexGuard<'a, MapCore>, Option<usize>);
+type Located<'a> = (RefMut<'a, MapCore>, Option<usize>);
 
 impl Namespaces {
-    pub fn lock(&self) -> MutexGuard<'_, MapCore> {
-        self.core.lock()
+    pub fn lock(&self, py: Python<'_>) -> RefMut<'_, MapCore> {
+        self.core.borrow_mut(py)
     }
 
-    /// Finds `key`, comparing with Python code only while the lock is released.
+    /// Finds `key`, comparing with Python code only while the map is not borrowed.
     ///
     /// As CPython's dict lookup: after a comparison that ran Python code, the lookup starts
     /// again only if the slots moved or the compared entry is gone; keys added meanwhile are
@@ -261,7 +261,7 @@ impl Namespaces {
         hash: isize,
     ) -> PyResult<Located<'a>> {
         'retry: loop {
-            let mut guard = self.core.lock();
+            let mut guard = self.core.borrow_mut(py);
             let layout = guard.layout;
             let mut from = 0;
             loop {
@@ -275,7 +275,7 @@ impl Namespaces {
                 let mut found = None;
                 for (ix, stored) in &candidates {
                     let equal = stored.bind(py).eq(key)?;
-                    if !self.core.lock().holds(layout, *ix, stored) {
+                    if !self.core.borrow_mut(py).holds(layout, *ix, stored) {
                         drop(candidates);
                         continue 'retry;
                     }
@@ -284,10 +284,10 @@ impl Namespaces {
                         break;
                     }
                 }
-                // Dropped before locking: the last reference to a key may run its finalizer.
+                // Dropped before borrowing: the last reference to a key may run its finalizer.
                 drop(candidates);
                 if let Some((ix, stored)) = found {
-                    let guard = self.core.lock();
+                    let guard = self.core.borrow_mut(py);
                     if guard.holds(layout, ix, &stored) {
                         // `stored` is still in the map: dropping this reference frees nothing.
                         drop(stored);
@@ -296,7 +296,7 @@ impl Namespaces {
                     drop(guard);
                     continue 'retry;
                 }
-                guard = self.core.lock();
+                guard = self.core.borrow_mut(py);
                 if guard.layout != layout {
                     continue 'retry;
                 }
@@ -331,15 +331,15 @@ impl Namespaces {
         Ok(slot.and_then(|ix| guard.take(ix)))
     }
 
-    pub fn clear_all(&self) {
-        let old = self.core.lock().take_all();
+    pub fn clear_all(&self, py: Python<'_>) {
+        let old = self.core.borrow_mut(py).take_all();
         drop(old);
     }
 
-    /// A snapshot of the entries, to run Python code over without the lock.
+    /// A snapshot of the entries, to run Python code over without a borrow.
     pub fn items_vec(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>)> {
         self.core
-            .lock()
+            .borrow_mut(py)
             .entries()
             .map(|e| (e.key.clone_ref(py), e.value.clone_ref(py)))
             .collect()
@@ -435,12 +435,12 @@ impl Namespaces {
         Ok(map)
     }
 
-    fn __len__(&self) -> usize {
-        self.core.lock().len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.core.borrow_mut(py).len()
     }
 
-    fn __bool__(&self) -> bool {
-        self.core.lock().len() > 0
+    fn __bool__(&self, py: Python<'_>) -> bool {
+        self.core.borrow_mut(py).len() > 0
     }
 
     fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -474,7 +474,7 @@ impl Namespaces {
         let py = slf.py();
         let keys: Vec<Py<PyAny>> = slf
             .get()
-            .lock()
+            .lock(py)
             .entries()
             .map(|e| e.key.clone_ref(py))
             .collect();
@@ -523,9 +523,9 @@ impl Namespaces {
         }
     }
 
-    fn popitem(&self) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+    fn popitem(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let entry = {
-            let mut core = self.core.lock();
+            let mut core = self.core.borrow_mut(py);
             let last = core.slots.iter().rposition(Option::is_some);
             last.and_then(|ix| core.take(ix))
         };
@@ -549,8 +549,8 @@ impl Namespaces {
         Ok(())
     }
 
-    fn clear(&self) {
-        self.clear_all();
+    fn clear(&self, py: Python<'_>) {
+        self.clear_all(py);
     }
 
     /// A shallow copy, as a plain dict.
@@ -653,16 +653,17 @@ impl Namespaces {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self.core.try_lock() {
+        match self.core.try_borrow_mut() {
             Some(core) => core.traverse(&visit),
-            // A thread that holds the lock keeps these objects alive anyway: skipping them
+            // Whoever borrows the map keeps these objects alive anyway: skipping them
             // only makes the collector treat them as reachable.
             None => Ok(()),
         }
     }
 
     fn __clear__(&self) {
-        self.clear_all();
+        let old = self.core.try_borrow_mut().map(|mut core| core.take_all());
+        drop(old);
     }
 }
 
@@ -681,18 +682,18 @@ enum IterKind {
 #[pyclass(module = "txsession", name = "NamespacesIterator", frozen)]
 pub struct NamespacesIter {
     map: Py<Namespaces>,
-    state: Mutex<(usize, u64, usize)>,
+    state: GilCell<(usize, u64, usize)>,
     kind: IterKind,
 }
 
 impl NamespacesIter {
     fn new(map: &Bound<'_, Namespaces>, kind: IterKind) -> Self {
-        let core = map.get().lock();
+        let core = map.get().lock(map.py());
         let state = (0, core.version, core.len());
         drop(core);
         Self {
             map: map.clone().unbind(),
-            state: Mutex::new(state),
+            state: GilCell::new(state),
             kind,
         }
     }
@@ -706,8 +707,8 @@ impl NamespacesIter {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let map = self.map.get();
-        let core = map.lock();
-        let mut state = self.state.lock();
+        let core = map.lock(py);
+        let mut state = self.state.borrow_mut(py);
         let (pos, version, len) = *state;
         if core.version != version {
             let message = if core.len() != len {
@@ -733,9 +734,9 @@ impl NamespacesIter {
         }
     }
 
-    fn __length_hint__(&self) -> usize {
-        let (pos, _, _) = *self.state.lock();
-        let core = self.map.get().lock();
+    fn __length_hint__(&self, py: Python<'_>) -> usize {
+        let (pos, _, _) = *self.state.borrow_mut(py);
+        let core = self.map.get().lock(py);
         core.slots.iter().skip(pos).flatten().count()
     }
 

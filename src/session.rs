@@ -2,10 +2,9 @@
 //!
 //! Every method reaches the reactor, `sessionTimeout`, `expire`, `touch` and the site through
 //! ordinary Python attribute lookup at the moment of use, as Twisted's does, so that subclasses
-//! and patched reactors behave the same. Rust state is copied out of the lock before any call
+//! and patched reactors behave the same. Rust state is copied out of its cell before any call
 //! into Python: callbacks, the reactor and `site.sessions` may all use this session again.
 
-use parking_lot::Mutex;
 use pyo3::exceptions::PyAttributeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -13,6 +12,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::componentized::{state_dict, Componentized};
 use crate::delayed_call;
+use crate::gil::GilCell;
 use crate::namespaces::Namespaces;
 use crate::traverse_fields;
 
@@ -49,7 +49,7 @@ const FIELDS: [&str; 7] = [
 #[pyclass(module = "txsession", name = "Session", extends = Componentized, subclass, frozen)]
 #[derive(Default)]
 pub struct Session {
-    state: Mutex<State>,
+    state: GilCell<State>,
 }
 
 fn missing(slf: &Bound<'_, PyAny>, name: &str) -> PyErr {
@@ -68,10 +68,15 @@ impl Session {
         slf.get_type().is(slf.py().get_type::<Session>())
     }
 
-    /// Replaces one field, dropping the old value only after the lock is released: dropping
+    /// Replaces one field, dropping the old value only after the borrow ends: dropping
     /// the last reference to an object may run its finalizer, which may use this session.
-    fn put<T>(&self, field: impl FnOnce(&mut State) -> &mut Option<T>, value: Option<T>) {
-        let old = std::mem::replace(field(&mut self.state.lock()), value);
+    fn put<T>(
+        &self,
+        py: Python<'_>,
+        field: impl FnOnce(&mut State) -> &mut Option<T>,
+        value: Option<T>,
+    ) {
+        let old = std::mem::replace(field(&mut self.state.borrow_mut(py)), value);
         drop(old);
     }
 
@@ -80,7 +85,9 @@ impl Session {
         py: Python<'_>,
         field: impl FnOnce(&State) -> &Option<Py<PyAny>>,
     ) -> Option<Py<PyAny>> {
-        field(&self.state.lock()).as_ref().map(|v| v.clone_ref(py))
+        field(&self.state.borrow_mut(py))
+            .as_ref()
+            .map(|v| v.clone_ref(py))
     }
 
     fn required<'py>(
@@ -100,7 +107,7 @@ impl Session {
         name: &str,
         field: impl FnOnce(&mut State) -> &mut Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let old = field(&mut slf.get().state.lock()).take();
+        let old = field(&mut slf.get().state.borrow_mut(slf.py())).take();
         match old {
             Some(old) => {
                 drop(old);
@@ -114,13 +121,13 @@ impl Session {
         if let Some(list) = self.read(py, |s| &s.callbacks) {
             return Ok(list.into_bound(py));
         }
-        if self.state.lock().callbacks_deleted {
+        if self.state.borrow_mut(py).callbacks_deleted {
             return Err(PyAttributeError::new_err("expireCallbacks"));
         }
         let fresh = PyList::empty(py).into_any().unbind();
         Ok(self
             .state
-            .lock()
+            .borrow_mut(py)
             .callbacks
             .get_or_insert(fresh)
             .clone_ref(py)
@@ -128,31 +135,32 @@ impl Session {
     }
 
     fn namespaces(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(map) = self.state.lock().namespaces.as_ref() {
+        if let Some(map) = self.state.borrow_mut(py).namespaces.as_ref() {
             return Ok(map.clone_ref(py));
         }
-        if self.state.lock().namespaces_deleted {
+        if self.state.borrow_mut(py).namespaces_deleted {
             return Err(PyAttributeError::new_err("sessionNamespaces"));
         }
         let fresh = Py::new(py, Namespaces::default())?.into_any();
         Ok(self
             .state
-            .lock()
+            .borrow_mut(py)
             .namespaces
             .get_or_insert(fresh)
             .clone_ref(py))
     }
 
     /// Replaces a lazily made field (`None`: made fresh when first read) and sets whether it
-    /// counts as deleted, dropping the old value after the lock is released.
+    /// counts as deleted, dropping the old value after the borrow ends.
     fn replace_lazy(
         &self,
+        py: Python<'_>,
         slot: impl FnOnce(&mut State) -> (&mut Option<Py<PyAny>>, &mut bool),
         value: Option<Py<PyAny>>,
         deleted: bool,
     ) {
         let old = {
-            let mut state = self.state.lock();
+            let mut state = self.state.borrow_mut(py);
             let (field, flag) = slot(&mut state);
             *flag = deleted;
             std::mem::replace(field, value)
@@ -160,16 +168,18 @@ impl Session {
         drop(old);
     }
 
-    fn set_namespaces(&self, value: Option<Py<PyAny>>, deleted: bool) {
+    fn set_namespaces(&self, py: Python<'_>, value: Option<Py<PyAny>>, deleted: bool) {
         self.replace_lazy(
+            py,
             |s| (&mut s.namespaces, &mut s.namespaces_deleted),
             value,
             deleted,
         );
     }
 
-    fn set_callbacks(&self, value: Option<Py<PyAny>>, deleted: bool) {
+    fn set_callbacks(&self, py: Python<'_>, value: Option<Py<PyAny>>, deleted: bool) {
         self.replace_lazy(
+            py,
             |s| (&mut s.callbacks, &mut s.callbacks_deleted),
             value,
             deleted,
@@ -178,20 +188,21 @@ impl Session {
 
     /// Sets a field from pickled state; `false` when `name` is not one of this class's fields.
     fn restore_field(&self, name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = value.py();
         let value_py = || Some(value.clone().unbind());
         match name {
-            "site" => self.put(|s| &mut s.site, value_py()),
-            "uid" => self.put(|s| &mut s.uid, value_py()),
-            "_reactor" => self.put(|s| &mut s.reactor, value_py()),
-            "lastModified" => self.put(|s| &mut s.last_modified, value_py()),
-            "_expireCall" => self.put(|s| &mut s.expire_call, value_py()),
-            "expireCallbacks" => self.set_callbacks(value_py(), false),
+            "site" => self.put(py, |s| &mut s.site, value_py()),
+            "uid" => self.put(py, |s| &mut s.uid, value_py()),
+            "_reactor" => self.put(py, |s| &mut s.reactor, value_py()),
+            "lastModified" => self.put(py, |s| &mut s.last_modified, value_py()),
+            "_expireCall" => self.put(py, |s| &mut s.expire_call, value_py()),
+            "expireCallbacks" => self.set_callbacks(py, value_py(), false),
             // A pickled session's namespaces are a dict: back into a Rust map.
             "sessionNamespaces" if value.is_exact_instance_of::<PyDict>() => {
                 let map = Namespaces::from_mapping(value)?;
-                self.set_namespaces(Some(Py::new(value.py(), map)?.into_any()), false)
+                self.set_namespaces(py, Some(Py::new(value.py(), map)?.into_any()), false)
             }
-            "sessionNamespaces" => self.set_namespaces(value_py(), false),
+            "sessionNamespaces" => self.set_namespaces(py, value_py(), false),
             _ => return Ok(false),
         }
         Ok(true)
@@ -221,22 +232,22 @@ impl Session {
     ) -> PyResult<()> {
         let py = slf.py();
         // Twisted's `super().__init__()`: Componentized's, which empties the component cache.
-        slf.as_super().get().reset();
+        slf.as_super().get().reset(py);
         let reactor = match reactor {
             Some(reactor) if !reactor.is_none() => reactor.clone(),
             _ => site.getattr(intern!(py, "reactor"))?,
         };
         let this = slf.get();
-        this.put(|s| &mut s.reactor, Some(reactor.unbind()));
-        this.put(|s| &mut s.site, Some(site.clone().unbind()));
-        this.put(|s| &mut s.uid, Some(uid.clone().unbind()));
-        this.set_callbacks(None, false);
+        this.put(py, |s| &mut s.reactor, Some(reactor.unbind()));
+        this.put(py, |s| &mut s.site, Some(site.clone().unbind()));
+        this.put(py, |s| &mut s.uid, Some(uid.clone().unbind()));
+        this.set_callbacks(py, None, false);
         if Session::is_exact(slf) {
             Session::touch(slf)?;
         } else {
             slf.call_method0(intern!(py, "touch"))?;
         }
-        this.set_namespaces(None, false);
+        this.set_namespaces(py, None, false);
         Ok(())
     }
 
@@ -251,8 +262,8 @@ impl Session {
     }
 
     #[setter(site)]
-    fn set_site(&self, value: Py<PyAny>) {
-        self.put(|s| &mut s.site, Some(value));
+    fn set_site(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.put(py, |s| &mut s.site, Some(value));
     }
 
     #[deleter(site)]
@@ -266,8 +277,8 @@ impl Session {
     }
 
     #[setter(uid)]
-    fn set_uid(&self, value: Py<PyAny>) {
-        self.put(|s| &mut s.uid, Some(value));
+    fn set_uid(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.put(py, |s| &mut s.uid, Some(value));
     }
 
     #[deleter(uid)]
@@ -281,8 +292,8 @@ impl Session {
     }
 
     #[setter(_reactor)]
-    fn set_reactor(&self, value: Py<PyAny>) {
-        self.put(|s| &mut s.reactor, Some(value));
+    fn set_reactor(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.put(py, |s| &mut s.reactor, Some(value));
     }
 
     #[deleter(_reactor)]
@@ -296,8 +307,8 @@ impl Session {
     }
 
     #[setter(lastModified)]
-    fn set_last_modified(&self, value: Py<PyAny>) {
-        self.put(|s| &mut s.last_modified, Some(value));
+    fn set_last_modified(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.put(py, |s| &mut s.last_modified, Some(value));
     }
 
     #[deleter(lastModified)]
@@ -313,8 +324,8 @@ impl Session {
 
     /// Unset reads as `None`, as Twisted's class attribute does.
     #[setter(_expireCall)]
-    fn set_expire_call(&self, value: Py<PyAny>) {
-        self.put(|s| &mut s.expire_call, Some(value));
+    fn set_expire_call(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.put(py, |s| &mut s.expire_call, Some(value));
     }
 
     #[deleter(_expireCall)]
@@ -328,15 +339,15 @@ impl Session {
     }
 
     #[setter(expireCallbacks)]
-    fn set_expire_callbacks(&self, value: Py<PyAny>) {
-        self.set_callbacks(Some(value), false);
+    fn set_expire_callbacks(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.set_callbacks(py, Some(value), false);
     }
 
     /// Twisted's `del`: an `AttributeError` if already deleted.
     #[deleter(expireCallbacks)]
     fn delete_expire_callbacks(&self, py: Python<'_>) -> PyResult<()> {
         self.callbacks(py)?;
-        self.set_callbacks(None, true);
+        self.set_callbacks(py, None, true);
         Ok(())
     }
 
@@ -346,15 +357,15 @@ impl Session {
     }
 
     #[setter(sessionNamespaces)]
-    fn set_session_namespaces(&self, value: Py<PyAny>) {
-        self.set_namespaces(Some(value), false);
+    fn set_session_namespaces(&self, py: Python<'_>, value: Py<PyAny>) {
+        self.set_namespaces(py, Some(value), false);
     }
 
     /// Twisted's `del`: an `AttributeError` if already deleted.
     #[deleter(sessionNamespaces)]
     fn delete_session_namespaces(&self, py: Python<'_>) -> PyResult<()> {
         self.namespaces(py)?;
-        self.set_namespaces(None, true);
+        self.set_namespaces(py, None, true);
         Ok(())
     }
 
@@ -366,7 +377,8 @@ impl Session {
         let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
         let expire = slf.getattr(intern!(py, "expire"))?;
         let call = call_later.call1((timeout, expire))?;
-        slf.get().put(|s| &mut s.expire_call, Some(call.unbind()));
+        slf.get()
+            .put(py, |s| &mut s.expire_call, Some(call.unbind()));
         Ok(())
     }
 
@@ -393,17 +405,17 @@ impl Session {
             for callback in callbacks.bind(py).try_iter()? {
                 callback?.call0()?;
             }
-        } else if this.state.lock().callbacks_deleted {
+        } else if this.state.borrow_mut(py).callbacks_deleted {
             return Err(missing(slf.as_any(), "expireCallbacks"));
         }
-        this.set_callbacks(None, false);
+        this.set_callbacks(py, None, false);
         if let Some(call) = this.read(py, |s| &s.expire_call) {
             let call = call.bind(py);
             let active = call.is_truthy()? && delayed_call::active(call)?;
             if active {
                 call.call_method0(intern!(py, "cancel"))?;
                 // Twisted sets the attribute to None here (it is then an instance attribute).
-                this.put(|s| &mut s.expire_call, Some(py.None()));
+                this.put(py, |s| &mut s.expire_call, Some(py.None()));
             }
         }
         Ok(())
@@ -415,14 +427,14 @@ impl Session {
         let py = slf.py();
         let this = slf.get();
         let (reactor, call) = {
-            let state = this.state.lock();
+            let state = this.state.borrow_mut(py);
             let clone = |v: &Option<Py<PyAny>>| v.as_ref().map(|v| v.clone_ref(py));
             (clone(&state.reactor), clone(&state.expire_call))
         };
         let reactor = reactor.ok_or_else(|| missing(slf.as_any(), "_reactor"))?;
         let seconds = reactor.bind(py).getattr(intern!(py, "seconds"))?;
         let now = seconds.call0()?;
-        this.put(|s| &mut s.last_modified, Some(now.clone().unbind()));
+        this.put(py, |s| &mut s.last_modified, Some(now.clone().unbind()));
         match call {
             Some(call) if !call.is_none(py) => {
                 let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
@@ -447,7 +459,7 @@ impl Session {
         let namespaces = namespaces.transpose()?;
         let callbacks = this.callbacks(py).ok().map(Bound::unbind);
         let values = {
-            let s = this.state.lock();
+            let s = this.state.borrow_mut(py);
             [
                 s.site.as_ref().map(|v| v.clone_ref(py)),
                 s.uid.as_ref().map(|v| v.clone_ref(py)),
@@ -484,8 +496,8 @@ impl Session {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(s) = self.state.try_lock() else {
-            // Whoever holds the lock keeps these alive; skipping only delays their collection.
+        let Some(s) = self.state.try_borrow_mut() else {
+            // Whoever borrows the state keeps these alive; skipping only delays their collection.
             return Ok(());
         };
         traverse_fields!(visit; s.site, s.uid, s.reactor, s.last_modified, s.expire_call,
@@ -493,7 +505,10 @@ impl Session {
     }
 
     fn __clear__(&self) {
-        let old = std::mem::take(&mut *self.state.lock());
+        let old = self
+            .state
+            .try_borrow_mut()
+            .map(|mut s| std::mem::take(&mut *s));
         drop(old);
     }
 }
