@@ -59,7 +59,8 @@ pub fn reset(
         return Err(AlreadyCalled::new_err(()));
     }
     let own_seconds = call.getattr(intern!(py, "seconds"))?;
-    let now = if own_seconds.eq(seconds)? {
+    // Same function object (the usual case: both are the reactor's `seconds`) or an equal one.
+    let now = if own_seconds.is(seconds) || own_seconds.eq(seconds)? {
         now.clone()
     } else {
         own_seconds.call0()?

@@ -402,8 +402,22 @@ impl Session {
         let uid = Session::required(slf, "uid", |s| &s.uid)?;
         sessions.del_item(uid)?;
         if let Some(callbacks) = this.read(py, |s| &s.callbacks) {
-            for callback in callbacks.bind(py).try_iter()? {
-                callback?.call0()?;
+            let callbacks = callbacks.into_bound(py);
+            match callbacks.cast_exact::<PyList>() {
+                // A list iterator's walk, without making the iterator: the length is read again
+                // after each callback, which may add or remove callbacks.
+                Ok(list) => {
+                    let mut ix = 0;
+                    while ix < list.len() {
+                        list.get_item(ix)?.call0()?;
+                        ix += 1;
+                    }
+                }
+                Err(_) => {
+                    for callback in callbacks.try_iter()? {
+                        callback?.call0()?;
+                    }
+                }
             }
         } else if this.state.borrow_mut(py).callbacks_deleted {
             return Err(missing(slf.as_any(), "expireCallbacks"));
