@@ -6,8 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::gc::Traverse;
-use crate::gil::GilCell;
+use crate::gil::GilSlot;
 use crate::keys::key_for;
 use crate::namespaces::Namespaces;
 use crate::twisted;
@@ -26,7 +25,7 @@ use crate::twisted;
 )]
 #[derive(Default)]
 pub struct Componentized {
-    cache: GilCell<Option<Py<Namespaces>>>,
+    cache: GilSlot<Namespaces>,
 }
 
 /// `getattr(obj, name)` made `hasattr(obj, name) and obj.name`, as Twisted tests its adapters.
@@ -41,7 +40,7 @@ fn flag(obj: &Bound<'_, PyAny>, name: &Bound<'_, pyo3::types::PyString>) -> PyRe
 impl Componentized {
     /// The cache map, if any component was ever stored.
     fn map(&self, py: Python<'_>) -> Option<Py<Namespaces>> {
-        self.cache.borrow_mut(py).as_ref().map(|m| m.clone_ref(py))
+        self.cache.get(py)
     }
 
     fn map_or_create(&self, py: Python<'_>) -> PyResult<Py<Namespaces>> {
@@ -49,7 +48,12 @@ impl Componentized {
             return Ok(map);
         }
         let fresh = Py::new(py, Namespaces::default())?;
-        Ok(self.cache.borrow_mut(py).get_or_insert(fresh).clone_ref(py))
+        // Allocating may have run a collection, and a finalizer may have stored a map meanwhile.
+        if let Some(map) = self.map(py) {
+            return Ok(map);
+        }
+        drop(self.cache.replace(py, Some(fresh.clone_ref(py))));
+        Ok(fresh)
     }
 
     pub fn reset(&self, py: Python<'_>) {
@@ -57,8 +61,7 @@ impl Componentized {
     }
 
     fn replace_map(&self, py: Python<'_>, map: Option<Py<Namespaces>>) {
-        let old = std::mem::replace(&mut *self.cache.borrow_mut(py), map);
-        drop(old);
+        drop(self.cache.replace(py, map));
     }
 
     pub fn cached(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
@@ -332,17 +335,10 @@ impl Componentized {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        match self.cache.try_borrow_mut() {
-            Some(cache) => cache.traverse(&visit),
-            None => Ok(()),
-        }
+        self.cache.traverse(&visit)
     }
 
     fn __clear__(&self) {
-        let old = self
-            .cache
-            .try_borrow_mut()
-            .and_then(|mut cache| cache.take());
-        drop(old);
+        drop(self.cache.take());
     }
 }

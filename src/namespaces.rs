@@ -38,14 +38,14 @@ impl Traverse for Entry {
 #[derive(Default)]
 pub struct MapCore {
     slots: Vec<Option<Entry>>,
-    indices: Vec<u32>,
+    indices: Box<[u32]>,
     len: usize,
-    /// Bumped whenever a key is added or removed: iterators check it to notice that the map
-    /// changed under them.
-    version: u64,
+    /// Bumped (wrapping) whenever a key is added or removed: iterators check it to notice that
+    /// the map changed under them.
+    version: u32,
     /// Bumped whenever slots move (a rebuild or emptying): a lookup that ran Python code starts
     /// again if it changed, as CPython's dict lookup does when its keys table is replaced.
-    layout: u64,
+    layout: u32,
 }
 
 enum Probe {
@@ -139,21 +139,21 @@ impl MapCore {
     }
 
     /// Whether slot `ix` still holds `key`, with the slots where they were.
-    fn holds(&self, layout: u64, ix: usize, key: &Py<PyAny>) -> bool {
+    fn holds(&self, layout: u32, ix: usize, key: &Py<PyAny>) -> bool {
         self.layout == layout
             && matches!(&self.slots[ix], Some(e) if e.key.as_ptr() == key.as_ptr())
     }
 
     /// Drops deleted slots and rebuilds the index when it is due.
     fn rebuild(&mut self) {
-        self.layout += 1;
+        self.layout = self.layout.wrapping_add(1);
         if self.len < self.slots.len() {
             self.slots.retain(Option::is_some);
         }
-        self.indices.clear();
+        self.indices = Box::default();
         if self.slots.len() > INDEX_FROM {
             let size = (self.slots.len() * 3).next_power_of_two();
-            self.indices = vec![EMPTY; size];
+            self.indices = vec![EMPTY; size].into_boxed_slice();
             for ix in 0..self.slots.len() {
                 let hash = self.slots[ix].as_ref().map_or(0, |e| e.hash);
                 self.insert_index(hash, ix);
@@ -162,9 +162,13 @@ impl MapCore {
     }
 
     pub fn push(&mut self, hash: isize, key: Py<PyAny>, value: Py<PyAny>) {
+        // Most session maps hold one or two entries: start with room for one, not four.
+        if self.slots.capacity() == 0 {
+            self.slots.reserve_exact(1);
+        }
         self.slots.push(Some(Entry { hash, key, value }));
         self.len += 1;
-        self.version += 1;
+        self.version = self.version.wrapping_add(1);
         let ix = self.slots.len() - 1;
         if self.indices.is_empty() {
             if self.slots.len() > INDEX_FROM {
@@ -182,12 +186,12 @@ impl MapCore {
         let entry = self.slots[ix].take();
         if entry.is_some() {
             self.len -= 1;
-            self.version += 1;
+            self.version = self.version.wrapping_add(1);
             let dead = self.slots.len() - self.len;
             if self.len == 0 {
-                self.layout += 1;
+                self.layout = self.layout.wrapping_add(1);
                 self.slots.clear();
-                self.indices.clear();
+                self.indices = Box::default();
             } else if dead > INDEX_FROM && dead > self.len {
                 self.rebuild();
             }
@@ -197,10 +201,10 @@ impl MapCore {
 
     /// Empties the map, handing back the entries to drop once the borrow ends.
     pub fn take_all(&mut self) -> Vec<Option<Entry>> {
-        self.layout += 1;
-        self.indices.clear();
+        self.layout = self.layout.wrapping_add(1);
+        self.indices = Box::default();
         self.len = 0;
-        self.version += 1;
+        self.version = self.version.wrapping_add(1);
         std::mem::take(&mut self.slots)
     }
 
@@ -689,7 +693,7 @@ pub struct NamespacesIter {
 impl NamespacesIter {
     fn new(map: &Bound<'_, Namespaces>, kind: IterKind) -> Self {
         let core = map.get().lock(map.py());
-        let state = (0, core.version, core.len());
+        let state = (0, u64::from(core.version), core.len());
         drop(core);
         Self {
             map: map.clone().unbind(),
@@ -710,7 +714,7 @@ impl NamespacesIter {
         let core = map.lock(py);
         let mut state = self.state.borrow_mut(py);
         let (pos, version, len) = *state;
-        if core.version != version {
+        if u64::from(core.version) != version {
             let message = if core.len() != len {
                 "Namespaces changed size during iteration"
             } else {

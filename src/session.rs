@@ -383,8 +383,23 @@ impl Session {
     }
 
     fn notifyOnExpire(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<()> {
+        let unmade = {
+            let state = self.state.borrow_mut(py);
+            state.callbacks.is_none() && !state.callbacks_deleted
+        };
+        if unmade {
+            // Most sessions get one callback: a list with room for just that one, where an
+            // empty list that is appended to makes room for four.
+            let first = PyList::new(py, [callback])?.into_any().unbind();
+            let mut state = self.state.borrow_mut(py);
+            if state.callbacks.is_none() {
+                state.callbacks = Some(first);
+                return Ok(());
+            }
+            // Allocating ran a collection whose finalizer made the list: append to that one.
+        }
         let callbacks = self.callbacks(py)?;
-        match callbacks.cast::<PyList>() {
+        match callbacks.cast_exact::<PyList>() {
             Ok(list) => list.append(callback),
             Err(_) => callbacks
                 .call_method1(intern!(py, "append"), (callback,))

@@ -210,6 +210,61 @@ class SessionMixin(ScratchRegistryMixin):
         self.session.expire()
         self.assertEqual(seen, [3])
 
+    def test_firstCallbackThenMore(self):
+        """
+        The first C{notifyOnExpire} makes the list; later ones and direct appends add to that
+        same list, and all run in order.
+        """
+        seen = []
+        self.session.notifyOnExpire(lambda: seen.append(1))
+        callbacks = self.session.expireCallbacks
+        self.assertIs(type(callbacks), list)
+        self.session.notifyOnExpire(lambda: seen.append(2))
+        callbacks.append(lambda: seen.append(3))
+        self.assertIs(self.session.expireCallbacks, callbacks)
+        self.session.expire()
+        self.assertEqual(seen, [1, 2, 3])
+
+    def test_callbackRemovedDuringExpire(self):
+        """
+        Callbacks run as a list iterator walks the list: one that removes a later callback
+        keeps it from running.
+        """
+        seen = []
+
+        def second():
+            seen.append("second")
+
+        def first():
+            seen.append("first")
+            self.session.expireCallbacks.remove(second)
+
+        self.session.notifyOnExpire(first)
+        self.session.notifyOnExpire(second)
+        self.session.notifyOnExpire(lambda: seen.append("third"))
+        self.session.expire()
+        self.assertEqual(seen, ["first", "third"])
+
+    def test_expireCallbacksSubclassAppend(self):
+        """
+        C{notifyOnExpire} calls the C{append} of an assigned list subclass.
+        """
+        appended = []
+
+        class Recording(list):
+            def append(self, item):
+                appended.append(item)
+                super().append(item)
+
+        self.session.expireCallbacks = Recording()
+
+        def callback():
+            pass
+
+        self.session.notifyOnExpire(callback)
+        self.assertEqual(appended, [callback])
+        self.assertEqual(list(self.session.expireCallbacks), [callback])
+
     def test_subclassTimeout(self):
         """
         A subclass's C{sessionTimeout} class attribute and an instance assignment both win, and
