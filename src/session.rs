@@ -118,20 +118,33 @@ impl Session {
     }
 
     fn callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.callbacks_made_with(py, None).map(|(list, _)| list)
+    }
+
+    /// The callbacks list; when none is made yet, a new one holding `first` (if given), and
+    /// `true`. It gets room for just those items: an empty list appended to makes room for
+    /// four, and most sessions get one callback.
+    fn callbacks_made_with<'py>(
+        &self,
+        py: Python<'py>,
+        first: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyAny>, bool)> {
         if let Some(list) = self.read(py, |s| &s.callbacks) {
-            return Ok(list.into_bound(py));
+            return Ok((list.into_bound(py), false));
         }
         if self.state.borrow_mut(py).callbacks_deleted {
             return Err(PyAttributeError::new_err("expireCallbacks"));
         }
-        let fresh = PyList::empty(py).into_any().unbind();
-        Ok(self
-            .state
-            .borrow_mut(py)
-            .callbacks
-            .get_or_insert(fresh)
-            .clone_ref(py)
-            .into_bound(py))
+        let fresh = PyList::new(py, first)?.into_any();
+        let mut state = self.state.borrow_mut(py);
+        // Allocating may have run a collection whose finalizer made the list: keep that one.
+        match &state.callbacks {
+            Some(list) => Ok((list.clone_ref(py).into_bound(py), false)),
+            None => {
+                state.callbacks = Some(fresh.clone().unbind());
+                Ok((fresh, true))
+            }
+        }
     }
 
     fn namespaces(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -200,7 +213,7 @@ impl Session {
             // A pickled session's namespaces are a dict: back into a Rust map.
             "sessionNamespaces" if value.is_exact_instance_of::<PyDict>() => {
                 let map = Namespaces::from_mapping(value)?;
-                self.set_namespaces(py, Some(Py::new(value.py(), map)?.into_any()), false)
+                self.set_namespaces(py, Some(Py::new(py, map)?.into_any()), false)
             }
             "sessionNamespaces" => self.set_namespaces(py, value_py(), false),
             _ => return Ok(false),
@@ -383,22 +396,10 @@ impl Session {
     }
 
     fn notifyOnExpire(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<()> {
-        let unmade = {
-            let state = self.state.borrow_mut(py);
-            state.callbacks.is_none() && !state.callbacks_deleted
-        };
-        if unmade {
-            // Most sessions get one callback: a list with room for just that one, where an
-            // empty list that is appended to makes room for four.
-            let first = PyList::new(py, [callback])?.into_any().unbind();
-            let mut state = self.state.borrow_mut(py);
-            if state.callbacks.is_none() {
-                state.callbacks = Some(first);
-                return Ok(());
-            }
-            // Allocating ran a collection whose finalizer made the list: append to that one.
+        let (callbacks, made) = self.callbacks_made_with(py, Some(callback))?;
+        if made {
+            return Ok(());
         }
-        let callbacks = self.callbacks(py)?;
         match callbacks.cast_exact::<PyList>() {
             Ok(list) => list.append(callback),
             Err(_) => callbacks
