@@ -1,5 +1,5 @@
-//! The compiled core of txsession: `Session`, `Componentized` and the map behind
-//! `sessionNamespaces`. The Python-facing docstrings live in `_txsession.pyi`.
+//! The compiled core of txsession: the methods of `Session` and `Componentized`, the map behind
+//! `sessionNamespaces`, and session ids. The Python-facing docstrings live in `_txsession.pyi`.
 
 mod componentized;
 mod delayed_call;
@@ -7,14 +7,20 @@ mod gc;
 mod gil;
 mod ids;
 mod keys;
+mod layout;
 mod namespaces;
 mod session;
 mod twisted;
 
 use pyo3::prelude::*;
 
-#[pymodule]
+/// `gil_used = true`: the state in `gil.rs` cells and the process-wide caches are sound only
+/// while the GIL serialises every thread, so a free-threaded interpreter must keep the GIL on
+/// while this module is loaded.
+#[pymodule(gil_used = true)]
 mod _txsession {
+    use pyo3::exceptions::PyImportError;
+    use pyo3::ffi;
     use pyo3::prelude::*;
 
     #[pymodule_export]
@@ -26,9 +32,23 @@ mod _txsession {
 
     #[pymodule_export]
     use crate::ids::{reseed_after_fork, session_id};
+    #[pymodule_export]
+    use crate::session::bind_twisted_session;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // The caches of Twisted's classes and functions, and the classes themselves, are
+        // process-wide: another interpreter would be handed the main interpreter's objects.
+        // SAFETY: both calls only read the running interpreter's state, with the GIL held.
+        let main = unsafe { ffi::PyInterpreterState_Get() == ffi::PyInterpreterState_Main() };
+        if !main {
+            return Err(PyImportError::new_err(
+                "txsession can only be imported in the main interpreter, not a subinterpreter",
+            ));
+        }
+        let py = m.py();
+        crate::layout::construct_as_object(&py.get_type::<crate::componentized::Componentized>())?;
+        crate::layout::construct_as_object(&py.get_type::<crate::session::Session>())?;
         m.add("__version__", env!("CARGO_PKG_VERSION"))
     }
 }

@@ -1,5 +1,4 @@
-//! The Python objects txsession reaches into: Twisted's component registry, zope.interface and
-//! pickling helpers. Modules are imported once; the functions in them are looked up on every
+//! The Python objects txsession reaches into: Twisted's component registry and zope.interface. Modules are imported once; the functions in them are looked up on every
 //! use, because tests (Twisted's own among them) patch them on the live modules.
 
 use pyo3::prelude::*;
@@ -28,11 +27,6 @@ pub fn reflect(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
 pub fn declarations(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     cached_module(py, &MODULE, "zope.interface.declarations")
-}
-
-pub fn copyreg(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    cached_module(py, &MODULE, "copyreg")
 }
 
 /// `twisted.python.reflect.qual(interface)`: the key an interface's component is cached under.

@@ -9,41 +9,34 @@ Switch a Twisted web app with one line::
 
 import os
 from collections.abc import MutableMapping
-from io import StringIO
-from pprint import pprint
+from typing import TYPE_CHECKING, Any
 
-from txsession._txsession import (
-    Componentized,
-    Namespaces,
-    Session,
-    __version__,
-    reseed_after_fork,
-)
+from txsession._componentized import Componentized, ReprableComponentized
+from txsession._txsession import Namespaces, __version__, reseed_after_fork
+
+if TYPE_CHECKING:
+    from txsession._session import Session
+    from txsession.web import Request, Site
 
 MutableMapping.register(Namespaces)
 
-# A forked child must not continue its parent's stream of session ids.
-os.register_at_fork(after_in_child=reseed_after_fork)
+# A forked child must not continue its parent's stream of session ids. Windows has no fork.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reseed_after_fork)
+
+_LAZY = {"Session": "txsession._session", "Site": "txsession.web", "Request": "txsession.web"}
 
 
-class ReprableComponentized(Componentized):
-    """
-    A L{Componentized} whose C{repr} lists its components, as Twisted's.
-    """
+def __getattr__(name: str) -> Any:
+    # Session, Site and Request import twisted.web.server, which is done when first asked for:
+    # until then txsession's Componentized can take Twisted's place before anything derives
+    # from it (python -m txsession.conformance relies on this).
+    if name in _LAZY:
+        from importlib import import_module
 
-    def __repr__(self) -> str:
-        sio = StringIO()
-        pprint(dict(self._adapterCache), sio)
-        return sio.getvalue()
-
-
-def __getattr__(name: str):
-    # Site pulls in twisted.web.server: import it only when asked for, so that importing
-    # txsession does not import Twisted's web modules (the conformance runner relies on it).
-    if name in ("Site", "Request"):
-        from txsession import web
-
-        return getattr(web, name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'txsession' has no attribute {name!r}")
 
 
