@@ -21,12 +21,12 @@ pub fn construct_as_object(ty: &Bound<'_, PyType>) -> PyResult<()> {
     // subclass of it exists; `PyType_Modified` then drops what the type cache knew of it.
     unsafe {
         let raw = ty.as_type_ptr();
-        if (*raw).tp_basicsize != (*(&raw const ffi::PyBaseObject_Type)).tp_basicsize {
+        if (*raw).tp_basicsize != ffi::PyBaseObject_Type.tp_basicsize {
             return Err(pyo3::exceptions::PySystemError::new_err(
                 "txsession's compiled classes must have object's layout",
             ));
         }
-        (*raw).tp_new = (*(&raw const ffi::PyBaseObject_Type)).tp_new;
+        (*raw).tp_new = ffi::PyBaseObject_Type.tp_new;
         let dict = (*raw).tp_dict;
         if !dict.is_null()
             && ffi::PyDict_Contains(dict, intern!(py, "__new__").as_ptr()) == 1

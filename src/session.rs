@@ -6,6 +6,7 @@
 //! `sessionTimeout`, `expire` and `touch` through ordinary attribute lookup at the moment of
 //! use and in Twisted's order, so subclasses, patched reactors and odd values behave the same.
 
+use pyo3::exceptions::{PyKeyError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyType};
@@ -43,11 +44,13 @@ pub fn bind_twisted_session(
     twisted_session: &Bound<'_, PyType>,
     componentized_init: &Bound<'_, PyAny>,
 ) {
-    let old = BASES.borrow_mut(twisted_session.py()).replace(Bases {
+    let py = twisted_session.py();
+    let old = BASES.borrow_mut(py).replace(Bases {
         twisted_session: twisted_session.clone().unbind(),
         componentized_init: componentized_init.clone().unbind(),
     });
-    drop(old);
+    let learned = FACTS.borrow_mut(py).take();
+    drop((old, learned));
 }
 
 /// What `__init__` learns from an instance's class, remembered per class until the class or
@@ -112,9 +115,13 @@ fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
             continue;
         }
         let defined = base.getattr(intern!(py, "__dict__"))?;
-        if let Some(init) = defined.get_item(intern!(py, "__init__")).ok() {
-            plain_componentized_init = init.is(&componentized_init);
-            break;
+        match defined.get_item(intern!(py, "__init__")) {
+            Ok(init) => {
+                plain_componentized_init = init.is(&componentized_init);
+                break;
+            }
+            Err(err) if err.is_instance_of::<PyKeyError>(py) => continue,
+            Err(err) => return Err(err),
         }
     }
     Ok(ClassFacts {
@@ -125,9 +132,9 @@ fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
 
 fn bases(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyAny>)> {
     let bases = BASES.borrow_mut(py);
-    let bases = bases.as_ref().ok_or_else(|| {
-        pyo3::exceptions::PyRuntimeError::new_err("txsession.Session is not set up")
-    })?;
+    let bases = bases
+        .as_ref()
+        .ok_or_else(|| PyRuntimeError::new_err("txsession.Session is not set up"))?;
     Ok((
         bases.twisted_session.clone_ref(py).into_bound(py),
         bases.componentized_init.clone_ref(py).into_bound(py),

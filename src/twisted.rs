@@ -1,5 +1,6 @@
-//! The Python objects txsession reaches into: Twisted's component registry and zope.interface. Modules are imported once; the functions in them are looked up on every
-//! use, because tests (Twisted's own among them) patch them on the live modules.
+//! The Python modules txsession reaches into: Twisted's component registry and zope.interface.
+//! Modules are imported once; the functions in them are looked up on every use, because tests
+//! (Twisted's own among them) patch them on the live modules.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
