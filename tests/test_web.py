@@ -133,6 +133,42 @@ class SiteTests(unittest.TestCase):
         self.assertTrue(session.startswith(b"TWISTED_SESSION="))
         self.assertNotIn(b"HttpOnly", other)
 
+    def test_cookieFlagsWithOwnRequestFactory(self):
+        """
+        The flags apply to an app's own request class, given at construction or set later,
+        which the site's requests still are.
+        """
+
+        class MyRequest(server.Request):
+            mine = True
+
+        site = Site(resource.Resource(), requestFactory=MyRequest, cookieHttpOnly=True)
+        self.assertTrue(issubclass(site.requestFactory, MyRequest))
+        session, _ = self._sessionCookie(site)
+        self.assertIn(b"HttpOnly", session)
+
+        later = Site(resource.Resource(), cookieSameSite="Lax")
+        later.requestFactory = MyRequest
+        self.assertTrue(later.requestFactory.mine)
+        session, _ = self._sessionCookie(later)
+        self.assertIn(b"SameSite=lax", session)
+
+        plain = Site(resource.Resource(), requestFactory=MyRequest)
+        self.assertIs(plain.requestFactory, MyRequest)
+
+    def test_cookieFlagsNeedARequestClass(self):
+        """
+        A request factory the flags cannot be applied to is refused at construction.
+        """
+
+        def factory(*args):
+            return server.Request(*args)
+
+        with self.assertRaises(TypeError) as caught:
+            Site(resource.Resource(), requestFactory=factory, cookieHttpOnly=True)
+        self.assertIn("cookieHttpOnly", str(caught.exception))
+        self.assertIs(Site(resource.Resource(), requestFactory=factory).requestFactory, factory)
+
     def test_badSameSite(self):
         self.assertRaises(ValueError, Site, resource.Resource(), cookieSameSite=b"sometimes")
 

@@ -4,9 +4,7 @@ C{twisted.python.components.Componentized} and C{twisted.web.server.Session}.
 """
 
 from collections.abc import Callable, ItemsView, Iterator, KeysView, ValuesView
-from typing import Any, ClassVar, TypeVar, final
-
-from typing_extensions import disjoint_base
+from typing import Any, ClassVar, SupportsIndex, TypeVar, final
 
 _T = TypeVar("_T")
 
@@ -15,6 +13,7 @@ __all__ = [
     "Namespaces",
     "Session",
     "__version__",
+    "bind_twisted_session",
     "reseed_after_fork",
     "session_id",
 ]
@@ -25,8 +24,8 @@ class Namespaces:
     """
     An insertion-ordered map held in Rust that behaves like a dict: any hashable key,
     C{KeyError} for a missing key, C{RuntimeError} when it changes size during iteration.
-    Registered as a C{collections.abc.MutableMapping}. It backs C{Session.sessionNamespaces}
-    and C{Componentized._adapterCache}.
+    Registered as a C{collections.abc.MutableMapping}. A new session's C{sessionNamespaces} is
+    one.
     """
 
     def __new__(cls, other: Any = None, /, **kwargs: Any) -> Namespaces: ...
@@ -62,23 +61,16 @@ class Namespaces:
     def items(self) -> ItemsView[Any, Any]: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
 
-@disjoint_base
 class Componentized:
     """
-    An object that can be adapted, caching its adapters (components) per interface, keyed by
-    the interface's qualified name as C{twisted.python.reflect.qual} gives it.
-
-    Behaves as C{twisted.python.components.Componentized}; adapters are found through
-    Twisted's global registry (C{twisted.python.components.registerAdapter}).
+    The methods of C{twisted.python.components.Componentized}, run in Rust over the instance's
+    C{_adapterCache} dict, where Twisted keeps it. C{txsession.Componentized} puts them ahead of
+    Twisted's class; instances are made by C{object.__new__} and set up by Twisted's
+    C{__init__}. Adapters are found through Twisted's global registry.
     """
 
-    persistenceVersion: ClassVar[int]
-    _adapterCache: Namespaces
+    _adapterCache: dict[str, Any]
 
-    def __new__(cls, *_args: Any, **_kwargs: Any) -> Componentized:
-        """Any arguments are accepted, so that subclasses may have their own signature."""
-    def __init__(self) -> None:
-        """Empty the component cache."""
     def locateAdapterClass(self, klass: type, interfaceClass: Any, default: _T) -> Any | _T:
         """The adapter factory registered for C{klass} and C{interfaceClass}, or C{default}."""
     def setAdapter(self, interfaceClass: Any, adapterClass: Callable[[Any], Any]) -> None:
@@ -104,34 +96,30 @@ class Componentized:
         """
     def __conform__(self, interface: Any) -> Any:
         """C{getComponent(interface)}, so that calling an interface adapts me."""
-    def __getstate__(self) -> dict[str, Any]:
-        """
-        The instance C{__dict__} with C{_adapterCache} as a dict: what Twisted's class
-        pickles.
-        """
-    def __setstate__(self, state: dict[str, Any]) -> None: ...
-    def __reduce__(self) -> tuple[Any, ...]: ...
+    def __reduce_ex__(self, protocol: SupportsIndex, /) -> str | tuple[Any, ...]:
+        """C{object.__reduce_ex__} at protocol 2 at least, so that every protocol pickles."""
 
-@disjoint_base
 class Session(Componentized):
     """
-    A user's session with a web site, as C{twisted.web.server.Session}: a unique id, an
-    expiry timer on the reactor, expiry callbacks, and C{sessionNamespaces}.
+    The methods of C{twisted.web.server.Session}, run in Rust over the instance attributes
+    where Twisted keeps the session's state. C{txsession.Session} puts them ahead of
+    Twisted's class.
     """
 
-    sessionTimeout: ClassVar[float]
+    sessionTimeout: float
     site: Any
     uid: bytes
     _reactor: Any
     lastModified: float
     _expireCall: Any
     expireCallbacks: list[Callable[[], object]]
-    sessionNamespaces: Namespaces
+    sessionNamespaces: Any
 
     def __init__(self, site: Any, uid: bytes, reactor: Any = None) -> None:
         """
         Start a session for C{site} with id C{uid}, timed on C{reactor} or else
-        C{site.reactor}. Calls C{self.touch()}.
+        C{site.reactor}: Twisted's C{super().__init__()}, then the attributes, then
+        C{self.touch()}.
         """
     def startCheckingExpiration(self) -> None:
         """Schedule C{self.expire} in C{sessionTimeout} seconds with the reactor's callLater."""
@@ -147,6 +135,12 @@ class Session(Componentized):
         Set C{lastModified} to the reactor's time and move the expiry to C{sessionTimeout}
         from now. Raises C{AlreadyCalled} once the timer has fired.
         """
+
+def bind_twisted_session(twisted_session: type, componentized_init: Any) -> None:
+    """
+    Name the Twisted class C{Session.__init__} stands in for, and Twisted's
+    C{Componentized.__init__}; called once by C{txsession}.
+    """
 
 def session_id() -> bytes:
     """

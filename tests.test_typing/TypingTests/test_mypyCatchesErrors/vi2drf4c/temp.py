@@ -1,0 +1,3 @@
+import txsession
+
+x: int = txsession.Session
