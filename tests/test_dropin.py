@@ -254,7 +254,7 @@ class ImportTests(unittest.SynchronousTestCase):
         try:
             import _testcapi
         except ImportError:
-            raise unittest.SkipTest("no _testcapi in this interpreter")
+            raise unittest.SkipTest("no _testcapi in this interpreter") from None
         if not hasattr(_testcapi, "run_in_subinterp"):
             raise unittest.SkipTest("no _testcapi.run_in_subinterp")
         out = self.mktemp()
