@@ -98,6 +98,22 @@ def _construct(cls, n):
     return run, _noop
 
 
+_SHORT: dict[type, type] = {}
+
+
+def _short(cls):
+    """
+    C{class Short(cls): sessionTimeout = 60}, the README's subclass, one per implementation.
+    """
+    if cls not in _SHORT:
+        _SHORT[cls] = type("Short", (cls,), {"sessionTimeout": 60})
+    return _SHORT[cls]
+
+
+def _constructSubclass(cls, n):
+    return _construct(_short(cls), n)
+
+
 def _constructAndStart(cls, n):
     site = _site(cls)
     uids = [b"%064d" % i for i in range(n)]
@@ -196,6 +212,7 @@ def _makeSession(cls, n):
 
 SCENARIOS: list[tuple[str, Callable]] = [
     ("construct Session(site, uid)", _construct),
+    ("construct a subclass (sessionTimeout = 60)", _constructSubclass),
     ("construct + startCheckingExpiration", _constructAndStart),
     ("touch (checking expiration)", _touch),
     ("getComponent, cache hit", _getComponent(ICached)),
@@ -210,13 +227,47 @@ SCENARIOS: list[tuple[str, Callable]] = [
 
 @dataclass
 class Row:
+    """
+    One operation's medians and quartiles, in nanoseconds per operation.
+    """
+
     operation: str
     twisted_ns: float
     txsession_ns: float
+    twisted_quartiles: tuple[float, float]
+    txsession_quartiles: tuple[float, float]
 
     @property
     def speedup(self) -> float:
         return self.twisted_ns / self.txsession_ns
+
+    @property
+    def speedupRange(self) -> tuple[float, float]:
+        """
+        The speed-up's spread: Twisted's lower quartile over txsession's upper one, and
+        Twisted's upper quartile over txsession's lower one.
+        """
+        return (
+            self.twisted_quartiles[0] / self.txsession_quartiles[1],
+            self.twisted_quartiles[1] / self.txsession_quartiles[0],
+        )
+
+
+def _quartiles(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q = statistics.quantiles(samples, n=4)
+    return q[0], q[2]
+
+
+def _row(name: str, twisted: list[float], ours: list[float]) -> Row:
+    return Row(
+        name,
+        statistics.median(twisted),
+        statistics.median(ours),
+        _quartiles(twisted),
+        _quartiles(ours),
+    )
 
 
 def _timeBlock(prepare, cls, n):
@@ -248,13 +299,7 @@ def measure(repeats: int, n: int, only: Iterable[str] | None = None) -> list[Row
         for _ in range(repeats):
             for label, cls in IMPLEMENTATIONS.items():
                 samples[label].append(_timeBlock(prepare, cls, n))
-        rows.append(
-            Row(
-                name,
-                statistics.median(samples["Twisted"]),
-                statistics.median(samples["txsession"]),
-            )
-        )
+        rows.append(_row(name, samples["Twisted"], samples["txsession"]))
     return rows
 
 
@@ -361,10 +406,10 @@ def measureHttp(seconds: float, rounds: int) -> list[Row]:
                     rates[label].append(_load(port, newSessions, seconds))
             # Stored as nanoseconds per request, so that Row's speed-up is the rate ratio.
             rows.append(
-                Row(
+                _row(
                     name,
-                    1e9 / statistics.median(rates["Twisted"]),
-                    1e9 / statistics.median(rates["txsession"]),
+                    [1e9 / rate for rate in rates["Twisted"]],
+                    [1e9 / rate for rate in rates["txsession"]],
                 )
             )
         return rows
@@ -399,16 +444,20 @@ def _memoryChild(label: str, n: int) -> None:
     del extra
 
 
-def measureMemory(n: int) -> dict[str, float]:
-    result = {}
-    for label in IMPLEMENTATIONS:
-        out = subprocess.run(
-            [sys.executable, "-m", "txsession.bench", "--memory-child", label, str(n)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        result[label] = json.loads(out.strip().splitlines()[-1])["bytes"]
+def measureMemory(n: int, rounds: int) -> dict[str, list[float]]:
+    """
+    Bytes per live session from C{rounds} fresh processes per implementation, alternating.
+    """
+    result: dict[str, list[float]] = {label: [] for label in IMPLEMENTATIONS}
+    for _ in range(rounds):
+        for label in IMPLEMENTATIONS:
+            out = subprocess.run(
+                [sys.executable, "-m", "txsession.bench", "--memory-child", label, str(n)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            result[label].append(json.loads(out.strip().splitlines()[-1])["bytes"])
     return result
 
 
@@ -416,32 +465,74 @@ def _formatTime(ns: float) -> str:
     return f"{ns / 1000:.2f} us" if ns >= 1000 else f"{ns:.0f} ns"
 
 
-def render(rows: list[Row], memory: dict[str, float] | None) -> str:
-    header = ("operation", "Twisted", "txsession", "speed-up")
+def _spread(quartiles: tuple[float, float], fmt: Callable[[float], str]) -> str:
+    return f"{fmt(quartiles[0])}–{fmt(quartiles[1])}"
+
+
+def render(rows: list[Row], memory: dict[str, list[float]] | None) -> str:
+    header = (
+        "operation",
+        "Twisted",
+        "(quartiles)",
+        "txsession",
+        "(quartiles)",
+        "speed-up",
+        "(spread)",
+    )
     lines = [
-        [r.operation, _formatTime(r.twisted_ns), _formatTime(r.txsession_ns), f"{r.speedup:.2f}x"]
+        [
+            r.operation,
+            _formatTime(r.twisted_ns),
+            _spread(r.twisted_quartiles, _formatTime),
+            _formatTime(r.txsession_ns),
+            _spread(r.txsession_quartiles, _formatTime),
+            f"{r.speedup:.2f}x",
+            _spread(r.speedupRange, lambda x: f"{x:.2f}x"),
+        ]
         for r in rows
     ]
     if memory:
+        twisted, ours = memory["Twisted"], memory["txsession"]
         lines.append(
             [
                 "memory per live session",
-                f"{memory['Twisted']:.0f} B",
-                f"{memory['txsession']:.0f} B",
-                f"{memory['Twisted'] / memory['txsession']:.2f}x less",
+                f"{statistics.median(twisted):.0f} B",
+                _spread((min(twisted), max(twisted)), lambda b: f"{b:.0f} B"),
+                f"{statistics.median(ours):.0f} B",
+                _spread((min(ours), max(ours)), lambda b: f"{b:.0f} B"),
+                f"{statistics.median(twisted) / statistics.median(ours):.2f}x less",
+                _spread(
+                    (min(twisted) / max(ours), max(twisted) / min(ours)),
+                    lambda x: f"{x:.2f}x",
+                ),
             ]
         )
     return table(header, lines)
 
 
 def renderHttp(rows: list[Row]) -> str:
-    header = ("HTTP, getSession + namespace", "Twisted req/s", "txsession req/s", "ratio")
+    header = (
+        "HTTP, getSession + namespace",
+        "Twisted req/s",
+        "(quartiles)",
+        "txsession req/s",
+        "(quartiles)",
+        "ratio",
+        "(spread)",
+    )
+
+    def rate(ns: float) -> str:
+        return f"{1e9 / ns:,.0f}"
+
     lines = [
         [
             r.operation,
-            f"{1e9 / r.twisted_ns:,.0f}",
-            f"{1e9 / r.txsession_ns:,.0f}",
+            rate(r.twisted_ns),
+            _spread(r.twisted_quartiles[::-1], rate),
+            rate(r.txsession_ns),
+            _spread(r.txsession_quartiles[::-1], rate),
             f"{r.speedup:.2f}x",
+            _spread(r.speedupRange, lambda x: f"{x:.2f}x"),
         ]
         for r in rows
     ]
@@ -483,7 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     httpRows = (
         [] if args.no_http else measureHttp(1.0 if args.quick else 3.0, 3 if args.quick else 5)
     )
-    memory = None if args.no_memory else measureMemory(20_000 if args.quick else 100_000)
+    memory = (
+        None
+        if args.no_memory
+        else measureMemory(20_000 if args.quick else 100_000, 3 if args.quick else 5)
+    )
     print(render(rows, memory))
     if httpRows:
         print()
@@ -495,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
                     "environment": environment(),
                     "repeats": repeats,
                     "number": number,
-                    "rows": [dict(asdict(r), speedup=r.speedup) for r in rows],
+                    "rows": [
+                        dict(asdict(r), speedup=r.speedup, speedup_spread=r.speedupRange)
+                        for r in rows
+                    ],
                     "http_requests_per_second": {
                         r.operation: {
                             "Twisted": 1e9 / r.twisted_ns,
