@@ -6,8 +6,11 @@ where Twisted runs (no fork, the GIL kept on, subinterpreters refused).
 """
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 from twisted.internet import defer, reactor
@@ -257,7 +260,9 @@ class ImportTests(unittest.SynchronousTestCase):
             raise unittest.SkipTest("no _testcapi in this interpreter") from None
         if not hasattr(_testcapi, "run_in_subinterp"):
             raise unittest.SkipTest("no _testcapi.run_in_subinterp")
-        out = self.mktemp()
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        out = os.path.join(folder, "outcome")
         result = _runPython(
             f"""
             import _testcapi

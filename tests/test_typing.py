@@ -4,6 +4,7 @@ same app with Twisted's own classes.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,11 @@ def _twistedVersion(source: str) -> str:
 
 
 class TypingTests(unittest.TestCase):
+    def scratch(self, name: str) -> str:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        return os.path.join(folder, name)
+
     def mypy(self, path: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
@@ -50,7 +56,7 @@ class TypingTests(unittest.TestCase):
         """
         with open(APP) as f:
             source = f.read()
-        twistedOnly = os.path.join(self.mktemp() + ".py")
+        twistedOnly = self.scratch("twisted_shop.py")
         with open(twistedOnly, "w") as f:
             f.write(_twistedVersion(source))
         ours, theirs = self.mypy(APP), self.mypy(twistedOnly)
@@ -61,7 +67,7 @@ class TypingTests(unittest.TestCase):
         """
         The control: mypy does report a type error in the app's setting.
         """
-        bad = self.mktemp() + ".py"
+        bad = self.scratch("bad.py")
         with open(bad, "w") as f:
             f.write("import txsession\nx: int = txsession.Session\n")
         result = self.mypy(bad)

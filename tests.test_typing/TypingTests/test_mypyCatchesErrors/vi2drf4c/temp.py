@@ -1,3 +1,0 @@
-import txsession
-
-x: int = txsession.Session
