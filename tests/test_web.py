@@ -234,9 +234,27 @@ class EndToEndTests(unittest.TestCase):
         self.assertEqual(second["visits"], 0)
 
     @defer.inlineCallbacks
+    def test_login(self):
+        """
+        Logging in keeps the session's contents under a fresh id.
+        """
+        client = Client(self.base)
+        yield client.get(b"add?item=book")
+        before = yield client.state()
+        yield client.get(b"login?user=ann")
+        after = yield client.state()
+        self.assertNotEqual(after["session"], before["session"])
+        self.assertEqual((after["user"], after["cart"]), ("ann", ["book"]))
+        self.assertNotIn(before["session"].encode(), self.site.sessions)
+
+    @defer.inlineCallbacks
     def test_timeoutGivesNewSession(self):
         client = Client(self.base)
         before = yield client.state()
+        self.clock.advance(59)
+        still = yield client.state()
+        self.assertEqual(still["session"], before["session"])
+        # Sliding expiry: 60 s from the last use.
         self.clock.advance(59)
         still = yield client.state()
         self.assertEqual(still["session"], before["session"])

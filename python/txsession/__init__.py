@@ -16,7 +16,7 @@ from txsession._txsession import Namespaces, __version__, reseed_after_fork
 
 if TYPE_CHECKING:
     from txsession._session import Session
-    from txsession.web import Request, Site
+    from txsession.web import Request, Site, renewSession
 
 MutableMapping.register(Namespaces)
 
@@ -24,13 +24,18 @@ MutableMapping.register(Namespaces)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=reseed_after_fork)
 
-_LAZY = {"Session": "txsession._session", "Site": "txsession.web", "Request": "txsession.web"}
+_LAZY = {
+    "Session": "txsession._session",
+    "Site": "txsession.web",
+    "Request": "txsession.web",
+    "renewSession": "txsession.web",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Session, Site and Request import twisted.web.server, which is done when first asked for:
-    # until then txsession's Componentized can take Twisted's place before anything derives
-    # from it (python -m txsession.conformance relies on this).
+    # Session, Site, Request and renewSession import twisted.web.server, which is done when
+    # first asked for: until then txsession's Componentized can take Twisted's place before
+    # anything derives from it (python -m txsession.conformance relies on this).
     if name in _LAZY:
         from importlib import import_module
 
@@ -48,4 +53,5 @@ __all__ = [
     "Session",
     "Site",
     "__version__",
+    "renewSession",
 ]

@@ -6,10 +6,12 @@ A small web site that uses everything txsession offers.
 - C{/}: counts your visits in C{session.sessionNamespaces} and shows your cart;
 - C{/add?item=NAME}: puts an item in your cart, a component made by C{registerAdapter};
 - C{/state}: the same as JSON (what the end-to-end tests read);
+- C{/login?user=NAME}: logs you in, giving your session a fresh id (L{txsession.renewSession});
 - C{/logout}: expires your session; C{notifyOnExpire} logs a line when a session ends.
 
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
-session cookie is C{HttpOnly} and C{SameSite=Lax}.
+session cookie is C{HttpOnly} and C{SameSite=Lax}, with sliding expiry: the timeout counts
+from each session's last use.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def _state(request):
         "visits": session.sessionNamespaces.get("visits", 0),
         "cart": list(ICart(session).items),
         "timeout": session.sessionTimeout,
+        "user": session.sessionNamespaces.get("user"),
     }
 
 
@@ -70,6 +73,8 @@ class Home(resource.Resource):
         return (
             "<!doctype html><title>txsession demo</title>"
             f"<p>Visits this session: {state['visits']}</p>"
+            f"<p>Logged in as: {html.escape(state['user'] or '(nobody)')}</p>"
+            '<form action="/login"><input name="user"><button>Log in</button></form>'
             f"<p>Cart:</p><ul>{items}</ul>"
             '<form action="/add"><input name="item"><button>Add</button></form>'
             '<p><a href="/logout">Log out</a></p>'
@@ -95,6 +100,18 @@ class State(resource.Resource):
         return json.dumps(_state(request)).encode("utf-8")
 
 
+class Login(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        user = request.args.get(b"user", [b""])[0].decode("utf-8", "replace")
+        if user:
+            # A fresh id at login: an id planted or learned before it is worth nothing now.
+            txsession.renewSession(request).sessionNamespaces["user"] = user
+        request.redirect(b"/")
+        return b""
+
+
 class Logout(resource.Resource):
     isLeaf = True
 
@@ -113,6 +130,7 @@ def makeSite(timeout: float = 300, reactor=None) -> Site:
     root.putChild(b"", Home())
     root.putChild(b"add", Add())
     root.putChild(b"state", State())
+    root.putChild(b"login", Login())
     root.putChild(b"logout", Logout())
     sessionClass = type("DemoSession", (DemoSession,), {"sessionTimeout": timeout})
     components.registerAdapter(Cart, sessionClass, ICart)
@@ -123,7 +141,9 @@ def makeSite(timeout: float = 300, reactor=None) -> Site:
             session.notifyOnExpire(lambda: log.msg(f"session {session.uid.decode()} ended"))
             return session
 
-    site = LoggingSite(root, cookieHttpOnly=True, cookieSameSite=b"Lax", reactor=reactor)
+    site = LoggingSite(
+        root, cookieHttpOnly=True, cookieSameSite=b"Lax", slidingExpiry=True, reactor=reactor
+    )
     site.sessionFactory = sessionClass
     return site
 

@@ -66,7 +66,19 @@ def makeSite() -> server.Site:
 
 
 def makeTxsessionSite() -> server.Site:
-    return txsession.Site(Shop(), cookieHttpOnly=True, cookieSameSite=b"Lax")
+    return txsession.Site(
+        Shop(),
+        cookieName=b"SHOP_SESSION",
+        cookieHttpOnly=True,
+        cookieSameSite=b"Lax",
+        cookieMaxAge=3600,
+        slidingExpiry=True,
+    )
+
+
+def login(request: server.Request) -> None:
+    session = txsession.renewSession(request)
+    session.sessionNamespaces["user"] = "ann"
 
 
 def makeSession(site: server.Site) -> server.Session:
