@@ -14,6 +14,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyInt, PyType};
 
+use crate::timer::SharedCall;
+
 pyo3::import_exception!(twisted.internet.error, AlreadyCalled);
 pyo3::import_exception!(twisted.internet.error, AlreadyCancelled);
 
@@ -38,15 +40,26 @@ fn is_exact(call: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(call.get_type().is(delayed_call_type(call.py())?))
 }
 
-/// `call.reset(timeout)`. `now` is the time the caller just read from `seconds`, the clock
-/// function it was read with; it is reused when the call's own `seconds` is that same clock.
+/// `call.reset(timeout)`. `now` is the time the caller just read from `reactor.seconds()`; it
+/// is reused when the call's own clock is that same one.
 pub fn reset(
     call: &Bound<'_, PyAny>,
     timeout: &Bound<'_, PyAny>,
     now: &Bound<'_, PyAny>,
-    seconds: &Bound<'_, PyAny>,
+    reactor: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = call.py();
+    if let Ok(shared) = call.cast_exact::<SharedCall>() {
+        // The timer's clock is the one `now` came from when it runs on the same reactor.
+        if let (Some(timeout), Some(now)) = (plain_f64(timeout), plain_f64(now)) {
+            if shared.get().runs_on(py, reactor) {
+                return SharedCall::reset_at(shared, now, timeout);
+            }
+        }
+        return call
+            .call_method1(intern!(py, "reset"), (timeout,))
+            .map(drop);
+    }
     if !is_exact(call)? {
         return call
             .call_method1(intern!(py, "reset"), (timeout,))
@@ -59,8 +72,9 @@ pub fn reset(
         return Err(AlreadyCalled::new_err(()));
     }
     let own_seconds = call.getattr(intern!(py, "seconds"))?;
+    let seconds = reactor.getattr(intern!(py, "seconds"))?;
     // Same function object (the usual case: both are the reactor's `seconds`) or an equal one.
-    let now = if own_seconds.is(seconds) || own_seconds.eq(seconds)? {
+    let now = if own_seconds.is(&seconds) || own_seconds.eq(&seconds)? {
         now.clone()
     } else {
         own_seconds.call0()?
@@ -81,6 +95,9 @@ pub fn reset(
 /// `call.active()`: not cancelled and not called.
 pub fn active(call: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = call.py();
+    if let Ok(shared) = call.cast_exact::<SharedCall>() {
+        return Ok(shared.get().is_active(py));
+    }
     if !is_exact(call)? {
         return call.call_method0(intern!(py, "active"))?.is_truthy();
     }

@@ -14,6 +14,12 @@ impl<T> Traverse for Py<T> {
     }
 }
 
+impl<T: Traverse> Traverse for &T {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        (*self).traverse(visit)
+    }
+}
+
 impl<T: Traverse> Traverse for Option<T> {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {

@@ -8,8 +8,10 @@ mod gil;
 mod ids;
 mod keys;
 mod layout;
+mod lru;
 mod namespaces;
 mod session;
+mod timer;
 mod twisted;
 
 use pyo3::prelude::*;
@@ -33,7 +35,11 @@ mod _txsession {
     #[pymodule_export]
     use crate::ids::{reseed_after_fork, session_id};
     #[pymodule_export]
+    use crate::lru::SessionLru;
+    #[pymodule_export]
     use crate::session::bind_twisted_session;
+    #[pymodule_export]
+    use crate::timer::{bind_site, SharedCall, SharedTimer};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -17,6 +17,7 @@ use crate::componentized::Componentized;
 use crate::delayed_call;
 use crate::gil::GilCell;
 use crate::namespaces::Namespaces;
+use crate::timer::{self, SharedTimer};
 
 #[pyclass(
     module = "txsession._txsession",
@@ -193,12 +194,18 @@ impl Session {
         )
     }
 
-    /// `self._expireCall = self._reactor.callLater(self.sessionTimeout, self.expire)`.
+    /// `self._expireCall = self._reactor.callLater(self.sessionTimeout, self.expire)`; on a
+    /// `txsession.Site(sharedTimer=True)` whose reactor is the session's, the site's shared
+    /// timer files the expiry instead.
     fn startCheckingExpiration(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let call_later = slf
-            .getattr(intern!(py, "_reactor"))?
-            .getattr(intern!(py, "callLater"))?;
+        let reactor = slf.getattr(intern!(py, "_reactor"))?;
+        if let Some(timer) = timer::shared_timer_for(slf.as_any(), &reactor)? {
+            let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
+            let call = SharedTimer::add(&timer, slf.as_any(), &timeout)?;
+            return slf.setattr(intern!(py, "_expireCall"), call);
+        }
+        let call_later = reactor.getattr(intern!(py, "callLater"))?;
         let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
         let expire = slf.getattr(intern!(py, "expire"))?;
         let call = call_later.call1((timeout, expire))?;
@@ -265,8 +272,6 @@ impl Session {
             return Ok(());
         }
         let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
-        // The clock `now` came from, for `reset` to tell whether the call uses the same one.
-        let seconds = reactor.getattr(intern!(py, "seconds"))?;
-        delayed_call::reset(&call, &timeout, &now, &seconds)
+        delayed_call::reset(&call, &timeout, &now, &reactor)
     }
 }

@@ -14,10 +14,17 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, server
+from zope.interface import classImplements
 
+from txsession import _txsession
 from txsession._session import Session
-from txsession._txsession import session_id
+from txsession._txsession import SessionLru, SharedTimer, session_id
+
+_log = Logger()
 
 DEFAULT_COOKIE_NAME = b"TWISTED_SESSION"
 _SAME_SITE = (b"lax", b"strict", b"none")
@@ -182,6 +189,26 @@ def _sameSiteBytes(value: bytes | str) -> bytes:
     return sameSite
 
 
+def _maxSessions(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"maxSessions must be a whole number, not {value!r}")
+    if value < 1:
+        raise ValueError(f"maxSessions must be at least 1: {value!r}")
+    return value
+
+
+def _logExpiryFailure(exception: BaseException) -> None:
+    """
+    How a failing C{expire} run by a shared timer is logged: as the reactor logs a failing
+    delayed call, through C{twisted.logger} with the failure.
+    """
+    _log.failure(
+        "while handling timed call {call}",
+        failure=Failure(exception, type(exception), exception.__traceback__),
+        call="session expiry (txsession shared timer)",
+    )
+
+
 def _maxAge(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"cookieMaxAge must be a whole number of seconds, not {value!r}")
@@ -212,6 +239,14 @@ class Site(server.Site):
         set; by default none, so the cookie lasts as long as the browser session.
     @param slidingExpiry: Touch the session that a request's cookie finds, so that its
         timeout counts from its last use rather than from its creation.
+    @param sharedTimer: Expire every session of this site through one pending call on its
+        reactor, driven by a Rust heap, instead of one reactor call per session. Sessions then
+        expire at the same reactor times, and their C{_expireCall} is a
+        C{SharedDelayedCall} (Twisted's C{IDelayedCall}). A failing C{expire} is logged as the
+        reactor logs a failing timed call, and the other sessions due still expire.
+    @param maxSessions: At most this many sessions: making one more first expires, through
+        C{expire()}, the session touched least recently (ties: the one made first). A failing
+        C{expire} is logged and the next session is made all the same.
     """
 
     sessionFactory = Session
@@ -220,6 +255,8 @@ class Site(server.Site):
     cookieSameSite: bytes | None = None
     cookieMaxAge: int | None = None
     slidingExpiry = False
+    maxSessions: int | None = None
+    _sharedTimer: SharedTimer | None = None
 
     def __init__(
         self,
@@ -231,6 +268,8 @@ class Site(server.Site):
         cookieSameSite: bytes | str | None = None,
         cookieMaxAge: int | None = None,
         slidingExpiry: bool = False,
+        sharedTimer: bool = False,
+        maxSessions: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.cookieName = _cookieNameBytes(cookieName)
@@ -238,7 +277,11 @@ class Site(server.Site):
         self.cookieSameSite = None if cookieSameSite is None else _sameSiteBytes(cookieSameSite)
         self.cookieMaxAge = None if cookieMaxAge is None else _maxAge(cookieMaxAge)
         self.slidingExpiry = slidingExpiry
+        self.maxSessions = None if maxSessions is None else _maxSessions(maxSessions)
         super().__init__(resource, requestFactory, *args, **kwargs)
+        if sharedTimer:
+            self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure)
+        self._lru = SessionLru() if self.maxSessions is not None else None
         # Raises now, not at the first connection, when the options cannot be applied.
         self.requestFactory  # noqa: B018
 
@@ -270,6 +313,32 @@ class Site(server.Site):
                 session.touch()
             except (AlreadyCalled, AlreadyCancelled):
                 raise KeyError(uid) from None
+        return session
+
+    @property
+    def sharedTimer(self) -> bool:
+        """
+        Whether this site's sessions expire through its shared timer.
+        """
+        return self._sharedTimer is not None
+
+    def makeSession(self) -> Any:
+        """
+        Twisted's C{makeSession}, after making room under C{maxSessions}.
+        """
+        lru = self._lru
+        if lru is not None:
+            while len(self.sessions) >= self.maxSessions:
+                oldest = lru.oldest(self.sessions)
+                if oldest is None:
+                    break
+                try:
+                    oldest.expire()
+                except Exception:
+                    _log.failure("while evicting session {uid!r}", uid=oldest.uid)
+        session = super().makeSession()
+        if lru is not None:
+            lru.add(session, self.sessions)
         return session
 
     def _mkuid(self) -> bytes:
@@ -310,3 +379,7 @@ def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
     request.cookies[:] = [c for c in request.cookies if not c.startswith(prefix)]
     _addSessionCookie(request, cookiename, new, secure)
     return session
+
+
+_txsession.bind_site(Site)
+classImplements(_txsession.SharedDelayedCall, IDelayedCall)

@@ -1,0 +1,364 @@
+"""
+C{txsession.Site(sharedTimer=True)} and C{maxSessions}: the same expiry instants as Twisted's
+own delayed calls (differential, on a L{Clock}), never more than one pending reactor call per
+site, failures logged, the cap, collection of the cycles, and HTTP end to end.
+"""
+
+import gc
+import json
+import weakref
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web import resource, server
+from twisted.web.test.test_web import DummyChannel
+from zope.interface.verify import verifyObject
+
+import txsession
+from tests.test_web import Client
+from txsession.web import Site
+
+
+def _sharedSite(clock, **options):
+    return Site(resource.Resource(), reactor=clock, sharedTimer=True, **options)
+
+
+def _siteCalls(clock):
+    """
+    The clock's pending calls made for sessions: all of them but the HTTP log clock's, which
+    a site started by a listening port also schedules.
+    """
+    return [
+        c
+        for c in clock.getDelayedCalls()
+        if c.active() and getattr(c.func, "__name__", "") != "_updateLogDateTime"
+    ]
+
+
+class Short(txsession.Session):
+    sessionTimeout = 60
+
+
+class TwistedShort(server.Session):
+    sessionTimeout = 60
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("make"), st.integers(0, 1)),
+        st.tuples(st.just("touch"), st.integers(0, 7)),
+        st.tuples(st.just("timeout"), st.integers(0, 7), st.sampled_from([1, 30, 45.5, 2000])),
+        st.tuples(st.just("logout"), st.integers(0, 7)),
+        st.tuples(st.just("cancel"), st.integers(0, 7)),
+        st.tuples(st.just("delay"), st.integers(0, 7), st.sampled_from([-50, 0.25, 100])),
+        st.tuples(
+            st.just("advance"),
+            st.sampled_from([0, 0.1, 0.7, 1, 10, 29.9, 30, 59.5, 60, 300, 899.9, 900, 1000]),
+        ),
+    ),
+    max_size=40,
+)
+
+
+class World:
+    """
+    One side of the differential: a site on its own clock, its sessions by index, and the
+    indices whose expiry ran.
+    """
+
+    def __init__(self, site, clock, shortFactory):
+        self.site, self.clock, self.short = site, clock, shortFactory
+        self.sessions = []
+        self.ended = []
+
+    def make(self, short):
+        if short:
+            self.site.sessionFactory = self.short
+        session = self.site.makeSession()
+        index = len(self.sessions)
+        session.notifyOnExpire(lambda: self.ended.append(index))
+        self.sessions.append(session)
+
+    def apply(self, op):
+        name = op[0]
+        if name == "make":
+            return self.make(op[1])
+        if name == "advance":
+            return self.clock.advance(op[1])
+        if not self.sessions:
+            return None
+        session = self.sessions[op[1] % len(self.sessions)]
+        if name == "touch":
+            session.touch()
+        elif name == "timeout":
+            session.sessionTimeout = op[2]
+            session.touch()
+        elif name == "logout":
+            session.expire()
+        elif name == "cancel":
+            session._expireCall.cancel()
+        elif name == "delay":
+            session._expireCall.delay(op[2])
+
+    def observe(self):
+        return (
+            sorted(self.ended),
+            sorted(i for i, s in enumerate(self.sessions) if self.site.sessions.get(s.uid) is s),
+            [_call(s._expireCall) for s in self.sessions],
+            [s.lastModified for s in self.sessions],
+        )
+
+
+def _call(call):
+    return None if call is None else (call.getTime(), call.active())
+
+
+def _outcome(world, op):
+    try:
+        world.apply(op)
+    except Exception as e:
+        return type(e)
+    return None
+
+
+class SharedTimerDifferentialTests(unittest.SynchronousTestCase):
+    @given(OPERATIONS)
+    def test_sameInstantsAsTwisted(self, ops):
+        """
+        The same sessions expire at the same instants on Twisted's Site with its own
+        sessions and on a shared-timer site; their calls agree on C{getTime()} and
+        C{active()}; the site never has more than one reactor call, none when nothing waits.
+        """
+        twistedClock, ourClock = Clock(), Clock()
+        twisted = World(
+            server.Site(resource.Resource(), reactor=twistedClock), twistedClock, TwistedShort
+        )
+        ours = World(_sharedSite(ourClock), ourClock, Short)
+        for op in ops:
+            self.assertEqual(_outcome(twisted, op), _outcome(ours, op), op)
+            self.assertEqual(twisted.observe(), ours.observe(), op)
+            pending = _siteCalls(ourClock)
+            self.assertLessEqual(len(pending), 1)
+            waiting = [s for s in ours.sessions if s._expireCall and s._expireCall.active()]
+            self.assertEqual(len(pending), 1 if waiting else 0)
+            if waiting:
+                # At the earliest time due, or now for a time already past (a reactor takes
+                # no negative delay): never after a session's own time.
+                due = min(s._expireCall.getTime() for s in waiting)
+                self.assertLessEqual(pending[0].getTime(), max(due, ourClock.seconds()))
+
+
+class SharedTimerTests(unittest.TestCase):
+    def test_oneReactorCall(self):
+        clock = Clock()
+        site = _sharedSite(clock)
+        sessions = [site.makeSession() for _ in range(50)]
+        self.assertEqual(len(_siteCalls(clock)), 1)
+        self.assertTrue(site.sharedTimer)
+        for session in sessions:
+            session.expire()
+        self.assertEqual(_siteCalls(clock), [])
+
+    def test_delayedCallInterface(self):
+        clock = Clock()
+        session = _sharedSite(clock).makeSession()
+        call = session._expireCall
+        self.assertTrue(verifyObject(IDelayedCall, call))
+        self.assertEqual(call.getTime(), 900)
+        clock.advance(100)
+        call.reset(10)
+        self.assertEqual(call.getTime(), 110)
+        call.delay(5)
+        self.assertEqual(call.getTime(), 115)
+        clock.advance(15)
+        self.assertFalse(call.active())
+        self.assertTrue(call.called)
+        self.assertRaises(AlreadyCalled, call.reset, 1)
+        self.assertRaises(AlreadyCalled, call.cancel)
+        self.assertRaises(AlreadyCalled, session.touch)
+
+    def test_touchAfterCancelRaises(self):
+        clock = Clock()
+        session = _sharedSite(clock).makeSession()
+        session._expireCall.cancel()
+        self.assertRaises(AlreadyCancelled, session.touch)
+        self.assertRaises(AlreadyCancelled, session._expireCall.cancel)
+
+    def test_subclassOverridesRun(self):
+        clock = Clock()
+        site = _sharedSite(clock)
+        seen = []
+
+        class Mine(txsession.Session):
+            sessionTimeout = 30
+
+            def touch(self):
+                seen.append("touch")
+                super().touch()
+
+            def expire(self):
+                seen.append("expire")
+                super().expire()
+
+        site.sessionFactory = Mine
+        session = site.makeSession()
+        self.assertEqual(session._expireCall.getTime(), 30)
+        clock.advance(30)
+        self.assertEqual(seen, ["touch", "expire"])
+        self.assertNotIn(session.uid, site.sessions)
+
+    def test_ownReactorIsNotShared(self):
+        """
+        A session given a reactor of its own is timed on that reactor, as in Twisted.
+        """
+        clock, other = Clock(), Clock()
+        site = _sharedSite(clock)
+        session = txsession.Session(site, b"x", reactor=other)
+        session.startCheckingExpiration()
+        self.assertEqual(len(other.getDelayedCalls()), 1)
+        self.assertEqual(_siteCalls(clock), [])
+        session._expireCall.cancel()
+
+    def test_failuresLogged(self):
+        """
+        An expire that raises is logged as a failing timed call, and the other sessions due
+        at that moment still expire.
+        """
+        clock = Clock()
+        site = _sharedSite(clock)
+        first, second, third = (site.makeSession() for _ in range(3))
+        second.notifyOnExpire(lambda: 1 / 0)
+        clock.advance(900)
+        self.assertEqual(site.sessions, {})
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(_siteCalls(clock), [])
+
+    def test_renewSession(self):
+        clock = Clock()
+        site = _sharedSite(clock)
+        request = site.requestFactory(DummyChannel(), 1)
+        request.site, request.sitepath = site, []
+        session = request.getSession()
+        old = session.uid
+        txsession.renewSession(request)
+        self.assertNotIn(old, site.sessions)
+        clock.advance(900)
+        self.assertEqual(site.sessions, {})
+
+    def test_cyclesCollected(self):
+        def build():
+            site = _sharedSite(Clock())
+            session = site.makeSession()
+            session.notifyOnExpire(lambda: session)
+            return site
+
+        gc.collect()
+        ref = weakref.ref(build())
+        gc.collect()
+        self.assertIsNone(ref())
+
+
+class MaxSessionsMixin:
+    shared = False
+
+    def site(self, clock, limit):
+        return Site(resource.Resource(), reactor=clock, sharedTimer=self.shared, maxSessions=limit)
+
+    def test_capHolds(self):
+        clock = Clock()
+        site = self.site(clock, 10)
+        ended = []
+        for i in range(50):
+            session = site.makeSession()
+            session.notifyOnExpire(lambda i=i: ended.append(i))
+            clock.advance(1)
+        self.assertEqual(len(site.sessions), 10)
+        self.assertEqual(ended, list(range(40)))
+        self.assertEqual(len(_siteCalls(clock)), 1 if self.shared else 10)
+
+    def test_leastRecentlyTouchedGoes(self):
+        clock = Clock()
+        site = self.site(clock, 3)
+        a, b, c = [site.makeSession() for _ in range(3)]
+        clock.advance(1)
+        a.touch()
+        clock.advance(1)
+        site.makeSession()
+        self.assertNotIn(b.uid, site.sessions)
+        self.assertIn(a.uid, site.sessions)
+        site.makeSession()
+        self.assertNotIn(c.uid, site.sessions)
+        site.makeSession()
+        self.assertNotIn(a.uid, site.sessions)
+
+    def test_endedSessionsAreNotCounted(self):
+        clock = Clock()
+        site = self.site(clock, 2)
+        a = site.makeSession()
+        a.expire()
+        b = site.makeSession()
+        c = site.makeSession()
+        self.assertEqual(set(site.sessions), {b.uid, c.uid})
+
+    def test_failingExpireIsLogged(self):
+        clock = Clock()
+        site = self.site(clock, 1)
+        first = site.makeSession()
+        first.notifyOnExpire(lambda: 1 / 0)
+        second = site.makeSession()
+        self.assertEqual(list(site.sessions), [second.uid])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_badValues(self):
+        self.assertRaises(ValueError, Site, resource.Resource(), maxSessions=0)
+        self.assertRaises(TypeError, Site, resource.Resource(), maxSessions="10")
+
+
+class MaxSessionsTests(MaxSessionsMixin, unittest.TestCase):
+    pass
+
+
+class MaxSessionsSharedTimerTests(MaxSessionsMixin, unittest.TestCase):
+    shared = True
+
+
+class SharedTimerHTTPTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_shortTimeout(self):
+        clock = Clock()
+        root = resource.Resource()
+
+        class State(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                session = request.getSession()
+                visits = session.sessionNamespaces.get("visits", 0) + 1
+                session.sessionNamespaces["visits"] = visits
+                return json.dumps([session.uid.decode(), visits]).encode()
+
+        root.putChild(b"state", State())
+        site = Site(root, reactor=clock, sharedTimer=True, slidingExpiry=True)
+        site.sessionFactory = Short
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Client(b"http://127.0.0.1:%d/" % port.getHost().port)
+        uid, _ = json.loads((yield client.get(b"state"))[1])
+        clock.advance(50)
+        self.assertEqual(json.loads((yield client.get(b"state"))[1]), [uid, 2])
+        clock.advance(50)
+        self.assertEqual(json.loads((yield client.get(b"state"))[1]), [uid, 3])
+        self.assertEqual(len(_siteCalls(clock)), 1)
+        clock.advance(60)
+        self.assertEqual(site.sessions, {})
+        self.assertEqual(_siteCalls(clock), [])
+        other, visits = json.loads((yield client.get(b"state"))[1])
+        self.assertNotEqual(other, uid)
+        self.assertEqual(visits, 1)
+        for session in list(site.sessions.values()):
+            session.expire()
