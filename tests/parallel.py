@@ -25,7 +25,12 @@ from zope.interface import interface
 
 from tests import _support
 
-CORE = ["tests.test_session", "tests.test_componentized", "tests.test_namespaces"]
+CORE = [
+    "tests.test_session",
+    "tests.test_componentized",
+    "tests.test_namespaces",
+    "tests.test_timer",
+]
 
 
 class ThreadRegistry:

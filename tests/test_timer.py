@@ -20,8 +20,11 @@ from twisted.web.test.test_web import DummyChannel
 from zope.interface.verify import verifyObject
 
 import txsession
+from tests.parallel import parallelUnsafe
 from tests.test_web import Client
 from txsession.web import Site
+
+_LOGGED = "trial's logged errors are shared by all threads: another thread's would be flushed"
 
 
 def _sharedSite(clock, **options):
@@ -127,6 +130,7 @@ def _outcome(world, op):
 
 
 class SharedTimerDifferentialTests(unittest.SynchronousTestCase):
+    @parallelUnsafe("hypothesis drives this test: its own runs are not made to share threads")
     @given(OPERATIONS)
     def test_sameInstantsAsTwisted(self, ops):
         """
@@ -153,7 +157,7 @@ class SharedTimerDifferentialTests(unittest.SynchronousTestCase):
                 self.assertLessEqual(pending[0].getTime(), max(due, ourClock.seconds()))
 
 
-class SharedTimerTests(unittest.TestCase):
+class SharedTimerTests(unittest.SynchronousTestCase):
     def test_oneReactorCall(self):
         clock = Clock()
         site = _sharedSite(clock)
@@ -224,6 +228,7 @@ class SharedTimerTests(unittest.TestCase):
         self.assertEqual(_siteCalls(clock), [])
         session._expireCall.cancel()
 
+    @parallelUnsafe(_LOGGED)
     def test_failuresLogged(self):
         """
         An expire that raises is logged as a failing timed call, and the other sessions due
@@ -305,6 +310,7 @@ class MaxSessionsMixin:
         c = site.makeSession()
         self.assertEqual(set(site.sessions), {b.uid, c.uid})
 
+    @parallelUnsafe(_LOGGED)
     def test_failingExpireIsLogged(self):
         clock = Clock()
         site = self.site(clock, 1)
@@ -319,15 +325,16 @@ class MaxSessionsMixin:
         self.assertRaises(TypeError, Site, resource.Resource(), maxSessions="10")
 
 
-class MaxSessionsTests(MaxSessionsMixin, unittest.TestCase):
+class MaxSessionsTests(MaxSessionsMixin, unittest.SynchronousTestCase):
     pass
 
 
-class MaxSessionsSharedTimerTests(MaxSessionsMixin, unittest.TestCase):
+class MaxSessionsSharedTimerTests(MaxSessionsMixin, unittest.SynchronousTestCase):
     shared = True
 
 
 class SharedTimerHTTPTests(unittest.TestCase):
+    @parallelUnsafe("it waits on the reactor, which only trial's main thread runs")
     @defer.inlineCallbacks
     def test_shortTimeout(self):
         clock = Clock()

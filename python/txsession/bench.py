@@ -555,10 +555,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP scenario")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--scale",
+        nargs="?",
+        type=int,
+        const=1_000_000,
+        metavar="N",
+        help="instead: the scale section, N live sessions per process (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --scale: fresh processes per implementation"
+    )
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--http-server", metavar="IMPL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.scale_child:
+        from txsession import scale
+
+        print(json.dumps(scale.child(args.scale_child[0], int(args.scale_child[1]))))
+        return 0
+    if args.scale:
+        from txsession import scale
+
+        return scale.main(args.scale, args.rounds, args.json)
     if args.http_server:
         _httpServer(args.http_server)
         return 0
