@@ -13,6 +13,10 @@ __all__ = [
     "Namespaces",
     "Session",
     "__version__",
+    "SessionLru",
+    "SharedDelayedCall",
+    "SharedTimer",
+    "bind_site",
     "bind_twisted_session",
     "reseed_after_fork",
     "session_id",
@@ -135,6 +139,68 @@ class Session(Componentized):
         Set C{lastModified} to the reactor's time and move the expiry to C{sessionTimeout}
         from now. Raises C{AlreadyCalled} once the timer has fired.
         """
+
+@final
+class SharedTimer:
+    """
+    A site's shared expiry timer: every session's expiry in one Rust heap, driven by one
+    pending call on C{reactor}. C{log_failure(exception)} is called for each C{expire} that
+    raises.
+    """
+
+    def __new__(
+        cls, reactor: Any, log_failure: Callable[[BaseException], object]
+    ) -> SharedTimer: ...
+    def add(self, session: Any, timeout: float) -> SharedDelayedCall:
+        """File C{session}'s expiry C{timeout} seconds from now; return its call."""
+    @property
+    def reactor_(self) -> Any:
+        """The reactor the timer runs on."""
+    def __len__(self) -> int:
+        """How many sessions are pending."""
+    def _fire(self) -> None:
+        """Run by the reactor call: expire every session due, then ask for the next call."""
+
+@final
+class SharedDelayedCall:
+    """
+    A session's expiry on a L{SharedTimer}. Provides C{IDelayedCall} with Twisted's
+    C{DelayedCall} arithmetic: due at C{time + delayed_time}.
+    """
+
+    def getTime(self) -> float:
+        """C{time + delayed_time}."""
+    def active(self) -> bool:
+        """Neither called nor cancelled."""
+    def cancel(self) -> None:
+        """Unschedule; C{AlreadyCancelled} or C{AlreadyCalled} when that is too late."""
+    def reset(self, secondsFromNow: float) -> None:
+        """Reschedule C{secondsFromNow} seconds from the reactor's now."""
+    def delay(self, secondsLater: float) -> None:
+        """Reschedule C{secondsLater} seconds after the current time due."""
+    @property
+    def time(self) -> float: ...
+    @property
+    def delayed_time(self) -> float: ...
+    @property
+    def called(self) -> bool: ...
+    @property
+    def cancelled(self) -> bool: ...
+
+@final
+class SessionLru:
+    """
+    A site's sessions by how recently they were touched, for C{maxSessions}.
+    """
+
+    def add(self, session: Any, sessions: Any) -> None:
+        """File a new session of C{sessions}, the site's mapping of id to session."""
+    def oldest(self, sessions: Any) -> Any:
+        """The live session of C{sessions} touched least recently, or C{None}."""
+    def __len__(self) -> int: ...
+
+def bind_site(site: type) -> None:
+    """Name the site class whose instances may carry a shared timer; called once."""
 
 def bind_twisted_session(twisted_session: type, componentized_init: Any) -> None:
     """
