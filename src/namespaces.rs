@@ -39,13 +39,30 @@ impl Traverse for Entry {
 pub struct MapCore {
     slots: Vec<Option<Entry>>,
     indices: Box<[u32]>,
-    len: usize,
+    /// u32, with the two flags below, keeps the map in a 96-byte object.
+    len: u32,
     /// Bumped (wrapping) whenever a key is added or removed: iterators check it to notice that
     /// the map changed under them.
     version: u32,
     /// Bumped whenever slots move (a rebuild or emptying): a lookup that ran Python code starts
     /// again if it changed, as CPython's dict lookup does when its keys table is replaced.
     layout: u32,
+    /// The map object is not tracked by the garbage collector: as CPython does with a dict, a
+    /// new session's map is left untracked while it holds only objects that can be in no
+    /// reference cycle (strings, numbers, ...), which spares the collector most sessions' maps.
+    untracked: bool,
+    /// An entry that may be in a cycle was added while untracked: the map must be tracked.
+    track_pending: bool,
+}
+
+/// Whether `obj` could be part of a reference cycle, as CPython's `_PyObject_GC_MAY_BE_TRACKED`.
+fn may_be_tracked(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: both only read the object's type and GC header, with the GIL held.
+    unsafe {
+        ffi::PyObject_IS_GC(obj.as_ptr()) != 0
+            && (!obj.is_exact_instance_of::<PyTuple>()
+                || ffi::PyObject_GC_IsTracked(obj.as_ptr()) != 0)
+    }
 }
 
 enum Probe {
@@ -69,7 +86,14 @@ fn plain_pair(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
 
 impl MapCore {
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
+    }
+
+    /// Notes that `key` and `value` were stored, for an untracked map.
+    fn stored(&mut self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
+        if self.untracked && !self.track_pending && (may_be_tracked(key) || may_be_tracked(value)) {
+            self.track_pending = true;
+        }
     }
 
     fn candidates(&self, hash: isize) -> impl Iterator<Item = usize> + '_ {
@@ -147,7 +171,7 @@ impl MapCore {
     /// Drops deleted slots and rebuilds the index when it is due.
     fn rebuild(&mut self) {
         self.layout = self.layout.wrapping_add(1);
-        if self.len < self.slots.len() {
+        if self.len() < self.slots.len() {
             self.slots.retain(Option::is_some);
         }
         self.indices = Box::default();
@@ -187,12 +211,12 @@ impl MapCore {
         if entry.is_some() {
             self.len -= 1;
             self.version = self.version.wrapping_add(1);
-            let dead = self.slots.len() - self.len;
+            let dead = self.slots.len() - self.len();
             if self.len == 0 {
                 self.layout = self.layout.wrapping_add(1);
                 self.slots.clear();
                 self.indices = Box::default();
-            } else if dead > INDEX_FROM && dead > self.len {
+            } else if dead > INDEX_FROM && dead > self.len() {
                 self.rebuild();
             }
         }
@@ -319,12 +343,59 @@ impl Namespaces {
     pub fn set(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
         let hash = key.hash()?;
         let (mut guard, slot) = self.locate(key.py(), key, hash)?;
+        guard.stored(key, value.bind(key.py()));
         match slot.and_then(|ix| guard.slots[ix].as_mut()) {
             Some(entry) => Ok(Some(std::mem::replace(&mut entry.value, value))),
             None => {
                 guard.push(hash, key.clone().unbind(), value);
                 Ok(None)
             }
+        }
+    }
+
+    /// `setdefault`: the value for `key`, storing `default` (or `None`) first when absent.
+    pub fn set_default(
+        &self,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = key.py();
+        let hash = key.hash()?;
+        let (mut guard, slot) = self.locate(py, key, hash)?;
+        if let Some(entry) = slot.and_then(|ix| guard.slots[ix].as_ref()) {
+            return Ok(entry.value.clone_ref(py));
+        }
+        let value = default.unwrap_or_else(|| py.None());
+        guard.stored(key, value.bind(py));
+        guard.push(hash, key.clone().unbind(), value.clone_ref(py));
+        Ok(value)
+    }
+
+    /// A new empty map that the garbage collector does not track until an entry that may be in
+    /// a reference cycle is stored: what a new session's `sessionNamespaces` is.
+    pub fn new_untracked(py: Python<'_>) -> PyResult<Bound<'_, Namespaces>> {
+        let map = Bound::new(py, Namespaces::default())?;
+        map.get().core.borrow_mut(py).untracked = true;
+        // SAFETY: a live GC object of ours, with the GIL held; it holds nothing yet.
+        unsafe { ffi::PyObject_GC_UnTrack(map.as_ptr().cast()) };
+        Ok(map)
+    }
+
+    /// Tracks the map once an entry that may be in a cycle was stored while it was untracked.
+    /// Every method that stores entries calls this after storing, whether it succeeded or not.
+    pub fn settle_tracking(slf: &Bound<'_, Self>) {
+        let track = {
+            let mut core = slf.get().core.borrow_mut(slf.py());
+            let track = core.track_pending;
+            if track {
+                core.track_pending = false;
+                core.untracked = false;
+            }
+            track
+        };
+        if track {
+            // SAFETY: a live GC object of ours, untracked until now, with the GIL held.
+            unsafe { ffi::PyObject_GC_Track(slf.as_ptr().cast()) };
         }
     }
 
@@ -451,9 +522,14 @@ impl Namespaces {
         self.get(key)?.ok_or_else(|| key_error(key))
     }
 
-    fn __setitem__(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
-        drop(self.set(key, value)?);
-        Ok(())
+    fn __setitem__(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        value: Py<PyAny>,
+    ) -> PyResult<()> {
+        let result = slf.get().set(key, value).map(drop);
+        Namespaces::settle_tracking(slf);
+        result
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -497,19 +573,13 @@ impl Namespaces {
 
     #[pyo3(signature = (key, default = None))]
     fn setdefault(
-        &self,
+        slf: &Bound<'_, Self>,
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let py = key.py();
-        let hash = key.hash()?;
-        let (mut guard, slot) = self.locate(py, key, hash)?;
-        if let Some(entry) = slot.and_then(|ix| guard.slots[ix].as_ref()) {
-            return Ok(entry.value.clone_ref(py));
-        }
-        let value = default.unwrap_or_else(|| py.None());
-        guard.push(hash, key.clone().unbind(), value.clone_ref(py));
-        Ok(value)
+        let result = slf.get().set_default(key, default);
+        Namespaces::settle_tracking(slf);
+        result
     }
 
     #[pyo3(signature = (key, *default))]
@@ -540,17 +610,16 @@ impl Namespaces {
 
     #[pyo3(signature = (other = None, /, **kwargs))]
     fn update(
-        &self,
+        slf: &Bound<'_, Self>,
         other: Option<&Bound<'_, PyAny>>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if let Some(other) = other {
-            self.update_from(other)?;
-        }
-        if let Some(kwargs) = kwargs {
-            self.update_from(kwargs.as_any())?;
-        }
-        Ok(())
+        let this = slf.get();
+        let result = other
+            .map_or(Ok(()), |other| this.update_from(other))
+            .and_then(|()| kwargs.map_or(Ok(()), |kw| this.update_from(kw.as_any())));
+        Namespaces::settle_tracking(slf);
+        result
     }
 
     fn clear(&self, py: Python<'_>) {
@@ -620,8 +689,10 @@ impl Namespaces {
         Ok(merged.into_any().unbind())
     }
 
-    fn __ior__(&self, other: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.update_from(other)
+    fn __ior__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>) -> PyResult<()> {
+        let result = slf.get().update_from(other);
+        Namespaces::settle_tracking(slf);
+        result
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {

@@ -190,7 +190,7 @@ impl Session {
         }
         this.setattr(
             intern!(py, "sessionNamespaces"),
-            Bound::new(py, Namespaces::default())?,
+            Namespaces::new_untracked(py)?,
         )
     }
 

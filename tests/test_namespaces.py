@@ -2,13 +2,17 @@
 L{txsession.Namespaces}, the Rust map behind C{sessionNamespaces}, checked against a real dict.
 """
 
+import gc
 import pickle
+import time
+import weakref
 from collections.abc import MutableMapping
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
+import txsession
 from txsession import Namespaces
 
 
@@ -207,3 +211,65 @@ class NamespacesTests(unittest.SynchronousTestCase):
         clone = pickle.loads(pickle.dumps(ns))
         self.assertIsInstance(clone, Namespaces)
         self.assertEqual(list(clone.items()), [("a", 1), ("b", [2])])
+
+
+class _Key:
+    """
+    A hashable key whose instances the collector tracks.
+    """
+
+
+class GarbageCollectorTrackingTests(unittest.SynchronousTestCase):
+    """
+    A new session's map is left untracked by the collector while it holds only objects that
+    can be in no cycle, as CPython does with a dict, and tracked once one that can is stored.
+    """
+
+    def session(self):
+        from tests._support import makeSite
+
+        site, _ = makeSite()
+        return txsession.Session(site, b"a")
+
+    def test_atomsKeepItUntracked(self):
+        ns = self.session().sessionNamespaces
+        self.assertFalse(gc.is_tracked(ns))
+        ns["visits"] = 1
+        ns.setdefault("user", "ann")
+        ns.update({"n": 2.5}, k=b"v")
+        ns |= {"t": (1, "x")}
+        self.assertFalse(gc.is_tracked(ns))
+        # The control: a dict with the same content is untracked too.
+        self.assertFalse(gc.is_tracked(dict(ns)))
+
+    def test_containersTrackIt(self):
+        for store in (
+            lambda ns: ns.__setitem__("cart", []),
+            lambda ns: ns.setdefault("cart", {}),
+            lambda ns: ns.update(cart=[]),
+            lambda ns: ns.__ior__({"cart": []}),
+            lambda ns: ns.__setitem__(_Key(), 1),
+        ):
+            ns = self.session().sessionNamespaces
+            store(ns)
+            self.assertTrue(gc.is_tracked(ns))
+
+    def test_cycleThroughUntrackedMapCollected(self):
+        def build():
+            session = self.session()
+            session.sessionNamespaces["me"] = session
+            return session
+
+        gc.collect()
+        ref = weakref.ref(build())
+        # gc.collect() returns at once while another thread's collection runs (the thread
+        # runner): a few tries, letting that one finish in between.
+        for _ in range(50):
+            gc.collect()
+            if ref() is None:
+                break
+            time.sleep(0.001)
+        self.assertIsNone(ref())
+
+    def test_otherMapsAreTracked(self):
+        self.assertTrue(gc.is_tracked(txsession.Namespaces()))
