@@ -10,6 +10,7 @@ mod keys;
 mod layout;
 mod lru;
 mod namespaces;
+mod order;
 mod session;
 mod timer;
 mod twisted;

@@ -8,40 +8,13 @@
 
 use pyo3::prelude::*;
 use pyo3::{intern, PyTraverseError, PyVisit};
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::gil::GilCell;
+use crate::order::Earliest;
 
-struct Filed {
-    last_modified: f64,
-    seq: u64,
-    session: Py<PyAny>,
-}
-
-impl PartialEq for Filed {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Filed {}
-
-impl PartialOrd for Filed {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Filed {
-    /// Reversed: `BinaryHeap`'s maximum is the least recent, then the first filed.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .last_modified
-            .total_cmp(&self.last_modified)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
+/// A session and the `lastModified` it had when filed.
+type Filed = Earliest<Py<PyAny>>;
 
 #[derive(Default)]
 struct LruState {
@@ -77,9 +50,9 @@ impl SessionLru {
         state.seq += 1;
         let seq = state.seq;
         state.heap.push(Filed {
-            last_modified,
+            at: last_modified,
             seq,
-            session,
+            item: session,
         });
     }
 }
@@ -100,7 +73,7 @@ impl SessionLru {
             let heap = std::mem::take(&mut self.state.borrow_mut(py).heap);
             let mut kept = Vec::with_capacity(filed / 2);
             for entry in heap.into_vec() {
-                if is_live(entry.session.bind(py), sessions)? {
+                if is_live(entry.item.bind(py), sessions)? {
                     kept.push(entry);
                 }
             }
@@ -117,16 +90,16 @@ impl SessionLru {
             let Some(top) = self.state.borrow_mut(py).heap.pop() else {
                 return Ok(None);
             };
-            let session = top.session.bind(py);
+            let session = top.item.bind(py);
             if !is_live(session, sessions)? {
                 continue;
             }
             let now = last_modified(session)?;
-            if now > top.last_modified {
-                self.push(py, now, top.session);
+            if now > top.at {
+                self.push(py, now, top.item);
                 continue;
             }
-            return Ok(Some(top.session));
+            return Ok(Some(top.item));
         }
     }
 
@@ -136,7 +109,7 @@ impl SessionLru {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self.state.try_borrow_mut() {
-            Some(s) => s.heap.iter().try_for_each(|f| visit.call(&f.session)),
+            Some(s) => s.heap.iter().try_for_each(|f| visit.call(&f.item)),
             None => Ok(()),
         }
     }

@@ -15,51 +15,17 @@ use pyo3::exceptions::{PyAttributeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::delayed_call::{AlreadyCalled, AlreadyCancelled};
 use crate::gc::Traverse;
 use crate::gil::GilCell;
+use crate::order::Earliest;
 use crate::traverse_fields;
 
 /// A heap entry: the call, the time it was filed at, and the filing's number, which tells a
 /// call's current entry from stale ones.
-struct Filed {
-    due: f64,
-    seq: u64,
-    call: Py<SharedCall>,
-}
-
-impl PartialEq for Filed {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Filed {}
-
-impl PartialOrd for Filed {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Filed {
-    /// Reversed, so that `BinaryHeap`'s maximum is the earliest time, then the first filed.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .due
-            .total_cmp(&self.due)
-            .then_with(|| other.seq.cmp(&self.seq))
-    }
-}
-
-impl Traverse for Filed {
-    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.call)
-    }
-}
+type Filed = Earliest<Py<SharedCall>>;
 
 #[derive(Default)]
 struct TimerState {
@@ -134,9 +100,9 @@ impl SharedTimer {
         let seq = state.seq;
         call.get().state.borrow_mut(py).filed = seq;
         state.heap.push(Filed {
-            due,
+            at: due,
             seq,
-            call: call.clone().unbind(),
+            item: call.clone().unbind(),
         });
     }
 
@@ -179,8 +145,12 @@ impl SharedTimer {
             .borrow_mut(py)
             .pending
             .replace((call.unbind(), now + delay));
-        drop(old);
-        Ok(())
+        // An `expire` run by `_fire` may have filed a session, and so asked for a call, before
+        // `_fire` asks for the next one: one call at a time.
+        match old {
+            Some((old, _)) => cancel_quietly(old.bind(py)),
+            None => Ok(()),
+        }
     }
 
     /// The live call due first and its time, after re-filing the stale entries above it.
@@ -188,7 +158,7 @@ impl SharedTimer {
         let mut state = self.state.borrow_mut(py);
         loop {
             let top = state.heap.peek()?;
-            let call = top.call.get();
+            let call = top.item.get();
             let (current, live, due) = {
                 let c = call.state.borrow_mut(py);
                 (
@@ -201,11 +171,11 @@ impl SharedTimer {
                 drop(state.heap.pop());
                 continue;
             }
-            if due > top.due {
+            if due > top.at {
                 // Touched since it was filed: file it again at its current time, with the
                 // delay made part of its time, as Twisted's reactor does (`activate_delay`).
                 // A later `reset` to a time before this one then moves it forward again.
-                let Filed { call, .. } = state.heap.pop()?;
+                let Filed { item: call, .. } = state.heap.pop()?;
                 state.seq += 1;
                 let seq = state.seq;
                 {
@@ -214,10 +184,14 @@ impl SharedTimer {
                     c.time += c.delayed_time;
                     c.delayed_time = 0.0;
                 }
-                state.heap.push(Filed { due, seq, call });
+                state.heap.push(Filed {
+                    at: due,
+                    seq,
+                    item: call,
+                });
                 continue;
             }
-            return Some((top.call.clone_ref(py), due));
+            return Some((top.item.clone_ref(py), due));
         }
     }
 
@@ -235,7 +209,7 @@ impl SharedTimer {
                     let kept: Vec<Filed> = heap
                         .into_iter()
                         .filter(|f| {
-                            let c = f.call.get().state.borrow_mut(py);
+                            let c = f.item.get().state.borrow_mut(py);
                             c.filed == f.seq && !c.called && !c.cancelled
                         })
                         .collect();
@@ -364,7 +338,7 @@ impl SharedTimer {
         };
         let pending = s.pending.as_ref().map(|(call, _)| call);
         traverse_fields!(visit; s.reactor, s.fire, s.log_failure, pending)?;
-        s.heap.iter().try_for_each(|f| f.traverse(&visit))
+        s.heap.iter().try_for_each(|f| visit.call(&f.item))
     }
 
     fn __clear__(&self) {

@@ -169,6 +169,26 @@ class SharedTimerTests(unittest.SynchronousTestCase):
             session.expire()
         self.assertEqual(_siteCalls(clock), [])
 
+    def test_sessionMadeWhileExpiring(self):
+        """
+        An expire callback that makes a session, while the timer is firing, still leaves one
+        reactor call, for the earliest session due.
+        """
+        clock = Clock()
+        site = _sharedSite(clock)
+        first = site.makeSession()
+        clock.advance(10)
+        second = site.makeSession()
+        made = []
+        first.notifyOnExpire(lambda: made.append(site.makeSession()))
+        clock.advance(890)
+        self.assertEqual(set(site.sessions), {second.uid, made[0].uid})
+        [pending] = _siteCalls(clock)
+        self.assertEqual(pending.getTime(), second._expireCall.getTime())
+        clock.advance(10)
+        self.assertEqual(list(site.sessions), [made[0].uid])
+        self.assertEqual(len(_siteCalls(clock)), 1)
+
     def test_delayedCallInterface(self):
         clock = Clock()
         session = _sharedSite(clock).makeSession()
