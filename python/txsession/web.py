@@ -189,14 +189,6 @@ def _sameSiteBytes(value: bytes | str) -> bytes:
     return sameSite
 
 
-def _maxSessions(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"maxSessions must be a whole number, not {value!r}")
-    if value < 1:
-        raise ValueError(f"maxSessions must be at least 1: {value!r}")
-    return value
-
-
 def _logExpiryFailure(exception: BaseException) -> None:
     """
     How a failing C{expire} run by a shared timer is logged: as the reactor logs a failing
@@ -209,11 +201,15 @@ def _logExpiryFailure(exception: BaseException) -> None:
     )
 
 
-def _maxAge(value: int) -> int:
+def _wholeNumber(option: str, value: int, minimum: int) -> int:
+    """
+    C{value} for C{option}: C{TypeError} unless a whole number (not a bool), C{ValueError}
+    below C{minimum}.
+    """
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"cookieMaxAge must be a whole number of seconds, not {value!r}")
-    if value < 0:
-        raise ValueError(f"cookieMaxAge must not be negative: {value!r}")
+        raise TypeError(f"{option} must be a whole number, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{option} must be at least {minimum}: {value!r}")
     return value
 
 
@@ -257,6 +253,7 @@ class Site(server.Site):
     slidingExpiry = False
     maxSessions: int | None = None
     _sharedTimer: SharedTimer | None = None
+    _lru: SessionLru | None = None
 
     def __init__(
         self,
@@ -275,9 +272,13 @@ class Site(server.Site):
         self.cookieName = _cookieNameBytes(cookieName)
         self.cookieHttpOnly = cookieHttpOnly
         self.cookieSameSite = None if cookieSameSite is None else _sameSiteBytes(cookieSameSite)
-        self.cookieMaxAge = None if cookieMaxAge is None else _maxAge(cookieMaxAge)
+        self.cookieMaxAge = (
+            None if cookieMaxAge is None else _wholeNumber("cookieMaxAge", cookieMaxAge, 0)
+        )
         self.slidingExpiry = slidingExpiry
-        self.maxSessions = None if maxSessions is None else _maxSessions(maxSessions)
+        self.maxSessions = (
+            None if maxSessions is None else _wholeNumber("maxSessions", maxSessions, 1)
+        )
         super().__init__(resource, requestFactory, *args, **kwargs)
         if sharedTimer:
             self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure)
