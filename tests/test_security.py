@@ -392,6 +392,11 @@ class _TLS:
             .sign(key, hashes.SHA256())
         )
         certPEM = cert.public_bytes(serialization.Encoding.PEM)
+        keyPEM = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
         self.server = _FreshContexts(cert, key)
         self.root = ssl.Certificate.loadPEM(certPEM)
 
