@@ -397,30 +397,8 @@ class _TLS:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        self.server = _FreshContexts(cert, key)
+        self.server = ssl.PrivateCertificate.loadPEM(keyPEM + certPEM).options()
         self.root = ssl.Certificate.loadPEM(certPEM)
-
-
-class _FreshContexts:
-    """
-    A server context factory giving each connection a context of its own. Twisted before
-    26.10 sets ALPN on the context of every new connection, which pyOpenSSL 25 and later refuse
-    on a context already used.
-    """
-
-    def __init__(self, cert, key):
-        from OpenSSL import SSL
-
-        self._method = SSL.TLS_METHOD
-        self._cert, self._key = cert, key
-
-    def getContext(self):
-        from OpenSSL import SSL
-
-        context = SSL.Context(self._method)
-        context.use_certificate(self._cert)
-        context.use_privatekey(self._key)
-        return context
 
 
 _tlsOnce = []
