@@ -68,8 +68,8 @@ def _installWheel(session, twisted, env=None):
         env=env,
     )
     wheel = glob.glob(os.path.join(dist, "*.whl"))[0]
-    # Twisted before 26.10 sets ALPN on a TLS connection's context after making the
-    # connection, which pyOpenSSL 25 and later refuse: every HTTPS server connection fails.
+    # This matrix's Twisteds before 26.10 set ALPN on a TLS connection's context after making
+    # the connection, which pyOpenSSL 25 and later refuse: every HTTPS server connection fails.
     tls = ["pyopenssl<25"] if _version(twisted) < _version("26.10.0") else []
     session.install(f"{wheel}[test]", f"twisted[test,tls]=={twisted}", *tls)
     # The version number does not change between builds: replace what a reused venv holds.
