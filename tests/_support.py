@@ -3,6 +3,10 @@ Shared helpers: each behaviour test is a mixin run once against Twisted's own cl
 against txsession's, so that a passing pair shows the two behave the same.
 """
 
+import gc
+import time
+import weakref
+
 from twisted.internet.task import Clock
 from twisted.python import components
 from twisted.web import resource, server
@@ -59,6 +63,22 @@ class ScratchRegistryMixin:
         self.patch(components, "globalRegistry", registry)
         hook = components._addHook(registry)
         self.addCleanup(components._removeHook, hook)
+
+
+def assertCollected(case, build):
+    """
+    C{build()} returns an object whose only remaining references form a cycle: after a
+    collection it must be gone. C{gc.collect()} returns at once while another thread's
+    collection runs (the thread runner), so a few tries, letting that one finish in between.
+    """
+    gc.collect()
+    ref = weakref.ref(build())
+    for _ in range(50):
+        gc.collect()
+        if ref() is None:
+            break
+        time.sleep(0.001)
+    case.assertIsNone(ref())
 
 
 def makeSite(clock=None):

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from zope.interface import Interface, implementer
 
 import txsession
-from tests._support import ScratchRegistryMixin, makeSite
+from tests._support import ScratchRegistryMixin, assertCollected, makeSite
 
 
 class IHolder(Interface):
@@ -26,14 +26,7 @@ class Holder:
 
 class CollectionTests(ScratchRegistryMixin, unittest.TestCase):
     def assertCollected(self, build):
-        """
-        C{build()} returns an object whose only remaining references form a cycle; after a
-        collection it must be gone.
-        """
-        gc.collect()
-        ref = weakref.ref(build())
-        gc.collect()
-        self.assertIsNone(ref())
+        assertCollected(self, build)
 
     def test_cycleThroughCallback(self):
         def build():

@@ -4,8 +4,6 @@ L{txsession.Namespaces}, the Rust map behind C{sessionNamespaces}, checked again
 
 import gc
 import pickle
-import time
-import weakref
 from collections.abc import MutableMapping
 
 from hypothesis import given
@@ -13,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 import txsession
+from tests._support import assertCollected
 from txsession import Namespaces
 
 
@@ -260,16 +259,7 @@ class GarbageCollectorTrackingTests(unittest.SynchronousTestCase):
             session.sessionNamespaces["me"] = session
             return session
 
-        gc.collect()
-        ref = weakref.ref(build())
-        # gc.collect() returns at once while another thread's collection runs (the thread
-        # runner): a few tries, letting that one finish in between.
-        for _ in range(50):
-            gc.collect()
-            if ref() is None:
-                break
-            time.sleep(0.001)
-        self.assertIsNone(ref())
+        assertCollected(self, build)
 
     def test_otherMapsAreTracked(self):
         self.assertTrue(gc.is_tracked(txsession.Namespaces()))

@@ -4,10 +4,7 @@ own delayed calls (differential, on a L{Clock}), never more than one pending rea
 site, failures logged, the cap, collection of the cycles, and HTTP end to end.
 """
 
-import gc
 import json
-import time
-import weakref
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +18,7 @@ from twisted.web.test.test_web import DummyChannel
 from zope.interface.verify import verifyObject
 
 import txsession
+from tests._support import assertCollected
 from tests.parallel import parallelUnsafe
 from tests.test_web import Client
 from txsession.web import Site
@@ -283,16 +281,7 @@ class SharedTimerTests(unittest.SynchronousTestCase):
             session.notifyOnExpire(lambda: session)
             return site
 
-        gc.collect()
-        ref = weakref.ref(build())
-        # gc.collect() returns at once while another thread's collection runs (the thread
-        # runner): a few tries, letting that one finish in between.
-        for _ in range(50):
-            gc.collect()
-            if ref() is None:
-                break
-            time.sleep(0.001)
-        self.assertIsNone(ref())
+        assertCollected(self, build)
 
 
 class MaxSessionsMixin:
