@@ -11,6 +11,7 @@ mod layout;
 mod lru;
 mod namespaces;
 mod order;
+mod resp;
 mod session;
 mod timer;
 mod twisted;
@@ -37,6 +38,8 @@ mod _txsession {
     use crate::ids::{reseed_after_fork, session_id};
     #[pymodule_export]
     use crate::lru::SessionLru;
+    #[pymodule_export]
+    use crate::resp::{encode_commands, RespDecoder};
     #[pymodule_export]
     use crate::session::bind_twisted_session;
     #[pymodule_export]

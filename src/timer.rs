@@ -34,6 +34,8 @@ struct TimerState {
     fire: Option<Py<PyAny>>,
     /// Called with each exception an `expire` raised.
     log_failure: Option<Py<PyAny>>,
+    /// Called with each session due in place of its `expire`, when given.
+    expire_with: Option<Py<PyAny>>,
     heap: BinaryHeap<Filed>,
     seq: u64,
     /// Calls neither called nor cancelled.
@@ -244,14 +246,22 @@ fn next_down(x: f64) -> f64 {
 #[pymethods]
 impl SharedTimer {
     /// A timer on `reactor`; `log_failure(exception)` is called for each failing `expire`.
+    /// With `expire_with`, a session due is ended by `expire_with(session)` instead.
     #[new]
-    fn new(py: Python<'_>, reactor: Py<PyAny>, log_failure: Py<PyAny>) -> PyResult<Py<Self>> {
+    #[pyo3(signature = (reactor, log_failure, expire_with=None))]
+    fn new(
+        py: Python<'_>,
+        reactor: Py<PyAny>,
+        log_failure: Py<PyAny>,
+        expire_with: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Self>> {
         let timer = Py::new(
             py,
             SharedTimer {
                 state: GilCell::new(TimerState {
                     reactor: Some(reactor),
                     log_failure: Some(log_failure),
+                    expire_with,
                     ..TimerState::default()
                 }),
             },
@@ -316,7 +326,20 @@ impl SharedTimer {
             };
             this.retire(py)?;
             let Some(session) = session else { continue };
-            if let Err(err) = session.bind(py).call_method0(intern!(py, "expire")) {
+            let expire_with = this
+                .state
+                .borrow_mut(py)
+                .expire_with
+                .as_ref()
+                .map(|e| e.clone_ref(py));
+            let expired = match expire_with {
+                Some(expire_with) => expire_with.call1(py, (session,)).map(drop),
+                None => session
+                    .bind(py)
+                    .call_method0(intern!(py, "expire"))
+                    .map(drop),
+            };
+            if let Err(err) = expired {
                 let log = this
                     .state
                     .borrow_mut(py)
@@ -337,7 +360,7 @@ impl SharedTimer {
             return Ok(());
         };
         let pending = s.pending.as_ref().map(|(call, _)| call);
-        traverse_fields!(visit; s.reactor, s.fire, s.log_failure, pending)?;
+        traverse_fields!(visit; s.reactor, s.fire, s.log_failure, s.expire_with, pending)?;
         s.heap.iter().try_for_each(|f| visit.call(&f.item))
     }
 

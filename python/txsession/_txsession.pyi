@@ -13,11 +13,13 @@ __all__ = [
     "Namespaces",
     "Session",
     "__version__",
+    "RespDecoder",
     "SessionLru",
     "SharedDelayedCall",
     "SharedTimer",
     "bind_site",
     "bind_twisted_session",
+    "encode_commands",
     "reseed_after_fork",
     "session_id",
 ]
@@ -145,11 +147,15 @@ class SharedTimer:
     """
     A site's shared expiry timer: every session's expiry in one Rust heap, driven by one
     pending call on C{reactor}. C{log_failure(exception)} is called for each C{expire} that
-    raises.
+    raises. With C{expire_with}, a session due is ended by C{expire_with(session)} in place of
+    its C{expire()}.
     """
 
     def __new__(
-        cls, reactor: Any, log_failure: Callable[[BaseException], object]
+        cls,
+        reactor: Any,
+        log_failure: Callable[[BaseException], object],
+        expire_with: Callable[[Any], object] | None = None,
     ) -> SharedTimer: ...
     def add(self, session: Any, timeout: float) -> SharedDelayedCall:
         """File C{session}'s expiry C{timeout} seconds from now; return its call."""
@@ -216,3 +222,18 @@ def session_id() -> bytes:
 
 def reseed_after_fork() -> None:
     """Forget the id generator's state, so that a forked child seeds its own."""
+
+@final
+class RespDecoder:
+    """
+    Redis replies (RESP2) from a byte stream fed in pieces of any size, decoded in Rust:
+    C{bytes} for bulk strings, C{str} for simple strings, C{int}, C{None} for null, lists for
+    arrays, and C{error_type(message)} for an error reply.
+    """
+
+    def __new__(cls, error_type: Callable[[str], Any]) -> RespDecoder: ...
+    def feed(self, data: bytes) -> list[Any]:
+        """Every reply that C{data} completes, in order; C{ValueError} for bytes not RESP2."""
+
+def encode_commands(commands: list[list[bytes]]) -> bytes:
+    """Each command (its arguments, as C{bytes}) as a RESP2 array, one after the other."""

@@ -1,7 +1,7 @@
 """
 A small web site that uses everything txsession offers.
 
-    python -m txsession.demo [--port N] [--timeout S]
+    python -m txsession.demo [--port N] [--timeout S] [--redis URL]
 
 - C{/}: counts your visits in C{session.sessionNamespaces} and shows your cart;
 - C{/add?item=NAME}: puts an item in your cart, a component made by C{registerAdapter};
@@ -11,7 +11,8 @@ A small web site that uses everything txsession offers.
 
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
 session cookie is C{HttpOnly} and C{SameSite=Lax}, with sliding expiry: the timeout counts
-from each session's last use.
+from each session's last use. With C{--redis URL}, sessions are kept in that Redis server
+(L{txsession.redis.RedisStore}), so demos run side by side on two ports share them.
 """
 
 from __future__ import annotations
@@ -35,8 +36,17 @@ class ICart(Interface):
 
 @implementer(ICart)
 class Cart:
+    """
+    A component that keeps its state in the session's namespaces, where a session store
+    shares it with every process (components themselves are per process).
+    """
+
     def __init__(self, session):
-        self.items = []
+        self.session = session
+
+    @property
+    def items(self):
+        return self.session.sessionNamespaces.setdefault("cart", [])
 
 
 class DemoSession(txsession.Session):
@@ -121,10 +131,10 @@ class Logout(resource.Resource):
         return b""
 
 
-def makeSite(timeout: float = 300, reactor=None) -> Site:
+def makeSite(timeout: float = 300, reactor=None, store=None) -> Site:
     """
     The demo site, its sessions lasting C{timeout} seconds, timed on C{reactor} (the global
-    reactor when None).
+    reactor when None), kept in C{store} when given.
     """
     root = resource.Resource()
     root.putChild(b"", Home())
@@ -142,7 +152,12 @@ def makeSite(timeout: float = 300, reactor=None) -> Site:
             return session
 
     site = LoggingSite(
-        root, cookieHttpOnly=True, cookieSameSite=b"Lax", slidingExpiry=True, reactor=reactor
+        root,
+        cookieHttpOnly=True,
+        cookieSameSite=b"Lax",
+        slidingExpiry=True,
+        reactor=reactor,
+        store=store,
     )
     site.sessionFactory = sessionClass
     return site
@@ -152,12 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m txsession.demo", description=__doc__)
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--timeout", type=float, default=300, help="session timeout, seconds")
+    parser.add_argument(
+        "--redis", metavar="URL", help="keep sessions in Redis, e.g. redis://127.0.0.1:6379/0"
+    )
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
 
+    from txsession.redis import RedisStore
+
+    store = RedisStore(args.redis) if args.redis else None
     log.startLogging(sys.stdout)
-    port = reactor.listenTCP(args.port, makeSite(args.timeout), interface="127.0.0.1")
+    site = makeSite(args.timeout, store=store)
+    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
     print(f"txsession demo at http://127.0.0.1:{port.getHost().port}/", flush=True)
     reactor.run()
     return 0

@@ -1,7 +1,8 @@
 """
 L{Site}: Twisted's L{twisted.web.server.Site} with txsession's sessions, session ids made in
-Rust, opt-in session cookie options (C{HttpOnly}, C{SameSite}, C{Max-Age}, its name) and
-sliding expiry; and L{renewSession}, which gives a request's session a fresh id at login.
+Rust, opt-in session cookie options (C{HttpOnly}, C{SameSite}, C{Max-Age}, its name),
+sliding expiry, a shared expiry timer, a session cap and a session store shared by processes;
+and L{renewSession}, which gives a request's session a fresh id at login.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import os
 import re
 import weakref
 from binascii import hexlify
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -23,6 +26,7 @@ from zope.interface import classImplements
 from txsession import _txsession
 from txsession._session import Session
 from txsession._txsession import SessionLru, SharedTimer, session_id
+from txsession.store import ISessionStore, StoreError, StoreUnavailable, UnserializableValue
 
 _log = Logger()
 
@@ -84,8 +88,17 @@ class SessionCookieMixin:
     C{cookieMaxAge}).
     """
 
+    # What a store-backed site's request is doing with its sessions (see Site's store).
+    _txsReadFailure: Failure | None = None
+    _txsHeld: list[bytes] | None = None
+    _txsFinishHeld = False
+    _txsNoFlush = False
+    _txsFailed = False
+
     def getSession(self, sessionInterface=None, forceNotSecure=False):
         # Twisted's Request.getSession, with the cookie's name and options from the site.
+        if self._txsReadFailure is not None:
+            _raiseReadFailure(self._txsReadFailure)
         secure = self.isSecure() and not forceNotSecure  # type: ignore[attr-defined]
         sessionAttribute = "_secureSession" if secure else "_insecureSession"
         session = getattr(self, sessionAttribute)
@@ -110,6 +123,164 @@ class SessionCookieMixin:
         if sessionInterface:
             return session.getComponent(sessionInterface)
         return session
+
+    # A site with a session store reads the sessions of a request's cookies before the
+    # resource renders, and writes what the request changed before its response starts (or,
+    # for what changed while streaming, before it finishes); see Site.
+
+    def process(self):
+        site = self.channel.site  # type: ignore[attr-defined]
+        reading = site._readSessions(self) if getattr(site, "store", None) is not None else None
+        if reading is None:
+            return super().process()  # type: ignore[misc]
+
+        def render(_: object) -> None:
+            if not self._disconnected:  # type: ignore[attr-defined]
+                server.Request.process(self)  # type: ignore[arg-type]
+
+        reading.addCallback(render).addErrback(_logFailure, "while rendering after the session read")
+        return None
+
+    def write(self, data):
+        if self._txsHeld is not None:
+            self._txsHeld.append(data)
+            return None
+        if self._txsFailed:
+            return None
+        if not self.startedWriting and self._txsMustFlush():  # type: ignore[attr-defined]
+            self._txsFlush([data], finishing=False)
+            return None
+        return super().write(data)  # type: ignore[misc]
+
+    def finish(self):
+        if self._txsHeld is not None:
+            self._txsFinishHeld = True
+            return None
+        if self._txsFailed:
+            return None
+        if self._txsMustFlush():
+            self._txsFlush([], finishing=True)
+            return None
+        return super().finish()  # type: ignore[misc]
+
+    def processingFailed(self, reason):
+        site = self.site  # type: ignore[attr-defined]
+        if getattr(site, "store", None) is None or self._txsFailed:
+            return super().processingFailed(reason)  # type: ignore[misc]
+        # A failed request changes nothing in the store, and its local copies go back to it.
+        self._txsNoFlush = True
+        for session in self._txsSessions():
+            site._revert(session)
+        self._txsForgetCookies()
+        if reason.check(StoreUnavailable, StoreError) and not self.startedWriting:  # type: ignore[attr-defined]
+            _log.failure("The session store failed for {uri!r}", reason, uri=self.uri)  # type: ignore[attr-defined]
+            body = _UNAVAILABLE
+            self.setResponseCode(http.SERVICE_UNAVAILABLE)  # type: ignore[attr-defined]
+            self.setHeader(b"Content-Type", b"text/html; charset=utf-8")  # type: ignore[attr-defined]
+            self.setHeader(b"Content-Length", b"%d" % (len(body),))  # type: ignore[attr-defined]
+            self.write(body)
+            self.finish()
+            self._txsFailed = True
+            return reason
+        result = super().processingFailed(reason)  # type: ignore[misc]
+        self._txsFailed = True
+        return result
+
+    def _txsSessions(self) -> list[Any]:
+        sessions = []
+        for session in (self._insecureSession, self._secureSession):  # type: ignore[attr-defined]
+            if session is not None and session not in sessions:
+                sessions.append(session)
+        return sessions
+
+    def _txsMustFlush(self) -> bool:
+        return (
+            not self._txsNoFlush
+            and getattr(self.site, "store", None) is not None  # type: ignore[attr-defined]
+            and not self._disconnected  # type: ignore[attr-defined]
+        )
+
+    def _txsFlush(self, held: list[bytes], finishing: bool) -> None:
+        """
+        Write this request's session changes to the store; hold C{held} (and the finish,
+        when C{finishing}) until they are written.
+        """
+        site = self.site  # type: ignore[attr-defined]
+        waits = []
+        try:
+            for session in self._txsSessions():
+                saving = site._saveSession(session)
+                if saving is not None:
+                    waits.append(saving)
+        except Exception:
+            self.processingFailed(Failure())
+            return
+        if not waits:
+            for chunk in held:
+                super().write(chunk)  # type: ignore[misc]
+            if finishing:
+                super().finish()  # type: ignore[misc]
+            return
+        self._txsHeld = held
+        self._txsFinishHeld = finishing
+        gatherResults(waits, consumeErrors=True).addCallbacks(
+            self._txsFlushed, lambda reason: self._txsFlushFailed(reason.value.subFailure)
+        ).addErrback(_logFailure, "while answering after a session store write")
+
+    def _txsFlushed(self, _: object) -> None:
+        held, self._txsHeld = self._txsHeld or [], None
+        finishing, self._txsFinishHeld = self._txsFinishHeld, False
+        if self._disconnected:  # type: ignore[attr-defined]
+            return
+        for chunk in held:
+            super().write(chunk)  # type: ignore[misc]
+        if finishing:
+            self.finish()
+
+    def _txsFlushFailed(self, reason: Failure) -> None:
+        self._txsHeld = None
+        self._txsFinishHeld = False
+        if self._disconnected:  # type: ignore[attr-defined]
+            _log.failure("The session store failed after the client left", reason)
+        elif not self.startedWriting:  # type: ignore[attr-defined]
+            self.processingFailed(reason)
+        else:
+            # The response has started: it must not end as if its session were written.
+            _log.failure("The session store failed while answering {uri!r}", reason, uri=self.uri)  # type: ignore[attr-defined]
+            self._txsFailed = True
+            self.loseConnection()  # type: ignore[attr-defined]
+
+    def _txsForgetCookies(self) -> None:
+        """
+        Take back the session cookies this response would set for sessions that no longer
+        exist (a new session whose first write failed).
+        """
+        site = self.site  # type: ignore[attr-defined]
+        names = (site.cookieName, secureCookieName(site.cookieName))
+        kept = []
+        for cookie in self.cookies:  # type: ignore[attr-defined]
+            name, _, rest = cookie.partition(b"=")
+            uid = rest.split(b";", 1)[0]
+            ours = any(name == n or name.startswith(n + b"_") for n in names)
+            if not ours or uid in site.sessions:
+                kept.append(cookie)
+        self.cookies[:] = kept  # type: ignore[attr-defined]
+
+
+_UNAVAILABLE = (
+    b"<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
+    b"<p>The session store could not be reached. Try again later.</p>"
+)
+
+
+def _logFailure(failure: Failure, why: str) -> None:
+    _log.failure(why, failure)
+
+
+def _raiseReadFailure(failure: Failure) -> None:
+    if failure.check(StoreUnavailable, StoreError):
+        raise StoreUnavailable(f"the session could not be read: {failure.value}") from failure.value
+    failure.raiseException()
 
 
 class Request(SessionCookieMixin, server.Request):
@@ -242,7 +413,13 @@ class Site(server.Site):
         reactor logs a failing timed call, and the other sessions due still expire.
     @param maxSessions: At most this many sessions: making one more first expires, through
         C{expire()}, the session touched least recently (ties: the one made first). A failing
-        C{expire} is logged and the next session is made all the same.
+        C{expire} is logged and the next session is made all the same. With a C{store}, this
+        caps the copies this process keeps, and the one evicted is only dropped here.
+    @param store: An L{ISessionStore}, such as L{txsession.redis.RedisStore}: sessions are
+        kept there, shared by every process using it. The sessions of a request's cookies are
+        read (and their idle timeouts restarted) before the resource renders, and what the
+        request changed is written before its response starts. See README.md, "Several
+        processes".
     """
 
     sessionFactory = Session
@@ -252,6 +429,7 @@ class Site(server.Site):
     cookieMaxAge: int | None = None
     slidingExpiry = False
     maxSessions: int | None = None
+    store: Any = None
     _sharedTimer: SharedTimer | None = None
     _lru: SessionLru | None = None
 
@@ -267,6 +445,7 @@ class Site(server.Site):
         slidingExpiry: bool = False,
         sharedTimer: bool = False,
         maxSessions: int | None = None,
+        store: Any = None,
         **kwargs: Any,
     ) -> None:
         self.cookieName = _cookieNameBytes(cookieName)
@@ -279,8 +458,20 @@ class Site(server.Site):
         self.maxSessions = (
             None if maxSessions is None else _wholeNumber("maxSessions", maxSessions, 1)
         )
+        if store is not None and not ISessionStore.providedBy(store):
+            raise TypeError(f"store must provide txsession.store.ISessionStore: {store!r}")
         super().__init__(resource, requestFactory, *args, **kwargs)
-        if sharedTimer:
+        if store is not None:
+            store.bind(self.reactor)
+            self.store = store
+            # This process's copies of stored sessions: the copy, and each session ended
+            # by expire() (a logout) whose deletion in the store was asked for.
+            self._copies: dict[Any, _Copy] = {}
+            self._logouts: weakref.WeakKeyDictionary[Any, _Outcome] = weakref.WeakKeyDictionary()
+            self._droppingLocally: Any = None
+            # A copy's own idle timeout ends the copy, not the stored session.
+            self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure, self._dropLocally)
+        elif sharedTimer:
             self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure)
         self._lru = SessionLru() if self.maxSessions is not None else None
         # Raises now, not at the first connection, when the options cannot be applied.
@@ -292,6 +483,7 @@ class Site(server.Site):
             or self.cookieSameSite is not None
             or self.cookieMaxAge is not None
             or self.cookieName != DEFAULT_COOKIE_NAME
+            or self.store is not None
         )
 
     @property  # type: ignore[override]
@@ -325,22 +517,215 @@ class Site(server.Site):
 
     def makeSession(self) -> Any:
         """
-        Twisted's C{makeSession}, after making room under C{maxSessions}.
+        Twisted's C{makeSession}, after making room under C{maxSessions}. With a C{store},
+        the new session is written there by the request that made it, before its response.
         """
-        lru = self._lru
-        if lru is not None:
-            while len(self.sessions) >= self.maxSessions:
-                oldest = lru.oldest(self.sessions)
-                if oldest is None:
-                    break
-                try:
-                    oldest.expire()
-                except Exception:
-                    _log.failure("while evicting session {uid!r}", uid=oldest.uid)
+        self._makeRoom()
         session = super().makeSession()
-        if lru is not None:
-            lru.add(session, self.sessions)
+        if self._lru is not None:
+            self._lru.add(session, self.sessions)
+        if self.store is not None:
+            self._adopt(session, None, {})
         return session
+
+    def _makeRoom(self) -> None:
+        lru = self._lru
+        if lru is None:
+            return
+        while len(self.sessions) >= self.maxSessions:  # type: ignore[operator]
+            oldest = lru.oldest(self.sessions)
+            if oldest is None:
+                break
+            try:
+                if self.store is not None:
+                    self._dropLocally(oldest)
+                else:
+                    oldest.expire()
+            except Exception:
+                _log.failure("while evicting session {uid!r}", uid=oldest.uid)
+
+    # The session store. A session of this process is a copy of the stored one; the
+    # request's cookies name the sessions to read before rendering, and the sessions it used
+    # are written before its response. expire() is a logout: it deletes the stored session.
+    # A copy's own timeout, an eviction, or finding the stored session gone drop the copy
+    # alone (its expire() runs, with its callbacks, but nothing is deleted).
+
+    def _adopt(self, session: Any, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
+        self._copies[session] = _Copy(storedAs, fields)
+        session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
+
+    def _dropLocally(self, session: Any) -> None:
+        """
+        End this process's copy of C{session}, leaving the stored session as it is.
+        """
+        outer, self._droppingLocally = self._droppingLocally, session
+        try:
+            session.expire()
+        finally:
+            self._droppingLocally = outer
+            self._copies.pop(session, None)
+
+    def _ended(self, session: Any) -> None:
+        copy = self._copies.pop(session, None)
+        if copy is None or self._droppingLocally is session or copy.storedAs is None:
+            return
+        self._logouts[session] = _Outcome(self.store.delete(copy.storedAs), copy.storedAs)
+
+    def _sessionCookies(self, request: Any) -> list[bytes]:
+        """
+        The ids in C{request}'s cookies that this site's session cookies could hold.
+        """
+        names = (self.cookieName, secureCookieName(self.cookieName))
+        uids: list[bytes] = []
+        for name, value in request.received_cookies.items():
+            if any(name == n or name.startswith(n + b"_") for n in names):
+                if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
+                    uids.append(value)
+        return uids[:8]
+
+    def _readSessions(self, request: Any) -> Deferred[None] | None:
+        """
+        Read the sessions of C{request}'s cookies from the store; C{None} when it has none.
+        A failure is kept on the request: its C{getSession} raises it.
+        """
+        uids = self._sessionCookies(request)
+        if not uids:
+            return None
+
+        def failed(reason: Failure) -> None:
+            request._txsReadFailure = reason
+
+        return self.store.load(uids).addCallback(partial(self._loaded, uids)).addErrback(failed)
+
+    def _loaded(self, uids: list[bytes], results: list[dict[str, bytes] | None]) -> None:
+        loads = self.store.serializer.loads
+        for uid, fields in zip(uids, results):
+            session = self.sessions.get(uid)
+            copy = None if session is None else self._copies.get(session)
+            if fields is None:
+                # Gone from the store: logged out, or timed out, elsewhere.
+                if session is not None and copy is not None and copy.storedAs is not None:
+                    self._dropLocally(session)
+                continue
+            if session is not None and copy is not None:
+                try:
+                    session.touch()
+                except (AlreadyCalled, AlreadyCancelled):
+                    self._dropLocally(session)
+                    session = None
+            if session is None or copy is None:
+                self._makeRoom()
+                session = self.sessions[uid] = self.sessionFactory(self, uid)
+                session.startCheckingExpiration()
+                if self._lru is not None:
+                    self._lru.add(session, self.sessions)
+                self._adopt(session, uid, {})
+                copy = self._copies[session]
+            # What changed in the store since this copy last saw it wins; entries this
+            # process changed and has not written yet stay.
+            namespaces = session.sessionNamespaces
+            for key, value in fields.items():
+                if copy.fields.get(key) != value:
+                    namespaces[key] = loads(value)
+            for key in copy.fields:
+                if key not in fields:
+                    namespaces.pop(key, None)
+            copy.fields = dict(fields)
+            copy.storedAs = uid
+
+    def _revert(self, session: Any) -> None:
+        """
+        Put C{session}'s namespaces back as the store has them; drop it when it was never
+        stored.
+        """
+        copy = self._copies.get(session)
+        if copy is None:
+            return
+        if copy.storedAs is None:
+            self._dropLocally(session)
+            return
+        loads = self.store.serializer.loads
+        namespaces = session.sessionNamespaces
+        namespaces.clear()
+        namespaces.update({key: loads(value) for key, value in copy.fields.items()})
+
+    def _encode(self, session: Any) -> dict[str, bytes]:
+        dumps = self.store.serializer.dumps
+        encoded = {}
+        for key, value in session.sessionNamespaces.items():
+            if not isinstance(key, str):
+                raise UnserializableValue(
+                    f"session {session.uid!r}: the session store needs str namespace keys, "
+                    f"not {key!r}"
+                )
+            try:
+                data = dumps(value)
+            except Exception as e:
+                raise UnserializableValue(
+                    f"session {session.uid!r}: namespace key {key!r}: the store's serializer "
+                    f"cannot encode {type(value).__name__} {value!r}: {e}"
+                ) from e
+            if not isinstance(data, bytes):
+                raise UnserializableValue(
+                    f"session {session.uid!r}: namespace key {key!r}: the store's serializer "
+                    f"gave {type(data).__name__}, not bytes"
+                )
+            encoded[key] = data
+        return encoded
+
+    def _saveSession(self, session: Any) -> Deferred[None] | None:
+        """
+        Write what changed in C{session} since the store last saw it; C{None} when nothing
+        did. L{UnserializableValue}, with the session put back as stored, when a value
+        cannot be encoded.
+        """
+        copy = self._copies.get(session)
+        if copy is None:
+            logout = self._logouts.get(session)
+            return None if logout is None else logout.wait()
+        try:
+            encoded = self._encode(session)
+        except UnserializableValue:
+            self._revert(session)
+            raise
+        changed = {k: v for k, v in encoded.items() if copy.fields.get(k) != v}
+        deleted = [k for k in copy.fields if k not in encoded]
+        uid = session.uid
+        if not changed and not deleted and copy.storedAs == uid:
+            return None
+        new = copy.storedAs is None
+
+        def saved(written: bool) -> None:
+            if not written:
+                # Logged out or timed out elsewhere: this copy is all that is left of it.
+                self._dropLocally(session)
+                return
+            copy.storedAs = uid
+            copy.fields.update(changed)
+            for key in deleted:
+                copy.fields.pop(key, None)
+
+        def failed(reason: Failure) -> Failure:
+            if new:
+                self._dropLocally(session)
+            return reason
+
+        saving = self.store.save(uid, copy.storedAs, session.sessionTimeout, changed, deleted)
+        return saving.addCallbacks(saved, failed)
+
+    def saveSession(self, session: Any) -> Deferred[None]:
+        """
+        Write C{session}'s changes to the store now, for a session changed outside a
+        request (a request writes its own). Fires when written; fails with
+        L{UnserializableValue} or the store's error.
+        """
+        if self.store is None:
+            raise RuntimeError("saveSession needs a site with a store")
+        try:
+            saving = self._saveSession(session)
+        except UnserializableValue:
+            return fail()
+        return saving if saving is not None else succeed(None)
 
     def _mkuid(self) -> bytes:
         self.counter = self.counter + 1
@@ -348,6 +733,70 @@ class Site(server.Site):
         if entropy is os.urandom:
             return session_id()
         return hexlify(entropy(32))
+
+
+class _Copy:
+    """
+    What this process knows of a stored session: the id it is stored under (C{None} until
+    first written) and its fields as last read or written.
+    """
+
+    __slots__ = ("storedAs", "fields")
+
+    def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
+        self.storedAs = storedAs
+        self.fields = fields
+
+
+class _Outcome:
+    """
+    A store deletion's outcome, which any number of requests can wait for.
+    """
+
+    __slots__ = ("_result", "_waiters")
+
+    def __init__(self, deleting: Deferred[None], uid: bytes) -> None:
+        self._result: object = _PENDING
+        self._waiters: list[Deferred[None]] = []
+
+        def done(result: object) -> None:
+            if isinstance(result, Failure):
+                _log.failure("while deleting session {uid!r} from the store", result, uid=uid)
+            self._result = result
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                _fire(waiter, result)
+
+        deleting.addBoth(done)
+
+    def wait(self) -> Deferred[None] | None:
+        """
+        A L{Deferred} for the outcome; C{None} once the deletion succeeded.
+        """
+        if self._result is None:
+            return None
+        waiter: Deferred[None] = Deferred()
+        if self._result is _PENDING:
+            self._waiters.append(waiter)
+        else:
+            _fire(waiter, self._result)
+        return waiter
+
+
+_PENDING = object()
+
+
+def _fire(waiter: Deferred[None], result: object) -> None:
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(None)
+
+
+def _copyEnded(siteRef: Any, sessionRef: Any) -> None:
+    site, session = siteRef(), sessionRef()
+    if site is not None and session is not None:
+        site._ended(session)
 
 
 def renewSession(request: Any, forceNotSecure: bool = False) -> Any:

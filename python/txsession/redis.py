@@ -1,0 +1,408 @@
+"""
+L{RedisStore}: sessions in Redis, shared by every process and host that uses the same server,
+and surviving restarts.
+
+The client is a small Twisted protocol on the site's reactor: Twisted's endpoints and
+L{ClientService} connect and reconnect, and the Redis wire format is encoded and decoded in
+Rust (C{redis-protocol}). No threads, and no blocking call on the reactor thread.
+
+Each session is one Redis hash, C{keyPrefix + uid}: a field C{n:KEY} for each namespace entry,
+holding the serializer's bytes, and C{m:t}, the session's idle timeout in milliseconds. The
+key's expiry is that timeout, restarted by every read and write, so Redis itself removes a
+session that no process used for that long. Writes run as one Lua script each, which checks
+that the session still exists: a write that arrives after a logout never brings it back.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from txsession._txsession import RespDecoder, encode_commands
+from txsession.store import ISerializer, ISessionStore, JSONSerializer, StoreError, StoreUnavailable
+
+_log = Logger()
+
+_FIELD = b"n:"
+_TIMEOUT_FIELD = b"m:t"
+
+# KEYS[1]: the session. Restarts its timeout and returns its fields, or nil when it is gone.
+_LOAD = b"""
+local t = redis.call('HGET', KEYS[1], 'm:t')
+if not t then return false end
+redis.call('PEXPIRE', KEYS[1], t)
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS[1]: the session's key now; KEYS[2]: the key it was stored under. ARGV: the timeout in
+# ms, '1' for a session stored before (which must still exist) or '0' for a new one, the
+# number of fields to set, those fields and values, then the fields to delete.
+_SAVE = b"""
+if ARGV[2] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  if KEYS[2] ~= KEYS[1] then redis.call('RENAME', KEYS[2], KEYS[1]) end
+end
+local set = {'m:t', ARGV[1]}
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  set[#set + 1] = ARGV[i]
+  set[#set + 1] = ARGV[i + 1]
+  i = i + 2
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if i <= #ARGV then redis.call('HDEL', KEYS[1], unpack(ARGV, i)) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class _Batch:
+    """
+    Commands sent together, and the replies received for them so far.
+    """
+
+    __slots__ = ("count", "deferred", "replies")
+
+    def __init__(self, count: int, deferred: Deferred[list[Any]]) -> None:
+        self.count = count
+        self.deferred = deferred
+        self.replies: list[Any] = []
+
+
+class _RedisProtocol(Protocol):
+    """
+    One connection: batches of commands written at once, their replies matched in order.
+    """
+
+    def __init__(self, client: _RedisClient) -> None:
+        self._client = client
+        self._decoder = RespDecoder(StoreError)
+        self._waiting: deque[_Batch] = deque()
+
+    def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        def abort(_: Deferred[list[Any]]) -> None:
+            # Replies would now be matched to the wrong commands: drop the connection.
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+        deferred: Deferred[list[Any]] = Deferred(abort)
+        self._waiting.append(_Batch(len(commands), deferred))
+        self.transport.write(encode_commands(commands))  # type: ignore[union-attr]
+        return deferred
+
+    def ready(self) -> None:
+        """
+        The connection is set up: commands go to it from now on.
+        """
+        self._client._ready(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            replies = self._decoder.feed(data)
+        except ValueError:
+            _log.failure("Redis sent bytes that are not RESP2; disconnecting")
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        for reply in replies:
+            if not self._waiting:
+                _log.error("Redis sent a reply to no command; disconnecting")
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+                return
+            batch = self._waiting[0]
+            batch.replies.append(reply)
+            if len(batch.replies) == batch.count:
+                self._waiting.popleft()
+                if not batch.deferred.called:
+                    batch.deferred.callback(batch.replies)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._client._lost(self)
+        waiting, self._waiting = self._waiting, deque()
+        for batch in waiting:
+            if not batch.deferred.called:
+                batch.deferred.errback(
+                    StoreUnavailable(f"the connection to Redis was lost: {reason.value}")
+                )
+
+
+class _RedisFactory(Factory):
+    def __init__(self, client: _RedisClient) -> None:
+        self._client = client
+
+    def buildProtocol(self, addr: Any) -> _RedisProtocol:
+        return _RedisProtocol(self._client)
+
+
+class _Address:
+    """
+    Where a Redis URL points, and the commands that set up each connection (C{AUTH},
+    C{SELECT}). C{ValueError} for a URL that is not a Redis one.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.setup: list[list[bytes]] = []
+        if parts.password is not None:
+            auth = [b"AUTH"]
+            if parts.username:
+                auth.append(unquote(parts.username).encode())
+            self.setup.append(auth + [unquote(parts.password).encode()])
+        self.path: str | None = None
+        if parts.scheme == "redis":
+            db = parts.path.lstrip("/") or "0"
+            self.host = parts.hostname or "127.0.0.1"
+            self.port = parts.port or 6379
+        elif parts.scheme == "unix":
+            db = parse_qs(parts.query).get("db", ["0"])[0]
+            if not parts.path:
+                raise ValueError(f"no socket path in the Redis URL {url!r}")
+            self.path = parts.path
+        else:
+            raise ValueError(
+                f"a Redis URL is redis://[[user]:password@]host[:port][/db] or "
+                f"unix://path[?db=N], not {url!r}"
+            )
+        if not db.isdigit():
+            raise ValueError(f"the database in the Redis URL {url!r} is not a number")
+        if db != "0":
+            self.setup.append([b"SELECT", db.encode()])
+
+    def endpoint(self, reactor: Any, timeout: float) -> Any:
+        if self.path is not None:
+            return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
+        return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+
+
+class _RedisClient:
+    """
+    Commands to one Redis server, pipelined, over a connection that L{ClientService} keeps up.
+    When the server cannot be reached, commands fail at once with L{StoreUnavailable}; while
+    a connection is being made they wait for it, at most C{timeout} seconds in all.
+    """
+
+    def __init__(self, reactor: Any, url: str, timeout: float) -> None:
+        self._reactor = reactor
+        self._url = url
+        self._timeout = timeout
+        address = _Address(url)
+        self._setup = address.setup
+        self._service = ClientService(
+            address.endpoint(reactor, timeout),
+            _RedisFactory(self),
+            # Quick retries, so that the site recovers soon after Redis returns.
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, jitter=_jitter),
+            clock=reactor,
+            prepareConnection=self._prepare,
+        )
+        self._protocol: _RedisProtocol | None = None
+        # Why the last connection attempt failed, until one succeeds.
+        self._down: BaseException | None = None
+        self.roundTrips = 0
+
+    def _prepare(self, protocol: _RedisProtocol) -> Deferred[None] | None:
+        def ready(replies: list[Any] | None = None) -> None:
+            for reply in replies or ():
+                if isinstance(reply, StoreError):
+                    raise reply
+            # ClientService hands over a proxy of the protocol; the protocol registers itself.
+            protocol.ready()
+
+        if not self._setup:
+            ready()
+            return None
+        return (
+            protocol.send(self._setup).addTimeout(self._timeout, self._reactor).addCallback(ready)
+        )
+
+    def _ready(self, protocol: _RedisProtocol) -> None:
+        self._protocol = protocol
+        self._down = None
+
+    def _lost(self, protocol: _RedisProtocol) -> None:
+        if self._protocol is protocol:
+            self._protocol = None
+            # ClientService learns of the loss after the protocol: until then it would
+            # still hand out this connection.
+            self._reactor.callLater(0, self._watch)
+
+    def _watch(self) -> None:
+        """
+        Notes, until a connection is made, that the server cannot be reached.
+        """
+        if not self._service.running:
+            return
+
+        def failed(reason: Any) -> None:
+            if reason.check(CancelledError) or not self._service.running:
+                return
+            self._down = reason.value
+            # Not from inside ClientService's own notification.
+            self._reactor.callLater(0, self._watch)
+
+        self._service.whenConnected(failAfterFailures=1).addErrback(failed)
+
+    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        Send C{commands} in one write; fires with their replies, or fails with
+        L{StoreError} (an error reply) or L{StoreUnavailable}.
+        """
+        if not self._service.running:
+            self._service.startService()
+            self._watch()
+        protocol = self._protocol
+        if protocol is None and self._down is not None:
+            return fail(StoreUnavailable(f"Redis at {self._url} cannot be reached: {self._down}"))
+        self.roundTrips += 1
+        if protocol is not None:
+            sent = protocol.send(commands)
+        else:
+            sent = self._service.whenConnected(failAfterFailures=1).addCallback(
+                lambda _: self._sendConnected(commands)
+            )
+        sent.addTimeout(self._timeout, self._reactor)
+        return sent.addCallbacks(self._replies, self._unavailable)
+
+    def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        if self._protocol is None:
+            raise StoreUnavailable(f"the connection to Redis at {self._url} was lost")
+        return self._protocol.send(commands)
+
+    @staticmethod
+    def _replies(replies: list[Any]) -> list[Any]:
+        for reply in replies:
+            if isinstance(reply, StoreError):
+                raise reply
+        return replies
+
+    def _unavailable(self, reason: Any) -> Any:
+        if reason.check(StoreError, StoreUnavailable):
+            return reason
+        if reason.check(CancelledError):
+            raise StoreUnavailable(f"Redis at {self._url} did not answer within {self._timeout} s")
+        raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {reason.value}")
+
+    def close(self) -> Deferred[None]:
+        if not self._service.running:
+            return succeed(None)
+        return self._service.stopService()  # type: ignore[no-any-return]
+
+
+def _jitter() -> float:
+    return random.random() * 0.05
+
+
+def _milliseconds(timeout: float) -> bytes:
+    return str(max(1, round(timeout * 1000))).encode()
+
+
+@implementer(ISessionStore)
+class RedisStore:
+    """
+    Sessions in Redis: give one to L{txsession.Site} as C{store}.
+
+    @param url: C{redis://[[user]:password@]host[:port][/db]} or C{unix://path[?db=N]}.
+    @param keyPrefix: Put before each session id to make its key.
+    @param serializer: An L{ISerializer} for namespace values; L{JSONSerializer} by default.
+    @param timeout: Seconds to wait for Redis (connecting and each round trip) before a
+        request that needs its session gets a 503.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        keyPrefix: bytes | str = b"txsession:",
+        serializer: Any = None,
+        timeout: float = 2.0,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        self.url = url
+        self.keyPrefix = keyPrefix.encode() if isinstance(keyPrefix, str) else keyPrefix
+        if not isinstance(self.keyPrefix, bytes):
+            raise TypeError(f"keyPrefix must be bytes or str, not {keyPrefix!r}")
+        self.serializer = JSONSerializer() if serializer is None else serializer
+        if not ISerializer.providedBy(self.serializer) and not (
+            callable(getattr(self.serializer, "dumps", None))
+            and callable(getattr(self.serializer, "loads", None))
+        ):
+            raise TypeError(f"serializer needs dumps() and loads(): {serializer!r}")
+        self.timeout = float(timeout)
+        _Address(url)  # a bad URL raises now
+        self._client: _RedisClient | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, keyPrefix={self.keyPrefix!r})"
+
+    def bind(self, reactor: Any) -> None:
+        if self._client is None:
+            self._client = _RedisClient(reactor, self.url, self.timeout)
+        elif self._client._reactor is not reactor:
+            raise ValueError(f"{self!r} is already used on another reactor")
+
+    @property
+    def roundTrips(self) -> int:
+        """
+        How many round trips to Redis this store has made (a pipeline counts once),
+        connection set-up aside.
+        """
+        return 0 if self._client is None else self._client.roundTrips
+
+    def _execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        if self._client is None:
+            raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
+        return self._client.execute(commands)
+
+    def load(self, uids: list[bytes]) -> Deferred[list[dict[str, bytes] | None]]:
+        commands = [[b"EVAL", _LOAD, b"1", self.keyPrefix + uid] for uid in uids]
+        return self._execute(commands).addCallback(lambda replies: [_fields(r) for r in replies])
+
+    def save(
+        self,
+        uid: bytes,
+        storedAs: bytes | None,
+        timeout: float,
+        changed: dict[str, bytes],
+        deleted: list[str],
+    ) -> Deferred[bool]:
+        key = self.keyPrefix + uid
+        command = [
+            b"EVAL",
+            _SAVE,
+            b"2",
+            key,
+            key if storedAs is None else self.keyPrefix + storedAs,
+            _milliseconds(timeout),
+            b"0" if storedAs is None else b"1",
+            str(len(changed)).encode(),
+        ]
+        for name, value in changed.items():
+            command += [_FIELD + name.encode(), value]
+        command += [_FIELD + name.encode() for name in deleted]
+        return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
+
+    def delete(self, uid: bytes) -> Deferred[None]:
+        return self._execute([[b"DEL", self.keyPrefix + uid]]).addCallback(lambda _: None)
+
+    def close(self) -> Deferred[None]:
+        if self._client is None:
+            return succeed(None)
+        return self._client.close()
+
+
+def _fields(reply: list[bytes] | None) -> dict[str, bytes] | None:
+    if reply is None:
+        return None
+    fields: dict[str, bytes] = {}
+    for name, value in zip(reply[::2], reply[1::2]):
+        if name.startswith(_FIELD):
+            fields[name[len(_FIELD) :].decode()] = value
+    return fields

@@ -1,0 +1,118 @@
+"""
+What a session store is to L{txsession.Site}: L{ISessionStore}, which
+L{txsession.redis.RedisStore} implements and another backend could; L{ISerializer} and the
+default L{JSONSerializer}; and the errors a store raises.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from zope.interface import Attribute, Interface, implementer
+
+
+class StoreUnavailable(Exception):
+    """
+    The session store could not be reached, or did not answer within its timeout. A request
+    that asks for its session then gets a 503.
+    """
+
+
+class StoreError(Exception):
+    """
+    The session store answered with an error.
+    """
+
+
+class UnserializableValue(TypeError):
+    """
+    A session namespace entry the store's serializer cannot encode (or a key that is not a
+    C{str}). The request sees a 500, and the stored session stays as it was.
+    """
+
+
+class ISerializer(Interface):
+    """
+    Turns session namespace values into bytes for a store, and back.
+    """
+
+    def dumps(value: Any) -> bytes:
+        """
+        C{value} as bytes; raises for a value it cannot encode.
+        """
+
+    def loads(data: bytes) -> Any:
+        """
+        The value that C{dumps} encoded as C{data}.
+        """
+
+
+@implementer(ISerializer)
+class JSONSerializer:
+    """
+    JSON (UTF-8, compact): loading never runs code. Values round-trip as JSON does: tuples
+    come back as lists and dict keys as strings; C{bytes}, sets, C{NaN} and other objects
+    cannot be stored.
+    """
+
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class ISessionStore(Interface):
+    """
+    Where a L{txsession.Site} keeps its sessions, shared by every process that uses it.
+
+    A session is a set of fields, each a namespace key (C{str}) and its serialized value
+    (C{bytes}), under the session's id. A stored session lives until no process has used it
+    for its timeout: reading it and writing it both restart that time. Every method returns
+    a L{Deferred}, which fails with L{StoreUnavailable} when the store cannot be reached in
+    time, and runs on the reactor that L{bind} gave.
+    """
+
+    serializer = Attribute("The L{ISerializer} for namespace values.")
+
+    def bind(reactor: Any) -> None:
+        """
+        Use C{reactor} (the site's) for connecting and for time. C{ValueError} when the store
+        is already bound to another.
+        """
+
+    def load(uids: list[bytes]) -> Any:
+        """
+        Read the sessions C{uids} and restart their timeouts, all in one round trip. Fires
+        with a list, in the same order, of each session's fields (C{dict[str, bytes]}), or
+        C{None} for a session that is not stored (it never was, it timed out or it was
+        deleted).
+        """
+
+    def save(
+        uid: bytes,
+        storedAs: bytes | None,
+        timeout: float,
+        changed: dict[str, bytes],
+        deleted: list[str],
+    ) -> Any:
+        """
+        In one round trip and atomically: set the fields C{changed}, delete the fields
+        C{deleted}, and give the session C{timeout} seconds from now. C{storedAs} is the id
+        the session was stored under, C{None} for a session not stored yet, which this makes;
+        when it differs from C{uid}, the stored session is renamed to C{uid} first. Fires with
+        C{True}, or C{False} without writing anything when the stored session is gone.
+        """
+
+    def delete(uid: bytes) -> Any:
+        """
+        Delete the session C{uid}, everywhere. Fires with C{None}.
+        """
+
+    def close() -> Any:
+        """
+        Disconnect and stop reconnecting. Fires when done.
+        """

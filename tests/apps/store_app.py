@@ -1,0 +1,166 @@
+"""
+A site on a Redis session store, for the store tests to run as server processes and to
+drive in-process.
+
+    python -m tests.apps.store_app --redis URL [--timeout S] [--port N]
+
+prints C{PORT n} once listening. Pages (all JSON):
+- C{/get}: the session's id and namespaces;
+- C{/set?key=K&value=JSON[&delay=S]}: sets one key, answering after C{delay} seconds;
+- C{/del?key=K}, C{/logout}, C{/renew}: delete a key, expire the session, give it a new id;
+- C{/bad?key=K}: stores a value JSON cannot encode (a set);
+- C{/plain}: never asks for its session;
+- C{/trips}: how many round trips the store made;
+- C{/ended}: the ids of this process's copies whose expire callbacks ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from twisted.web import resource, server
+
+import txsession
+from txsession.redis import RedisStore
+from txsession.web import Site
+
+
+def _arg(request, name, default=None):
+    values = request.args.get(name.encode())
+    return values[0].decode() if values else default
+
+
+class _Page(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, site_holder):
+        super().__init__()
+        self.holder = site_holder
+
+    def answer(self, request, value):
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(value).encode()
+
+    def state(self, request):
+        session = request.getSession()
+        return {"session": session.uid.decode(), "values": dict(session.sessionNamespaces)}
+
+
+class Get(_Page):
+    def render_GET(self, request):
+        return self.answer(request, self.state(request))
+
+
+class Set(_Page):
+    def render_GET(self, request):
+        session = request.getSession()
+        session.sessionNamespaces[_arg(request, "key")] = json.loads(_arg(request, "value"))
+        delay = float(_arg(request, "delay", "0"))
+        if not delay:
+            return self.answer(request, self.state(request))
+        from twisted.internet import reactor
+
+        def later():
+            request.write(self.answer(request, {"session": session.uid.decode()}))
+            request.finish()
+
+        reactor.callLater(delay, later)
+        return server.NOT_DONE_YET
+
+
+class Del(_Page):
+    def render_GET(self, request):
+        request.getSession().sessionNamespaces.pop(_arg(request, "key"), None)
+        return self.answer(request, self.state(request))
+
+
+class Bad(_Page):
+    def render_GET(self, request):
+        request.getSession().sessionNamespaces[_arg(request, "key")] = {1, 2}
+        return self.answer(request, "stored")
+
+
+class Logout(_Page):
+    def render_GET(self, request):
+        request.getSession().expire()
+        return self.answer(request, "bye")
+
+
+class Renew(_Page):
+    def render_GET(self, request):
+        txsession.renewSession(request)
+        return self.answer(request, self.state(request))
+
+
+class Plain(_Page):
+    def render_GET(self, request):
+        return self.answer(request, "plain")
+
+
+class Trips(_Page):
+    def render_GET(self, request):
+        return self.answer(request, self.holder.site.store.roundTrips)
+
+
+class Ended(_Page):
+    def render_GET(self, request):
+        return self.answer(request, self.holder.ended)
+
+
+class _Holder:
+    site: Site
+    ended: list[str]
+
+
+def makeSite(store, timeout=60.0, reactor=None) -> Site:
+    """
+    The app's site on C{store}, its sessions lasting C{timeout} idle seconds.
+    """
+    holder = _Holder()
+    holder.ended = []
+    root = resource.Resource()
+    for name, page in [
+        (b"get", Get),
+        (b"set", Set),
+        (b"del", Del),
+        (b"bad", Bad),
+        (b"logout", Logout),
+        (b"renew", Renew),
+        (b"plain", Plain),
+        (b"trips", Trips),
+        (b"ended", Ended),
+    ]:
+        root.putChild(name, page(holder))
+
+    class AppSession(txsession.Session):
+        sessionTimeout = timeout
+
+        def __init__(self, site, uid, reactor=None):
+            super().__init__(site, uid, reactor)
+            self.notifyOnExpire(lambda: holder.ended.append(self.uid.decode()))
+
+    site = Site(root, store=store, reactor=reactor)
+    site.sessionFactory = AppSession
+    holder.site = site
+    return site
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    from twisted.internet import reactor
+
+    site = makeSite(RedisStore(args.redis, timeout=2.0), args.timeout)
+    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
+    print(f"PORT {port.getHost().port}", flush=True)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

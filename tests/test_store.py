@@ -1,0 +1,481 @@
+"""
+L{txsession.Site} on a L{RedisStore}, against a real C{redis-server} started for these tests:
+sessions shared by sites (each with its own store, as separate processes have) and by server
+processes over real HTTP with cookies; per-key writes, idle timeouts, logout, restarts,
+unserializable values, Redis stopped and started again, and the round trips each request
+costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+from twisted.web import resource
+
+import txsession
+from tests._redis import RedisServer
+from tests.apps import store_app
+from tests.test_web import Client
+from txsession.redis import RedisStore
+from txsession.store import ISessionStore, JSONSerializer, StoreUnavailable
+from txsession.web import Site
+
+_server: RedisServer | None = None
+
+
+def redis() -> RedisServer:
+    """
+    The tests' Redis server, started once and emptied for each test.
+    """
+    global _server
+    if _server is None or _server.process is None:
+        _server = RedisServer()
+        _server.start()
+    _server.command(b"FLUSHALL")
+    return _server
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class StoreTestCase(unittest.TestCase):
+    def setUp(self):
+        self.redis = redis()
+
+    def makeSite(self, timeout=60.0, **storeOptions):
+        """
+        A site with a store of its own, as a separate process would have, on loopback.
+        """
+        store = RedisStore(self.redis.url, **storeOptions)
+        site = store_app.makeSite(store, timeout)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(store.close)
+        self.addCleanup(self.endSessions, site)
+        self.addCleanup(port.stopListening)
+        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
+        return site
+
+    def endSessions(self, site):
+        for session in list(site.sessions.values()):
+            site._dropLocally(session)
+
+    @defer.inlineCallbacks
+    def get(self, client, site, path):
+        response, body = yield client.agent.request(
+            b"GET", site.base + path, None, None
+        ).addCallback(lambda r: _read(r))
+        return response.code, json.loads(body) if body.startswith((b"{", b"[", b'"')) else body
+
+    def stored(self, uid):
+        return self.redis.hgetall(b"txsession:" + uid.encode())
+
+
+@defer.inlineCallbacks
+def _read(response):
+    from twisted.web.client import readBody
+
+    body = yield readBody(response)
+    return response, body
+
+
+class SharedTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_madeHereFoundThere(self):
+        """
+        A session made on one site is found on another with its namespaces, and changes made
+        there are seen here on the next request.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b'set?key=cart&value=["book"]')
+        uid = state["session"]
+        _, there = yield self.get(client, b, b"get")
+        self.assertEqual(there, {"session": uid, "values": {"cart": ["book"]}})
+        yield self.get(client, b, b"set?key=visits&value=2")
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here["values"], {"cart": ["book"], "visits": 2})
+        self.assertEqual(here["session"], uid)
+        self.assertIsInstance(a.sessions[uid.encode()], txsession.Session)
+
+    @defer.inlineCallbacks
+    def test_writtenBeforeTheResponse(self):
+        """
+        When a response arrives, its changes are in Redis (read-your-writes from anywhere).
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
+        _, state = yield self.get(client, a, b"set?key=k&value=2&delay=0.05")
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"2")
+
+    @defer.inlineCallbacks
+    def test_roundTrips(self):
+        """
+        No cookie, no session: no round trip. A new session: one write. A returning session:
+        one read, and one write only when the request changed something.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        store = a.store
+
+        @defer.inlineCallbacks
+        def trips(path):
+            before = store.roundTrips
+            code, _ = yield self.get(client, a, path)
+            self.assertEqual(code, 200)
+            return store.roundTrips - before
+
+        self.assertEqual((yield trips(b"plain")), 0)
+        self.assertEqual((yield trips(b"get")), 1)
+        self.assertEqual((yield trips(b"get")), 1)
+        self.assertEqual((yield trips(b"plain")), 1)
+        self.assertEqual((yield trips(b"set?key=a&value=1")), 2)
+        self.assertEqual((yield trips(b"set?key=a&value=1")), 1)
+        self.assertEqual((yield trips(b"del?key=a")), 2)
+
+    @defer.inlineCallbacks
+    def test_onlyChangedKeysWritten(self):
+        """
+        A request writes the keys it changed or deleted and nothing else: a key written in
+        Redis meanwhile by someone else survives.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=x&value=1")
+        key = b"txsession:" + state["session"].encode()
+        pending = self.get(client, a, b"set?key=x&value=2&delay=0.2")
+        yield sleep(0.05)
+        self.redis.command(b"HSET", key, b"n:y", b"7")
+        yield pending
+        self.assertEqual(self.redis.hgetall(key)[b"n:y"], b"7")
+        self.assertEqual(self.redis.hgetall(key)[b"n:x"], b"2")
+
+    @defer.inlineCallbacks
+    def test_concurrentKeys(self):
+        """
+        Two requests on one session, on two sites, changing different keys: both persist.
+        For the same key, the last writer wins.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        yield defer.gatherResults(
+            [
+                self.get(client, a, b"set?key=one&value=1&delay=0.2"),
+                self.get(client, b, b"set?key=two&value=2&delay=0.1"),
+            ]
+        )
+        self.assertEqual(self.stored(state["session"])[b"n:one"], b"1")
+        self.assertEqual(self.stored(state["session"])[b"n:two"], b"2")
+        yield defer.gatherResults(
+            [
+                self.get(client, a, b'set?key=same&value="a"&delay=0.2'),
+                self.get(client, b, b'set?key=same&value="b"&delay=0.05'),
+            ]
+        )
+        self.assertEqual(self.stored(state["session"])[b"n:same"], b'"a"')
+        _, here = yield self.get(client, b, b"get")
+        self.assertEqual(here["values"], {"one": 1, "two": 2, "same": "a"})
+
+    @defer.inlineCallbacks
+    def test_renewIsARename(self):
+        """
+        renewSession moves the stored session to its new id: the old one is gone.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, old = yield self.get(client, a, b"set?key=k&value=1")
+        _, new = yield self.get(client, a, b"renew")
+        self.assertNotEqual(old["session"], new["session"])
+        self.assertEqual(self.stored(old["session"]), {})
+        self.assertEqual(self.stored(new["session"])[b"n:k"], b"1")
+        _, there = yield self.get(client, b, b"get")
+        self.assertEqual(there, {"session": new["session"], "values": {"k": 1}})
+
+    @defer.inlineCallbacks
+    def test_componentsStayPerProcess(self):
+        """
+        Components are not stored: each site's copy has its own.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        yield self.get(client, b, b"get")
+        uid = state["session"].encode()
+        a.sessions[uid].setComponent(ISessionStore, "here")
+        self.assertIsNone(b.sessions[uid].getComponent(ISessionStore))
+
+
+class TimeoutTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_idleTimeoutEverywhere(self):
+        """
+        A session lives until no site used it for its timeout: a site's own copy timing out
+        ends that copy, not the session another site keeps using; once nobody uses it, Redis
+        removes it, leaving no key.
+        """
+        a, b = self.makeSite(timeout=0.6), self.makeSite(timeout=0.6)
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        uid = state["session"]
+        for _ in range(5):
+            yield sleep(0.25)
+            _, there = yield self.get(client, b, b"get")
+            self.assertEqual(there["session"], uid)
+        self.assertNotIn(uid.encode(), a.sessions)
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here, {"session": uid, "values": {"k": 1}})
+        yield sleep(1.0)
+        self.assertEqual(self.redis.keys(), [])
+        _, later = yield self.get(client, b, b"get")
+        self.assertNotEqual(later["session"], uid)
+
+    @defer.inlineCallbacks
+    def test_ttlFollowsSessionTimeout(self):
+        a = self.makeSite(timeout=30)
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        ttl = int(self.redis.command(b"PTTL", b"txsession:" + state["session"].encode())[1:-2])
+        self.assertTrue(29000 < ttl <= 30000, ttl)
+
+
+class LogoutTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_logoutIsGlobal(self):
+        """
+        expire() deletes the session in Redis; the other site drops its copy and runs its
+        expire callbacks at its next request for it, which gets a new session.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        uid = state["session"]
+        yield self.get(client, b, b"get")
+        yield self.get(client, a, b"logout")
+        self.assertEqual(self.redis.keys(), [])
+        self.assertIn(uid.encode(), b.sessions)
+        _, there = yield self.get(client, b, b"get")
+        self.assertNotEqual(there["session"], uid)
+        self.assertEqual(there["values"], {})
+        _, ended = yield self.get(client, b, b"ended")
+        self.assertEqual(ended, [uid])
+
+    @defer.inlineCallbacks
+    def test_writeAfterLogoutElsewhere(self):
+        """
+        A write that finishes after a logout elsewhere neither brings the session back nor
+        leaves its data behind.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        pending = self.get(client, b, b"set?key=late&value=1&delay=0.3")
+        yield sleep(0.1)
+        yield self.get(Client(a.base), a, b"plain")
+        a.sessions[state["session"].encode()].expire()
+        yield sleep(0.05)
+        self.assertEqual(self.redis.keys(), [])
+        yield pending
+        self.assertEqual(self.redis.keys(), [])
+        self.assertNotIn(state["session"].encode(), b.sessions)
+
+    @defer.inlineCallbacks
+    def test_logoutDoneBeforeTheResponse(self):
+        a = self.makeSite()
+        client = Client(a.base)
+        yield self.get(client, a, b"set?key=k&value=1")
+        self.assertEqual(len(self.redis.keys()), 1)
+        code, _ = yield self.get(client, a, b"logout")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.redis.keys(), [])
+
+
+class ValueTests(StoreTestCase):
+    def setUp(self):
+        super().setUp()
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+
+    @defer.inlineCallbacks
+    def test_unserializable(self):
+        """
+        A value JSON cannot encode: a 500, a logged traceback naming the key, and the stored
+        session (and this site's copy of it) as it was.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        code, _ = yield self.get(client, a, b"bad?key=oops")
+        self.assertEqual(code, 500)
+        failures = [e["log_failure"] for e in self.logged if "log_failure" in e]
+        self.assertTrue(any("'oops'" in str(f.value) for f in failures), failures)
+        self.flushLoggedErrors()
+        self.assertEqual(
+            self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"1"}
+        )
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here, {"session": state["session"], "values": {"k": 1}})
+
+    @defer.inlineCallbacks
+    def test_unserializableInANewSession(self):
+        """
+        A new session whose first write fails is not made: no cookie, no key.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        code, _ = yield self.get(client, a, b"bad?key=oops")
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors()
+        self.assertEqual(self.redis.keys(), [])
+        self.assertEqual(list(client.jar), [])
+        self.assertEqual(dict(a.sessions), {})
+
+    def test_jsonRoundTrip(self):
+        serializer = JSONSerializer()
+        value = {"a": [1, 2.5, None, True, "é"]}
+        self.assertEqual(serializer.loads(serializer.dumps(value)), value)
+        self.assertRaises(TypeError, serializer.dumps, b"bytes")
+        self.assertRaises(ValueError, serializer.dumps, float("nan"))
+
+    @defer.inlineCallbacks
+    def test_otherSerializer(self):
+        """
+        The serializer can be replaced.
+        """
+
+        class Upper(JSONSerializer):
+            def dumps(self, value):
+                return super().dumps(value).upper()
+
+        a = self.makeSite(serializer=Upper())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b'set?key=k&value="abc"')
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b'"ABC"')
+
+
+class RedisDownTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_downAndBack(self):
+        """
+        With Redis stopped, a request that asks for its session gets a 503 within the store's
+        timeout, logged; one that does not is served. When Redis returns the site recovers.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        yield self.get(client, a, b"set?key=k&value=1")
+        self.redis.stop()
+        self.addCleanup(self.redis.start)
+        for path in (b"get", b"get", b"set?key=k&value=2"):
+            started = time.monotonic()
+            code, _ = yield self.get(client, a, path)
+            self.assertEqual(code, 503)
+            self.assertLess(time.monotonic() - started, a.store.timeout + 1)
+        self.assertTrue(self.flushLoggedErrors(StoreUnavailable))
+        code, body = yield self.get(client, a, b"plain")
+        self.assertEqual((code, body), (200, "plain"))
+        code, _ = yield self.get(Client(a.base), a, b"get")
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        self.redis.start()
+        for _ in range(100):
+            code, state = yield self.get(client, a, b"get")
+            if code == 200:
+                break
+            self.flushLoggedErrors(StoreUnavailable)
+            yield sleep(0.05)
+        self.assertEqual(code, 200)
+        # Redis lost everything (no persistence): a new session, working.
+        yield self.get(client, a, b"set?key=k&value=3")
+        _, state = yield self.get(client, a, b"get")
+        self.assertEqual(state["values"], {"k": 3})
+
+    @defer.inlineCallbacks
+    def test_notAnsweringIsATimeout(self):
+        """
+        A Redis that accepts connections but does not answer: a 503 after the store's
+        timeout.
+        """
+        listening = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(listening.stopListening)
+        store = RedisStore(f"redis://127.0.0.1:{listening.getHost().port}/0", timeout=0.3)
+        site = Site(resource.Resource(), store=store)
+        self.assertIs(site.store, store)
+        self.addCleanup(store.close)
+        started = time.monotonic()
+        with self.assertRaises(StoreUnavailable):
+            yield store.load([b"x"])
+        self.assertGreaterEqual(time.monotonic() - started, 0.25)
+
+
+class ProcessTests(StoreTestCase):
+    """
+    Server processes sharing one Redis, driven over HTTP with cookies.
+    """
+
+    def startServers(self, count):
+        servers = []
+        for _ in range(count):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.apps.store_app", "--redis", self.redis.url],
+                stdout=subprocess.PIPE,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            )
+            line = process.stdout.readline().decode()
+            if not line.startswith("PORT "):
+                process.kill()
+                raise RuntimeError(f"the server process did not start: {line!r}")
+            servers.append((process, b"http://127.0.0.1:%d/" % int(line.split()[1])))
+            self.addCleanup(self.stopServer, process)
+        return servers
+
+    def stopServer(self, process):
+        if process.poll() is None:
+            process.terminate()
+            process.wait(10)
+
+    @defer.inlineCallbacks
+    def fetch(self, client, base, path):
+        response = yield client.agent.request(b"GET", base + path)
+        code, body = yield _read(response).addCallback(lambda rb: (rb[0].code, rb[1]))
+        return code, json.loads(body)
+
+    @defer.inlineCallbacks
+    def test_threeProcessesAndRestart(self):
+        """
+        Three processes: a session goes from one to the next, each adding to it; all three
+        are stopped and new ones started; the session continues; a logout on one ends it on
+        all.
+        """
+        servers = self.startServers(3)
+        client = Client(servers[0][1])
+        _, state = yield self.fetch(client, servers[0][1], b"set?key=n&value=0")
+        uid = state["session"]
+        for i in range(1, 7):
+            base = servers[i % 3][1]
+            _, state = yield self.fetch(client, base, b"get")
+            self.assertEqual(state["session"], uid)
+            _, state = yield self.fetch(client, base, b"set?key=n&value=%d" % (state["values"]["n"] + 1))
+        self.assertEqual(state["values"], {"n": 6})
+        for process, _ in servers:
+            self.stopServer(process)
+        servers = self.startServers(2)
+        for _, base in servers:
+            _, state = yield self.fetch(client, base, b"get")
+            self.assertEqual(state, {"session": uid, "values": {"n": 6}})
+        yield self.fetch(client, servers[1][1], b"logout")
+        _, state = yield self.fetch(client, servers[0][1], b"get")
+        self.assertNotEqual(state["session"], uid)
+        _, ended = yield self.fetch(client, servers[0][1], b"ended")
+        self.assertEqual(ended, [uid])
