@@ -50,7 +50,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *options: bytes) -> None:
         self.process = subprocess.Popen(
             [
                 self.path,
@@ -59,6 +59,7 @@ class RedisServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", self.dir,
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ costs.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -35,8 +36,10 @@ def redis() -> RedisServer:
     The tests' Redis server, started once and emptied for each test.
     """
     global _server
-    if _server is None or _server.process is None:
+    if _server is None:
         _server = RedisServer()
+        atexit.register(_server.close)
+    if _server.process is None:
         _server.start()
     _server.command(b"FLUSHALL")
     return _server
@@ -320,9 +323,7 @@ class ValueTests(StoreTestCase):
         failures = [e["log_failure"] for e in self.logged if "log_failure" in e]
         self.assertTrue(any("'oops'" in str(f.value) for f in failures), failures)
         self.flushLoggedErrors()
-        self.assertEqual(
-            self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"1"}
-        )
+        self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"1"})
         _, here = yield self.get(client, a, b"get")
         self.assertEqual(here, {"session": state["session"], "values": {"k": 1}})
 
@@ -466,7 +467,8 @@ class ProcessTests(StoreTestCase):
             base = servers[i % 3][1]
             _, state = yield self.fetch(client, base, b"get")
             self.assertEqual(state["session"], uid)
-            _, state = yield self.fetch(client, base, b"set?key=n&value=%d" % (state["values"]["n"] + 1))
+            n = state["values"]["n"] + 1
+            _, state = yield self.fetch(client, base, b"set?key=n&value=%d" % n)
         self.assertEqual(state["values"], {"n": 6})
         for process, _ in servers:
             self.stopServer(process)
@@ -479,3 +481,113 @@ class ProcessTests(StoreTestCase):
         self.assertNotEqual(state["session"], uid)
         _, ended = yield self.fetch(client, servers[0][1], b"ended")
         self.assertEqual(ended, [uid])
+
+
+class ClockTests(StoreTestCase):
+    """
+    A site whose reactor is a L{Clock}: its sessions' own timeouts run on the clock, while
+    the store talks to the real Redis.
+    """
+
+    def makeClockSite(self, timeout=60.0, **siteOptions):
+        clock = task.Clock()
+        store = RedisStore(self.redis.url)
+        site = store_app.makeSite(store, timeout, reactor=clock, **siteOptions)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(store.close)
+        self.addCleanup(self.endSessions, site)
+        self.addCleanup(port.stopListening)
+        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
+        return site, clock
+
+    @defer.inlineCallbacks
+    def test_copyTimesOutAlone(self):
+        """
+        A copy whose own timeout ran out is dropped, with its expire callbacks, and the
+        stored session is untouched: the next request reads it back.
+        """
+        site, clock = self.makeClockSite(timeout=10)
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=k&value=1")
+        uid = state["session"].encode()
+        self.assertEqual(len(site._sharedTimer), 1)
+        clock.advance(9)
+        self.assertIn(uid, site.sessions)
+        clock.advance(1)
+        self.assertNotIn(uid, site.sessions)
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
+        _, again = yield self.get(client, site, b"get")
+        self.assertEqual(again, {"session": state["session"], "values": {"k": 1}})
+        _, ended = yield self.get(client, site, b"ended")
+        self.assertEqual(ended, [state["session"]])
+
+    @defer.inlineCallbacks
+    def test_maxSessionsDropsCopiesOnly(self):
+        """
+        With C{maxSessions}, the least recently used copy is dropped to make room, and its
+        stored session lives on.
+        """
+        site, clock = self.makeClockSite(maxSessions=2)
+        clients = [Client(site.base) for _ in range(3)]
+        uids = []
+        for client in clients:
+            _, state = yield self.get(client, site, b"set?key=k&value=1")
+            uids.append(state["session"].encode())
+            clock.advance(1)
+        self.assertEqual(sorted(site.sessions), sorted(uids[1:]))
+        self.assertEqual(len(self.redis.keys()), 3)
+        _, first = yield self.get(clients[0], site, b"get")
+        self.assertEqual(first, {"session": uids[0].decode(), "values": {"k": 1}})
+        self.assertEqual(len(site.sessions), 2)
+
+
+class ConfigurationTests(unittest.TestCase):
+    def test_providesTheInterface(self):
+        from zope.interface.verify import verifyObject
+
+        self.assertTrue(verifyObject(ISessionStore, RedisStore()))
+
+    def test_badURLs(self):
+        for url in ("http://x", "redis://h/zero", "unix://", "rediss://h"):
+            self.assertRaises(ValueError, RedisStore, url)
+
+    def test_badOptions(self):
+        self.assertRaises(ValueError, RedisStore, timeout=0)
+        self.assertRaises(ValueError, RedisStore, timeout=True)
+        self.assertRaises(TypeError, RedisStore, keyPrefix=1)
+        self.assertRaises(TypeError, RedisStore, serializer=object())
+        self.assertRaises(TypeError, Site, resource.Resource(), store=object())
+
+    def test_oneReactor(self):
+        store = RedisStore()
+        store.bind(task.Clock())
+        self.assertRaises(ValueError, store.bind, task.Clock())
+
+    def test_requestFactory(self):
+        """
+        A store needs the request class that reads and writes sessions.
+        """
+        site = Site(resource.Resource(), store=RedisStore())
+        self.assertTrue(issubclass(site.requestFactory, txsession.Request))
+
+
+class UnixSocketTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_unixSocketAndDatabase(self):
+        """
+        C{unix://path?db=N}: the store connects over the socket and selects the database.
+        """
+        path = os.path.join(self.redis.dir, "redis.sock")
+        server = RedisServer()
+        server.start(b"--unixsocket", path.encode())
+        self.addCleanup(server.close)
+        store = RedisStore(f"unix://{path}?db=3")
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        saved = yield store.save(b"u", None, 5, {"k": b"1"}, [])
+        self.assertTrue(saved)
+        inDatabase3 = b"redis.call('SELECT', 3) return redis.call('HGET', KEYS[1], 'n:k')"
+        self.assertEqual(server.command(b"EVAL", inDatabase3, b"1", b"txsession:u"), b"$1\r\n1\r\n")
+        self.assertEqual(server.command(b"EXISTS", b"txsession:u"), b":0\r\n")
+        loaded = yield store.load([b"u", b"v"])
+        self.assertEqual(loaded, [{"k": b"1"}, None])

@@ -564,11 +564,23 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the scale section, N live sessions per process (default 1,000,000)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="with --scale: fresh processes per implementation"
+        "--store",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="instead: the store section, HTTP on a Redis session store (without URL: a "
+        "private redis-server, which must be installed)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --scale: fresh processes per implementation; with --store: rounds",
     )
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--scale-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--http-server", metavar="IMPL", help=argparse.SUPPRESS)
+    parser.add_argument("--store-server", nargs=2, metavar=("MODE", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.scale_child:
@@ -580,6 +592,17 @@ def main(argv: list[str] | None = None) -> int:
         from txsession import scale
 
         return scale.main(args.scale, args.rounds, args.json)
+    if args.store_server:
+        from txsession import storebench
+
+        storebench.server_main(*args.store_server)
+        return 0
+    if args.store is not None:
+        from txsession import storebench
+
+        print(f"txsession benchmark: {environment()}")
+        seconds = 1.0 if args.quick else 3.0
+        return storebench.main(args.store or None, args.rounds, seconds, args.json)
     if args.http_server:
         _httpServer(args.http_server)
         return 0

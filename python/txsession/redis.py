@@ -4,7 +4,9 @@ and surviving restarts.
 
 The client is a small Twisted protocol on the site's reactor: Twisted's endpoints and
 L{ClientService} connect and reconnect, and the Redis wire format is encoded and decoded in
-Rust (C{redis-protocol}). No threads, and no blocking call on the reactor thread.
+Rust (C{redis-protocol}). No threads, and no blocking call on the reactor thread. Timeouts and
+retries are timed by the site's reactor; a site whose reactor is a L{Clock} (a test driving
+time by hand) connects through the global reactor.
 
 Each session is one Redis hash, C{keyPrefix + uid}: a field C{n:KEY} for each namespace entry,
 holding the serializer's bytes, and C{m:t}, the session's idle timeout in milliseconds. The
@@ -23,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -176,8 +179,16 @@ class _Address:
             self.setup.append([b"SELECT", db.encode()])
 
     def endpoint(self, reactor: Any, timeout: float) -> Any:
+        """
+        The endpoint on C{reactor}; on the global reactor when C{reactor} cannot make such
+        connections (a L{Clock}, in tests that drive time by hand).
+        """
         if self.path is not None:
+            if not IReactorUNIX.providedBy(reactor):
+                from twisted.internet import reactor
             return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
+        if not IReactorTCP.providedBy(reactor):
+            from twisted.internet import reactor
         return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
 
 

@@ -138,7 +138,8 @@ class SessionCookieMixin:
             if not self._disconnected:  # type: ignore[attr-defined]
                 server.Request.process(self)  # type: ignore[arg-type]
 
-        reading.addCallback(render).addErrback(_logFailure, "while rendering after the session read")
+        reading.addCallback(render)
+        reading.addErrback(_logFailure, "while rendering after the session read")
         return None
 
     def write(self, data):

@@ -114,7 +114,7 @@ class _Holder:
     ended: list[str]
 
 
-def makeSite(store, timeout=60.0, reactor=None) -> Site:
+def makeSite(store, timeout=60.0, reactor=None, **siteOptions) -> Site:
     """
     The app's site on C{store}, its sessions lasting C{timeout} idle seconds.
     """
@@ -141,7 +141,7 @@ def makeSite(store, timeout=60.0, reactor=None) -> Site:
             super().__init__(site, uid, reactor)
             self.notifyOnExpire(lambda: holder.ended.append(self.uid.decode()))
 
-    site = Site(root, store=store, reactor=reactor)
+    site = Site(root, store=store, reactor=reactor, **siteOptions)
     site.sessionFactory = AppSession
     holder.site = site
     return site

@@ -1,0 +1,315 @@
+"""
+The store section of the benchmark: C{python -m txsession.bench --store [URL]}.
+
+HTTP requests per second for returning sessions, each server in its own process, loaded in
+turn by one client over loopback: Twisted's site and txsession's in memory (one process),
+txsession's on the Redis store (one process), and two txsession processes on the store, each
+on its own port, the client's connections split between them. Every request asks for its
+session; one workload changes a key each time (a read and a write), the other only reads.
+Without C{URL}, a private C{redis-server} is started on a free port for the run.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from twisted.web import resource, server
+
+from txsession._report import table
+
+CONNECTIONS = 8
+DEPTH = 8
+
+SCENARIOS = [
+    ("Twisted, 1 process, in memory", "twisted", 1),
+    ("txsession, 1 process, in memory", "memory", 1),
+    ("txsession, 1 process, Redis store", "store", 1),
+    ("txsession, 2 processes, Redis store", "store", 2),
+]
+WORKLOADS = [("changes a key", b"/count"), ("reads only", b"/read")]
+
+
+class _Count(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        namespaces = request.getSession().sessionNamespaces
+        namespaces["hits"] = namespaces.get("hits", 0) + 1
+        return b"ok"
+
+
+class _Read(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"ok" if "hits" in request.getSession().sessionNamespaces else b"no"
+
+
+class _Trips(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, site_holder: list[object]) -> None:
+        super().__init__()
+        self.holder = site_holder
+
+    def render_GET(self, request):
+        store = getattr(self.holder[0], "store", None)
+        return str(store.roundTrips if store is not None else 0).encode()
+
+
+def server_main(mode: str, url: str) -> None:
+    from twisted.internet import reactor
+
+    import txsession
+    from txsession.redis import RedisStore
+
+    holder: list[object] = []
+    root = resource.Resource()
+    root.putChild(b"count", _Count())
+    root.putChild(b"read", _Read())
+    root.putChild(b"trips", _Trips(holder))
+    if mode == "twisted":
+        site = server.Site(root)
+    elif mode == "memory":
+        site = txsession.Site(root)
+    else:
+        site = txsession.Site(root, store=RedisStore(url))
+    holder.append(site)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=128)
+    print(port.getHost().port, flush=True)
+    reactor.run()
+
+
+def _get(port: int, path: bytes, cookie: bytes | None = None) -> tuple[bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_request(path, cookie))
+        data = b""
+        while _complete(data) == 0:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+def _request(path: bytes, cookie: bytes | None) -> bytes:
+    header = b"Cookie: TWISTED_SESSION=" + cookie + b"\r\n" if cookie else b""
+    return b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n"
+
+
+def _complete(buffer: bytes) -> int:
+    """
+    How many whole responses C{buffer} starts with.
+    """
+    count = 0
+    while True:
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return count
+        head = buffer[:end].lower()
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        if len(buffer) < end + 4 + length:
+            return count
+        buffer = buffer[end + 4 + length :]
+        count += 1
+
+
+def _newSession(port: int) -> bytes:
+    head, _ = _get(port, b"/count")
+    return head.split(b"TWISTED_SESSION=", 1)[1].split(b";", 1)[0]
+
+
+def _load(ports: list[int], path: bytes, seconds: float) -> tuple[float, int]:
+    """
+    Requests per second over C{CONNECTIONS} keep-alive connections, spread over C{ports},
+    each its own returning session with C{DEPTH} pipelined requests in flight; and how many
+    requests were made in all (the first of each session's included).
+    """
+    selector = selectors.DefaultSelector()
+    conns = []
+    for i in range(CONNECTIONS):
+        port = ports[i % len(ports)]
+        cookie = _newSession(port)
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        batch = _request(path, cookie) * DEPTH
+        state = {"sock": sock, "batch": batch, "buffer": b"", "pending": DEPTH}
+        sock.sendall(batch)
+        selector.register(sock, selectors.EVENT_READ, state)
+        conns.append(state)
+    answered = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for key, _ in selector.select(timeout=1.0):
+            state = key.data
+            chunk = state["sock"].recv(1 << 20)
+            if not chunk:
+                raise RuntimeError("a server closed its connection")
+            state["buffer"] += chunk
+            done = _complete(state["buffer"])
+            if done:
+                # Drop the whole responses: only their count matters.
+                buffer = state["buffer"]
+                for _ in range(done):
+                    end = buffer.find(b"\r\n\r\n")
+                    head = buffer[:end].lower()
+                    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                    buffer = buffer[end + 4 + length :]
+                state["buffer"] = buffer
+                state["pending"] -= done
+                answered += done
+                if state["pending"] == 0:
+                    state["pending"] = DEPTH
+                    state["sock"].sendall(state["batch"])
+    elapsed = time.perf_counter() - start
+    made = CONNECTIONS + answered
+    for state in conns:
+        # The requests still in flight are answered before the round trips are read.
+        while _complete(state["buffer"]) < state["pending"]:
+            state["buffer"] += state["sock"].recv(1 << 20)
+        made += state["pending"]
+        selector.unregister(state["sock"])
+        state["sock"].close()
+    return answered / elapsed, made
+
+
+def _trips(ports: list[int]) -> int:
+    return sum(int(_get(port, b"/trips")[1]) for port in ports)
+
+
+class _PrivateRedis:
+    def __init__(self) -> None:
+        path = shutil.which("redis-server")
+        if path is None:
+            raise SystemExit(
+                "--store needs a Redis: give its URL, or install redis-server "
+                "(apt-get install redis-server) for a private one"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="txsession-bench-redis-")
+        self.process = subprocess.Popen(
+            [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _quartiles(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> int:
+    private = _PrivateRedis() if url is None else None
+    url = url or private.url  # type: ignore[union-attr]
+    processes: list[subprocess.Popen[str]] = []
+    try:
+
+        def start(mode: str) -> int:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "txsession.bench", "--store-server", mode, url],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            processes.append(proc)
+            return int(proc.stdout.readline())  # type: ignore[union-attr]
+
+        ports = {"twisted": [start("twisted")], "memory": [start("memory")]}
+        ports["store"] = [start("store"), start("store")]
+        print(
+            f"store section: {CONNECTIONS} connections with {DEPTH} pipelined requests each, "
+            f"{rounds} rounds of {seconds:g} s per scenario, Redis at {url}",
+            flush=True,
+        )
+        results = {}
+        for workload, path in WORKLOADS:
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
+            trips: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
+            for _, mode, count in SCENARIOS:
+                _load(ports[mode][:count], path, min(seconds, 0.5))  # warm-up
+            for _ in range(rounds):
+                for name, mode, count in SCENARIOS:
+                    used = ports[mode][:count]
+                    before = _trips(used)
+                    rate, made = _load(used, path, seconds)
+                    trips[name].append((_trips(used) - before) / made)
+                    rates[name].append(rate)
+            results[workload] = (rates, trips)
+            print(f"  measured: returning session, {workload}", flush=True)
+    finally:
+        for proc in processes:
+            proc.terminate()
+            proc.wait()
+        if private is not None:
+            private.close()
+    print(render(results))
+    if jsonPath:
+        with open(jsonPath, "w") as f:
+            json.dump(
+                {
+                    workload: {
+                        name: {"requests_per_second": rates[name], "round_trips": trips[name]}
+                        for name in rates
+                    }
+                    for workload, (rates, trips) in results.items()
+                },
+                f,
+                indent=2,
+            )
+    return 0
+
+
+def render(results: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]]) -> str:
+    header = (
+        "HTTP, returning session",
+        "req/s",
+        "(quartiles)",
+        "vs txsession in memory",
+        "Redis round trips/request",
+    )
+    lines = []
+    for workload, (rates, trips) in results.items():
+        base = statistics.median(rates["txsession, 1 process, in memory"])
+        for name, _, _ in SCENARIOS:
+            low, high = _quartiles(rates[name])
+            lines.append(
+                [
+                    f"{name}, {workload}",
+                    f"{statistics.median(rates[name]):,.0f}",
+                    f"({low:,.0f}-{high:,.0f})",
+                    f"{statistics.median(rates[name]) / base:.2f}x",
+                    f"{statistics.median(trips[name]):.2f}",
+                ]
+            )
+    return table(header, lines)
