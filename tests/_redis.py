@@ -51,6 +51,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *options: bytes) -> None:
+        """
+        Start the server, unless it is running.
+        """
+        if self.process is not None and self.process.poll() is None:
+            return
         self.process = subprocess.Popen(
             [
                 self.path,

@@ -545,6 +545,7 @@ class ConfigurationTests(unittest.TestCase):
     def test_providesTheInterface(self):
         from zope.interface.verify import verifyObject
 
+        self.assertIs(txsession.RedisStore, RedisStore)
         self.assertTrue(verifyObject(ISessionStore, RedisStore()))
 
     def test_badURLs(self):
@@ -591,3 +592,71 @@ class UnixSocketTests(StoreTestCase):
         self.assertEqual(server.command(b"EXISTS", b"txsession:u"), b":0\r\n")
         loaded = yield store.load([b"u", b"v"])
         self.assertEqual(loaded, [{"k": b"1"}, None])
+
+
+class HTTPSTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_secureCookie(self):
+        """
+        Over HTTPS the session is under the secure cookie, and found through it by another
+        site.
+        """
+        from tests.test_security import TLSClient, _tls
+
+        bases = []
+        for _ in range(2):
+            store = RedisStore(self.redis.url)
+            site = store_app.makeSite(store)
+            port = reactor.listenSSL(0, site, _tls().server, interface="127.0.0.1")
+            self.addCleanup(store.close)
+            self.addCleanup(self.endSessions, site)
+            self.addCleanup(port.stopListening)
+            site.base = b"https://localhost:%d/" % port.getHost().port
+            bases.append(site)
+        a, b = bases
+        client = TLSClient(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        self.assertEqual([c.name for c in client.jar], ["TWISTED_SECURE_SESSION"])
+        _, there = yield self.get(client, b, b"get")
+        self.assertEqual(there, {"session": state["session"], "values": {"k": 1}})
+
+
+class ReadTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_readBeforeRendering(self):
+        """
+        What is in Redis when a request arrives is what its resource sees, whoever wrote it.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        key = b"txsession:" + state["session"].encode()
+        self.redis.command(b"HSET", key, b"n:k", b"2", b"n:other", b'"x"')
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here["values"], {"k": 2, "other": "x"})
+        self.redis.command(b"HDEL", key, b"n:other")
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here["values"], {"k": 2})
+
+    @defer.inlineCallbacks
+    def test_demo(self):
+        """
+        The demo on the store: a cart filled on one site is there on the other.
+        """
+        from txsession import demo
+
+        sites = []
+        for _ in range(2):
+            store = RedisStore(self.redis.url)
+            site = demo.makeSite(store=store)
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            self.addCleanup(store.close)
+            self.addCleanup(self.endSessions, site)
+            self.addCleanup(port.stopListening)
+            site.base = b"http://127.0.0.1:%d/" % port.getHost().port
+            sites.append(site)
+        client = Client(sites[0].base)
+        yield client.agent.request(b"GET", sites[0].base + b"add?item=book")
+        _, state = yield self.get(client, sites[1], b"state")
+        self.assertEqual(state["cart"], ["book"])
+        self.assertEqual(state["visits"], 0)

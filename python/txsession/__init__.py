@@ -16,6 +16,7 @@ from txsession._txsession import Namespaces, __version__, reseed_after_fork
 
 if TYPE_CHECKING:
     from txsession._session import Session
+    from txsession.redis import RedisStore
     from txsession.web import Request, Site, renewSession
 
 MutableMapping.register(Namespaces)
@@ -29,11 +30,13 @@ _LAZY = {
     "Site": "txsession.web",
     "Request": "txsession.web",
     "renewSession": "txsession.web",
+    "RedisStore": "txsession.redis",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # Session, Site, Request and renewSession import twisted.web.server, which is done when
+    # Session, Site, Request, renewSession and RedisStore import Twisted's web and
+    # application modules, which is done when
     # first asked for: until then txsession's Componentized can take Twisted's place before
     # anything derives from it (python -m txsession.conformance relies on this).
     if name in _LAZY:
@@ -48,6 +51,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Componentized",
     "Namespaces",
+    "RedisStore",
     "ReprableComponentized",
     "Request",
     "Session",
