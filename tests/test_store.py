@@ -660,3 +660,68 @@ class ReadTests(StoreTestCase):
         _, state = yield self.get(client, sites[1], b"state")
         self.assertEqual(state["cart"], ["book"])
         self.assertEqual(state["visits"], 0)
+
+
+class SessionClassTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_twistedSessionClass(self):
+        """
+        With Twisted's own Session as the factory, a copy's timeout still ends only the copy:
+        its reactor call is replaced by the site's timer.
+        """
+        from twisted.web import server
+
+        clock = task.Clock()
+        store = RedisStore(self.redis.url)
+        site = store_app.makeSite(store, reactor=clock)
+        site.sessionFactory = type("Short", (server.Session,), {"sessionTimeout": 5})
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(store.close)
+        self.addCleanup(self.endSessions, site)
+        self.addCleanup(port.stopListening)
+        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=k&value=1")
+        # The site timer's one call; the session's own was cancelled.
+        timed = [c.func for c in clock.getDelayedCalls()]
+        self.assertEqual(timed.count(site._sharedTimer._fire), 1)
+        self.assertNotIn(site.sessions[state["session"].encode()].expire, timed)
+        self.assertIsInstance(site.sessions[state["session"].encode()], server.Session)
+        clock.advance(5)
+        self.assertEqual(dict(site.sessions), {})
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
+        _, again = yield self.get(client, site, b"get")
+        self.assertEqual(again, {"session": state["session"], "values": {"k": 1}})
+
+
+class StreamingTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_unserializableWhileStreaming(self):
+        """
+        A value that cannot be encoded, set after the response started: the connection is
+        closed rather than the response finished, the failure is logged, and the stored
+        session stays as it was.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+
+        class Streaming(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                session = request.getSession()
+                request.write(b"started")
+                session.sessionNamespaces["k"] = {1}
+                request.finish()
+                return server.NOT_DONE_YET
+
+        from twisted.web import server
+
+        a.resource.putChild(b"stream", Streaming())
+        with self.assertRaises(Exception):
+            yield client.agent.request(b"GET", a.base + b"stream").addCallback(_read)
+        self.assertTrue(self.flushLoggedErrors())
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here["values"], {"k": 1})

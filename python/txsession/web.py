@@ -214,7 +214,7 @@ class SessionCookieMixin:
                 if saving is not None:
                     waits.append(saving)
         except Exception:
-            self.processingFailed(Failure())
+            self._txsFlushFailed(Failure())
             return
         if not waits:
             for chunk in held:
@@ -248,6 +248,8 @@ class SessionCookieMixin:
         else:
             # The response has started: it must not end as if its session were written.
             _log.failure("The session store failed while answering {uri!r}", reason, uri=self.uri)  # type: ignore[attr-defined]
+            for session in self._txsSessions():
+                self.site._revert(session)  # type: ignore[attr-defined]
             self._txsFailed = True
             self.loseConnection()  # type: ignore[attr-defined]
 
@@ -552,6 +554,13 @@ class Site(server.Site):
     # alone (its expire() runs, with its callbacks, but nothing is deleted).
 
     def _adopt(self, session: Any, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
+        call = session._expireCall
+        if not isinstance(call, _txsession.SharedDelayedCall):
+            # A session class that files its own reactor call (Twisted's): that call would
+            # run expire(), a logout; the site's timer drops the copy instead.
+            if call is not None and call.active():
+                call.cancel()
+            session._expireCall = self._sharedTimer.add(session, session.sessionTimeout)  # type: ignore[union-attr]
         self._copies[session] = _Copy(storedAs, fields)
         session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
 
