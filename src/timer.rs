@@ -239,6 +239,19 @@ fn cancel_quietly(call: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// The largest `f64` below a positive `x`.
+impl SharedTimer {
+    /// One of the state's callables, cloned so that no borrow is held into the call.
+    fn callable(
+        &self,
+        py: Python<'_>,
+        field: impl Fn(&TimerState) -> &Option<Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
+        field(&self.state.borrow_mut(py))
+            .as_ref()
+            .map(|c| c.clone_ref(py))
+    }
+}
+
 fn next_down(x: f64) -> f64 {
     f64::from_bits(x.to_bits() - 1)
 }
@@ -326,13 +339,7 @@ impl SharedTimer {
             };
             this.retire(py)?;
             let Some(session) = session else { continue };
-            let expire_with = this
-                .state
-                .borrow_mut(py)
-                .expire_with
-                .as_ref()
-                .map(|e| e.clone_ref(py));
-            let expired = match expire_with {
+            let expired = match this.callable(py, |s| &s.expire_with) {
                 Some(expire_with) => expire_with.call1(py, (session,)).map(drop),
                 None => session
                     .bind(py)
@@ -340,13 +347,7 @@ impl SharedTimer {
                     .map(drop),
             };
             if let Err(err) = expired {
-                let log = this
-                    .state
-                    .borrow_mut(py)
-                    .log_failure
-                    .as_ref()
-                    .map(|l| l.clone_ref(py));
-                match log {
+                match this.callable(py, |s| &s.log_failure) {
                     Some(log) => drop(log.call1(py, (err.into_value(py),))?),
                     None => return Err(err),
                 }

@@ -24,6 +24,7 @@ import time
 from twisted.web import resource, server
 
 from txsession._report import table
+from txsession.bench import _Counter, _responses
 
 CONNECTIONS = 8
 DEPTH = 8
@@ -35,15 +36,6 @@ SCENARIOS = [
     ("txsession, 2 processes, Redis store", "store", 2),
 ]
 WORKLOADS = [("changes a key", b"/count"), ("reads only", b"/read")]
-
-
-class _Count(resource.Resource):
-    isLeaf = True
-
-    def render_GET(self, request):
-        namespaces = request.getSession().sessionNamespaces
-        namespaces["hits"] = namespaces.get("hits", 0) + 1
-        return b"ok"
 
 
 class _Read(resource.Resource):
@@ -73,7 +65,7 @@ def server_main(mode: str, url: str) -> None:
 
     holder: list[object] = []
     root = resource.Resource()
-    root.putChild(b"count", _Count())
+    root.putChild(b"count", _Counter())
     root.putChild(b"read", _Read())
     root.putChild(b"trips", _Trips(holder))
     if mode == "twisted":
@@ -92,7 +84,7 @@ def _get(port: int, path: bytes, cookie: bytes | None = None) -> tuple[bytes, by
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(_request(path, cookie))
         data = b""
-        while _complete(data) == 0:
+        while _responses(data)[0] == 0:
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -104,23 +96,6 @@ def _get(port: int, path: bytes, cookie: bytes | None = None) -> tuple[bytes, by
 def _request(path: bytes, cookie: bytes | None) -> bytes:
     header = b"Cookie: TWISTED_SESSION=" + cookie + b"\r\n" if cookie else b""
     return b"GET " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header + b"\r\n"
-
-
-def _complete(buffer: bytes) -> int:
-    """
-    How many whole responses C{buffer} starts with.
-    """
-    count = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return count
-        head = buffer[:end].lower()
-        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        if len(buffer) < end + 4 + length:
-            return count
-        buffer = buffer[end + 4 + length :]
-        count += 1
 
 
 def _newSession(port: int) -> bytes:
@@ -155,17 +130,8 @@ def _load(ports: list[int], path: bytes, seconds: float) -> tuple[float, int]:
             chunk = state["sock"].recv(1 << 20)
             if not chunk:
                 raise RuntimeError("a server closed its connection")
-            state["buffer"] += chunk
-            done = _complete(state["buffer"])
+            done, state["buffer"] = _responses(state["buffer"] + chunk)
             if done:
-                # Drop the whole responses: only their count matters.
-                buffer = state["buffer"]
-                for _ in range(done):
-                    end = buffer.find(b"\r\n\r\n")
-                    head = buffer[:end].lower()
-                    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-                    buffer = buffer[end + 4 + length :]
-                state["buffer"] = buffer
                 state["pending"] -= done
                 answered += done
                 if state["pending"] == 0:
@@ -175,7 +141,7 @@ def _load(ports: list[int], path: bytes, seconds: float) -> tuple[float, int]:
     made = CONNECTIONS + answered
     for state in conns:
         # The requests still in flight are answered before the round trips are read.
-        while _complete(state["buffer"]) < state["pending"]:
+        while _responses(state["buffer"])[0] < state["pending"]:
             state["buffer"] += state["sock"].recv(1 << 20)
         made += state["pending"]
         selector.unregister(state["sock"])
