@@ -76,6 +76,11 @@ def makeTxsessionSite() -> server.Site:
     )
 
 
+def makeStoreSite(url: str) -> server.Site:
+    store = txsession.RedisStore(url, keyPrefix="shop:", timeout=1.5)
+    return txsession.Site(Shop(), store=store, sharedTimer=True, maxSessions=10_000)
+
+
 def login(request: server.Request) -> None:
     session = txsession.renewSession(request)
     session.sessionNamespaces["user"] = "ann"
