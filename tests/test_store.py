@@ -19,6 +19,7 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import resource
+from twisted.web.client import ResponseFailed
 
 import txsession
 from tests._redis import RedisServer
@@ -719,7 +720,7 @@ class StreamingTests(StoreTestCase):
         from twisted.web import server
 
         a.resource.putChild(b"stream", Streaming())
-        with self.assertRaises(Exception):
+        with self.assertRaises(ResponseFailed):
             yield client.agent.request(b"GET", a.base + b"stream").addCallback(_read)
         self.assertTrue(self.flushLoggedErrors())
         self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
