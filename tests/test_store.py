@@ -726,3 +726,37 @@ class StreamingTests(StoreTestCase):
         self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
         _, here = yield self.get(client, a, b"get")
         self.assertEqual(here["values"], {"k": 1})
+
+
+class ClientTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_closeAndUseAgain(self):
+        """
+        A closed store reconnects when used again, and counts its round trips.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.assertTrue((yield store.save(b"u", None, 5, {"k": b"1"}, [])))
+        yield store.close()
+        self.assertEqual((yield store.load([b"u"])), [{"k": b"1"}])
+        self.assertEqual(store.roundTrips, 2)
+        yield store.delete(b"u")
+        self.assertEqual((yield store.load([b"u"])), [None])
+        self.assertFalse((yield store.save(b"u", b"u", 5, {"k": b"2"}, [])))
+        self.assertEqual(self.redis.keys(), [])
+        yield store.close()
+
+    @defer.inlineCallbacks
+    def test_errorReply(self):
+        """
+        An error reply from Redis fails the call with StoreError.
+        """
+        from txsession.store import StoreError
+
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        self.redis.command(b"SET", b"txsession:s", b"a string, not a hash")
+        with self.assertRaises(StoreError):
+            yield store.load([b"s"])
+        self.assertEqual((yield store.load([b"t"])), [None])

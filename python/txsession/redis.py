@@ -178,18 +178,21 @@ class _Address:
         if db != "0":
             self.setup.append([b"SELECT", db.encode()])
 
-    def endpoint(self, reactor: Any, timeout: float) -> Any:
+    def connector(self, reactor: Any) -> Any:
         """
-        The endpoint on C{reactor}; on the global reactor when C{reactor} cannot make such
-        connections (a L{Clock}, in tests that drive time by hand).
+        C{reactor}, or the global reactor when C{reactor} cannot make such connections (a
+        L{Clock}, in tests that drive time by hand).
         """
+        if (IReactorUNIX if self.path is not None else IReactorTCP).providedBy(reactor):
+            return reactor
+        from twisted.internet import reactor as running
+
+        return running
+
+    def endpoint(self, connector: Any, timeout: float) -> Any:
         if self.path is not None:
-            if not IReactorUNIX.providedBy(reactor):
-                from twisted.internet import reactor
-            return UNIXClientEndpoint(reactor, self.path, timeout=timeout)
-        if not IReactorTCP.providedBy(reactor):
-            from twisted.internet import reactor
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
+            return UNIXClientEndpoint(connector, self.path, timeout=timeout)
+        return HostnameEndpoint(connector, self.host, self.port, timeout=timeout)
 
 
 class _RedisClient:
@@ -205,8 +208,9 @@ class _RedisClient:
         self._timeout = timeout
         address = _Address(url)
         self._setup = address.setup
+        self._connector = address.connector(reactor)
         self._service = ClientService(
-            address.endpoint(reactor, timeout),
+            address.endpoint(self._connector, timeout),
             _RedisFactory(self),
             # Quick retries, so that the site recovers soon after Redis returns.
             retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, jitter=_jitter),
@@ -242,7 +246,7 @@ class _RedisClient:
             self._protocol = None
             # ClientService learns of the loss after the protocol: until then it would
             # still hand out this connection.
-            self._reactor.callLater(0, self._watch)
+            self._connector.callLater(0, self._watch)
 
     def _watch(self) -> None:
         """
@@ -256,7 +260,7 @@ class _RedisClient:
                 return
             self._down = reason.value
             # Not from inside ClientService's own notification.
-            self._reactor.callLater(0, self._watch)
+            self._connector.callLater(0, self._watch)
 
         self._service.whenConnected(failAfterFailures=1).addErrback(failed)
 
@@ -266,6 +270,7 @@ class _RedisClient:
         L{StoreError} (an error reply) or L{StoreUnavailable}.
         """
         if not self._service.running:
+            self._down = None
             self._service.startService()
             self._watch()
         protocol = self._protocol
@@ -303,7 +308,13 @@ class _RedisClient:
     def close(self) -> Deferred[None]:
         if not self._service.running:
             return succeed(None)
-        return self._service.stopService()  # type: ignore[no-any-return]
+        closed: Deferred[None] = Deferred()
+        # Fired from the reactor, not from inside ClientService's state machine, so that
+        # whoever waits can use the store again at once.
+        self._service.stopService().addBoth(
+            lambda result: self._connector.callLater(0, closed.callback, None)
+        )
+        return closed
 
 
 def _jitter() -> float:

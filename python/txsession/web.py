@@ -224,12 +224,19 @@ class SessionCookieMixin:
             return
         self._txsHeld = held
         self._txsFinishHeld = finishing
-        gatherResults(waits, consumeErrors=True).addCallbacks(
-            self._txsFlushed, lambda reason: self._txsFlushFailed(reason.value.subFailure)
-        ).addErrback(_logFailure, "while answering after a session store write")
+        if len(waits) == 1:
+            writing = waits[0].addErrback(self._txsFlushFailed)
+        else:
+            writing = gatherResults(waits, consumeErrors=True).addErrback(
+                lambda reason: self._txsFlushFailed(reason.value.subFailure)
+            )
+        writing.addCallback(self._txsFlushed)
+        writing.addErrback(_logFailure, "while answering after a session store write")
 
     def _txsFlushed(self, _: object) -> None:
-        held, self._txsHeld = self._txsHeld or [], None
+        if self._txsHeld is None:
+            return  # the write failed, and _txsFlushFailed answered
+        held, self._txsHeld = self._txsHeld, None
         finishing, self._txsFinishHeld = self._txsFinishHeld, False
         if self._disconnected:  # type: ignore[attr-defined]
             return
