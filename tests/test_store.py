@@ -420,6 +420,31 @@ class RedisDownTests(StoreTestCase):
             yield store.load([b"x"])
         self.assertGreaterEqual(time.monotonic() - started, 0.25)
 
+    @defer.inlineCallbacks
+    def test_timeoutOnTheSitesClock(self):
+        """
+        The store's timeouts run on the site's reactor: on a Clock, a round trip that gets
+        no answer fails when the clock passes the timeout, not before.
+        """
+        listening = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(listening.stopListening)
+        clock = task.Clock()
+        store = RedisStore(f"redis://127.0.0.1:{listening.getHost().port}/0", timeout=5)
+        Site(resource.Resource(), store=store, reactor=clock)
+        loading = store.load([b"x"])
+        failures = []
+        loading.addErrback(failures.append)
+        yield sleep(0.2)
+        self.assertEqual(failures, [])
+        clock.advance(4.9)
+        self.assertEqual(failures, [])
+        clock.advance(0.1)
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0].value, StoreUnavailable)
+        yield store.close()
+
 
 class ProcessTests(StoreTestCase):
     """
