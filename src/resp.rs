@@ -5,11 +5,13 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::{PyTraverseError, PyVisit};
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode_borrowed;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
 
 use crate::gil::GilCell;
+use crate::traverse_fields;
 
 /// Each command, a sequence of `bytes` arguments, as a RESP array of bulk strings, one after
 /// the other in one buffer (a pipeline).
@@ -57,11 +59,17 @@ fn to_python<'py>(
     })
 }
 
+#[derive(Default)]
+struct DecoderState {
+    /// Bytes received and not yet decoded: the start of a reply.
+    buffer: Vec<u8>,
+    error_type: Option<Py<PyAny>>,
+}
+
 /// Replies from a byte stream fed in pieces of any size.
 #[pyclass(module = "txsession._txsession", name = "RespDecoder", frozen)]
 pub struct RespDecoder {
-    buffer: GilCell<Vec<u8>>,
-    error_type: Py<PyAny>,
+    state: GilCell<DecoderState>,
 }
 
 #[pymethods]
@@ -70,18 +78,20 @@ impl RespDecoder {
     #[new]
     fn new(error_type: Py<PyAny>) -> Self {
         RespDecoder {
-            buffer: GilCell::default(),
-            error_type,
+            state: GilCell::new(DecoderState {
+                buffer: Vec::new(),
+                error_type: Some(error_type),
+            }),
         }
     }
 
     /// Every reply completed by `data`, in order; `ValueError` for bytes that are not RESP2.
     fn feed<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
-        let error_type = self.error_type.bind(py);
         let replies = PyList::empty(py);
         let mut frames = Vec::new();
-        {
-            let mut buffer = self.buffer.borrow_mut(py);
+        let error_type = {
+            let mut state = self.state.borrow_mut(py);
+            let buffer = &mut state.buffer;
             buffer.extend_from_slice(data);
             let mut used = 0;
             let decoded = loop {
@@ -96,14 +106,30 @@ impl RespDecoder {
             };
             buffer.drain(..used);
             decoded.map_err(|err| PyValueError::new_err(format!("not a Redis reply: {err}")))?;
-        }
+            state.error_type.as_ref().map(|e| e.clone_ref(py))
+        };
+        let error_type = match error_type {
+            Some(error_type) => error_type.into_bound(py),
+            None => py.get_type::<PyValueError>().into_any(),
+        };
         for frame in frames {
-            replies.append(to_python(py, frame, error_type)?)?;
+            replies.append(to_python(py, frame, &error_type)?)?;
         }
         Ok(replies)
     }
 
-    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.error_type)
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.state.try_borrow_mut() else {
+            return Ok(());
+        };
+        traverse_fields!(visit; s.error_type)
+    }
+
+    fn __clear__(&self) {
+        let old = self
+            .state
+            .try_borrow_mut()
+            .and_then(|mut s| s.error_type.take());
+        drop(old);
     }
 }
