@@ -530,18 +530,17 @@ class Site(server.Site):
         Twisted's C{makeSession}, after making room under C{maxSessions}. With a C{store},
         the new session is written there by the request that made it, before its response.
         """
-        self._makeRoom()
+        lru = self._lru
+        if lru is not None:
+            self._makeRoom(lru)
         session = super().makeSession()
-        if self._lru is not None:
-            self._lru.add(session, self.sessions)
+        if lru is not None:
+            lru.add(session, self.sessions)
         if self.store is not None:
             self._adopt(session, None, {})
         return session
 
-    def _makeRoom(self) -> None:
-        lru = self._lru
-        if lru is None:
-            return
+    def _makeRoom(self, lru: SessionLru) -> None:
         while len(self.sessions) >= self.maxSessions:  # type: ignore[operator]
             oldest = lru.oldest(self.sessions)
             if oldest is None:
@@ -631,7 +630,8 @@ class Site(server.Site):
                     self._dropLocally(session)
                     session = None
             if session is None or copy is None:
-                self._makeRoom()
+                if self._lru is not None:
+                    self._makeRoom(self._lru)
                 session = self.sessions[uid] = self.sessionFactory(self, uid)
                 session.startCheckingExpiration()
                 if self._lru is not None:
