@@ -58,13 +58,24 @@ class StoreTestCase(unittest.TestCase):
         """
         A site with a store of its own, as a separate process would have, on loopback.
         """
-        store = RedisStore(self.redis.url, **storeOptions)
-        site = store_app.makeSite(store, timeout)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(store.close)
+        return self.serve(store_app.makeSite(RedisStore(self.redis.url, **storeOptions), timeout))
+
+    def serve(self, site, secure=False):
+        """
+        Serve C{site} on loopback (HTTPS when C{secure}), its address in C{site.base}; stop,
+        drop its copies and close its store afterwards.
+        """
+        if secure:
+            from tests.test_security import _tls
+
+            port = reactor.listenSSL(0, site, _tls().server, interface="127.0.0.1")
+        else:
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(site.store.close)
         self.addCleanup(self.endSessions, site)
         self.addCleanup(port.stopListening)
-        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
+        scheme, host = (b"https", b"localhost") if secure else (b"http", b"127.0.0.1")
+        site.base = b"%s://%s:%d/" % (scheme, host, port.getHost().port)
         return site
 
     def endSessions(self, site):
@@ -519,12 +530,7 @@ class ClockTests(StoreTestCase):
         clock = task.Clock()
         store = RedisStore(self.redis.url)
         site = store_app.makeSite(store, timeout, reactor=clock, **siteOptions)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(store.close)
-        self.addCleanup(self.endSessions, site)
-        self.addCleanup(port.stopListening)
-        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
-        return site, clock
+        return self.serve(site), clock
 
     @defer.inlineCallbacks
     def test_copyTimesOutAlone(self):
@@ -627,19 +633,12 @@ class HTTPSTests(StoreTestCase):
         Over HTTPS the session is under the secure cookie, and found through it by another
         site.
         """
-        from tests.test_security import TLSClient, _tls
+        from tests.test_security import TLSClient
 
-        bases = []
-        for _ in range(2):
-            store = RedisStore(self.redis.url)
-            site = store_app.makeSite(store)
-            port = reactor.listenSSL(0, site, _tls().server, interface="127.0.0.1")
-            self.addCleanup(store.close)
-            self.addCleanup(self.endSessions, site)
-            self.addCleanup(port.stopListening)
-            site.base = b"https://localhost:%d/" % port.getHost().port
-            bases.append(site)
-        a, b = bases
+        a, b = (
+            self.serve(store_app.makeSite(RedisStore(self.redis.url)), secure=True)
+            for _ in range(2)
+        )
         client = TLSClient(a.base)
         _, state = yield self.get(client, a, b"set?key=k&value=1")
         self.assertEqual([c.name for c in client.jar], ["TWISTED_SECURE_SESSION"])
@@ -671,16 +670,7 @@ class ReadTests(StoreTestCase):
         """
         from txsession import demo
 
-        sites = []
-        for _ in range(2):
-            store = RedisStore(self.redis.url)
-            site = demo.makeSite(store=store)
-            port = reactor.listenTCP(0, site, interface="127.0.0.1")
-            self.addCleanup(store.close)
-            self.addCleanup(self.endSessions, site)
-            self.addCleanup(port.stopListening)
-            site.base = b"http://127.0.0.1:%d/" % port.getHost().port
-            sites.append(site)
+        sites = [self.serve(demo.makeSite(store=RedisStore(self.redis.url))) for _ in range(2)]
         client = Client(sites[0].base)
         yield client.agent.request(b"GET", sites[0].base + b"add?item=book")
         _, state = yield self.get(client, sites[1], b"state")
@@ -698,14 +688,8 @@ class SessionClassTests(StoreTestCase):
         from twisted.web import server
 
         clock = task.Clock()
-        store = RedisStore(self.redis.url)
-        site = store_app.makeSite(store, reactor=clock)
+        site = self.serve(store_app.makeSite(RedisStore(self.redis.url), reactor=clock))
         site.sessionFactory = type("Short", (server.Session,), {"sessionTimeout": 5})
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(store.close)
-        self.addCleanup(self.endSessions, site)
-        self.addCleanup(port.stopListening)
-        site.base = b"http://127.0.0.1:%d/" % port.getHost().port
         client = Client(site.base)
         _, state = yield self.get(client, site, b"set?key=k&value=1")
         # The site timer's one call; the session's own was cancelled.
