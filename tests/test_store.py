@@ -285,6 +285,23 @@ class LogoutTests(StoreTestCase):
         self.assertEqual(ended, [uid])
 
     @defer.inlineCallbacks
+    def test_failingCallbackOfADroppedCopy(self):
+        """
+        An expire callback that raises when a copy is found to be over is logged; the
+        request goes on with a new session.
+        """
+        a, b = self.makeSite(), self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        yield self.get(client, b, b"get")
+        b.sessions[state["session"].encode()].notifyOnExpire(lambda: 1 / 0)
+        yield self.get(client, a, b"logout")
+        code, there = yield self.get(client, b, b"get")
+        self.assertEqual(code, 200)
+        self.assertNotEqual(there["session"], state["session"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    @defer.inlineCallbacks
     def test_writeAfterLogoutElsewhere(self):
         """
         A write that finishes after a logout elsewhere neither brings the session back nor

@@ -580,6 +580,21 @@ class Site(server.Site):
         finally:
             self._droppingLocally = outer
             self._copies.pop(session, None)
+            # An expire callback that raised left the copy's timer filed, as Twisted's
+            # expire() leaves it; the copy is over all the same.
+            call = getattr(session, "_expireCall", None)
+            if call is not None and call.active():
+                call.cancel()
+
+    def _dropFound(self, session: Any) -> None:
+        """
+        L{_dropLocally}, for a copy found to be over in the course of a request: an expire
+        callback's exception is logged, not raised into the request.
+        """
+        try:
+            self._dropLocally(session)
+        except Exception:
+            _log.failure("while dropping this process's copy of session {uid!r}", uid=session.uid)
 
     def _ended(self, session: Any) -> None:
         copy = self._copies.pop(session, None)
@@ -621,13 +636,13 @@ class Site(server.Site):
             if fields is None:
                 # Gone from the store: logged out, or timed out, elsewhere.
                 if session is not None and copy is not None and copy.storedAs is not None:
-                    self._dropLocally(session)
+                    self._dropFound(session)
                 continue
             if session is not None and copy is not None:
                 try:
                     session.touch()
                 except (AlreadyCalled, AlreadyCancelled):
-                    self._dropLocally(session)
+                    self._dropFound(session)
                     session = None
             if session is None or copy is None:
                 if self._lru is not None:
@@ -659,7 +674,7 @@ class Site(server.Site):
         if copy is None:
             return
         if copy.storedAs is None:
-            self._dropLocally(session)
+            self._dropFound(session)
             return
         loads = self.store.serializer.loads
         namespaces = session.sessionNamespaces
@@ -715,7 +730,7 @@ class Site(server.Site):
         def saved(written: bool) -> None:
             if not written:
                 # Logged out or timed out elsewhere: this copy is all that is left of it.
-                self._dropLocally(session)
+                self._dropFound(session)
                 return
             copy.storedAs = uid
             copy.fields.update(changed)
@@ -724,7 +739,7 @@ class Site(server.Site):
 
         def failed(reason: Failure) -> Failure:
             if new:
-                self._dropLocally(session)
+                self._dropFound(session)
             return reason
 
         saving = self.store.save(uid, copy.storedAs, session.sessionTimeout, changed, deleted)
