@@ -202,6 +202,23 @@ class SharedTests(StoreTestCase):
         self.assertEqual(here["values"], {"one": 1, "two": 2, "same": "a"})
 
     @defer.inlineCallbacks
+    def test_concurrentKeysInOneProcess(self):
+        """
+        Two requests on one session in one process, changing different keys: both persist.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        yield defer.gatherResults(
+            [
+                self.get(client, a, b"set?key=one&value=1&delay=0.2"),
+                self.get(client, a, b"set?key=two&value=2&delay=0.05"),
+            ]
+        )
+        self.assertEqual(self.stored(state["session"])[b"n:one"], b"1")
+        self.assertEqual(self.stored(state["session"])[b"n:two"], b"2")
+
+    @defer.inlineCallbacks
     def test_renewIsARename(self):
         """
         renewSession moves the stored session to its new id: the old one is gone.
