@@ -175,48 +175,47 @@ class SharedTests(StoreTestCase):
         self.assertEqual(self.redis.hgetall(key)[b"n:x"], b"2")
 
     @defer.inlineCallbacks
+    def differentKeysAtOnce(self, first, second):
+        """
+        One session; a request to C{first} and one to C{second} at the same time, each
+        changing its own key: both keys persist. Returns the client and the session's id.
+        """
+        client = Client(first.base)
+        _, state = yield self.get(client, first, b"get")
+        yield defer.gatherResults(
+            [
+                self.get(client, first, b"set?key=one&value=1&delay=0.2"),
+                self.get(client, second, b"set?key=two&value=2&delay=0.05"),
+            ]
+        )
+        self.assertEqual(self.stored(state["session"])[b"n:one"], b"1")
+        self.assertEqual(self.stored(state["session"])[b"n:two"], b"2")
+        return client, state["session"]
+
+    @defer.inlineCallbacks
     def test_concurrentKeys(self):
         """
         Two requests on one session, on two sites, changing different keys: both persist.
         For the same key, the last writer wins.
         """
         a, b = self.makeSite(), self.makeSite()
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"get")
-        yield defer.gatherResults(
-            [
-                self.get(client, a, b"set?key=one&value=1&delay=0.2"),
-                self.get(client, b, b"set?key=two&value=2&delay=0.1"),
-            ]
-        )
-        self.assertEqual(self.stored(state["session"])[b"n:one"], b"1")
-        self.assertEqual(self.stored(state["session"])[b"n:two"], b"2")
+        client, uid = yield self.differentKeysAtOnce(a, b)
         yield defer.gatherResults(
             [
                 self.get(client, a, b'set?key=same&value="a"&delay=0.2'),
                 self.get(client, b, b'set?key=same&value="b"&delay=0.05'),
             ]
         )
-        self.assertEqual(self.stored(state["session"])[b"n:same"], b'"a"')
+        self.assertEqual(self.stored(uid)[b"n:same"], b'"a"')
         _, here = yield self.get(client, b, b"get")
         self.assertEqual(here["values"], {"one": 1, "two": 2, "same": "a"})
 
-    @defer.inlineCallbacks
     def test_concurrentKeysInOneProcess(self):
         """
         Two requests on one session in one process, changing different keys: both persist.
         """
-        a = self.makeSite()
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"get")
-        yield defer.gatherResults(
-            [
-                self.get(client, a, b"set?key=one&value=1&delay=0.2"),
-                self.get(client, a, b"set?key=two&value=2&delay=0.05"),
-            ]
-        )
-        self.assertEqual(self.stored(state["session"])[b"n:one"], b"1")
-        self.assertEqual(self.stored(state["session"])[b"n:two"], b"2")
+        site = self.makeSite()
+        return self.differentKeysAtOnce(site, site)
 
     @defer.inlineCallbacks
     def test_renewIsARename(self):
