@@ -24,6 +24,7 @@ from twisted.web.client import ResponseFailed
 import txsession
 from tests._redis import RedisServer
 from tests.apps import store_app
+from tests.test_security import _cookie
 from tests.test_web import Client
 from txsession.redis import RedisStore
 from txsession.store import ISessionStore, JSONSerializer, StoreUnavailable
@@ -802,3 +803,34 @@ class ClientTests(StoreTestCase):
         with self.assertRaises(StoreError):
             yield store.load([b"s"])
         self.assertEqual((yield store.load([b"t"])), [None])
+
+
+class SaveSessionTests(StoreTestCase):
+    @defer.inlineCallbacks
+    def test_outsideARequest(self):
+        """
+        site.saveSession writes a session made and changed outside any request, and
+        another site then finds it.
+        """
+        from txsession.store import UnserializableValue
+
+        a, b = self.makeSite(), self.makeSite()
+        session = a.makeSession()
+        session.sessionNamespaces["k"] = [1]
+        yield a.saveSession(session)
+        self.assertEqual(self.stored(session.uid.decode())[b"n:k"], b"[1]")
+        yield a.saveSession(session)  # nothing changed: nothing to write
+        session.sessionNamespaces["bad"] = b"bytes"
+        with self.assertRaises(UnserializableValue):
+            yield a.saveSession(session)
+        self.assertNotIn("bad", session.sessionNamespaces)
+        client = Client(b.base)
+        client.jar.set_cookie(_cookie("TWISTED_SESSION", session.uid.decode()))
+        _, there = yield self.get(client, b, b"get")
+        self.assertEqual(there, {"session": session.uid.decode(), "values": {"k": [1]}})
+
+    def test_needsAStore(self):
+        site = Site(resource.Resource())
+        self.assertRaises(RuntimeError, site.saveSession, site.makeSession())
+        for session in list(site.sessions.values()):
+            session.expire()
