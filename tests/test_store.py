@@ -461,9 +461,10 @@ class RedisDownTests(StoreTestCase):
         self.assertIs(site.store, store)
         self.addCleanup(store.close)
         started = time.monotonic()
-        with self.assertRaises(StoreUnavailable):
+        with self.assertRaises(StoreUnavailable) as raised:
             yield store.load([b"x"])
         self.assertGreaterEqual(time.monotonic() - started, 0.25)
+        self.assertIn("did not answer within 0.3 s", str(raised.exception))
 
     @defer.inlineCallbacks
     def test_timeoutOnTheSitesClock(self):

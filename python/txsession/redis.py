@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
@@ -224,9 +224,7 @@ class _RedisClient:
 
     def _prepare(self, protocol: _RedisProtocol) -> Deferred[None] | None:
         def ready(replies: list[Any] | None = None) -> None:
-            for reply in replies or ():
-                if isinstance(reply, StoreError):
-                    raise reply
+            self._replies(replies or [])
             # ClientService hands over a proxy of the protocol; the protocol registers itself.
             protocol.ready()
 
@@ -301,7 +299,7 @@ class _RedisClient:
     def _unavailable(self, reason: Any) -> Any:
         if reason.check(StoreError, StoreUnavailable):
             return reason
-        if reason.check(CancelledError):
+        if reason.check(TimeoutError, CancelledError):
             raise StoreUnavailable(f"Redis at {self._url} did not answer within {self._timeout} s")
         raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {reason.value}")
 

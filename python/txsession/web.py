@@ -266,13 +266,11 @@ class SessionCookieMixin:
         exist (a new session whose first write failed).
         """
         site = self.site  # type: ignore[attr-defined]
-        names = (site.cookieName, secureCookieName(site.cookieName))
         kept = []
         for cookie in self.cookies:  # type: ignore[attr-defined]
             name, _, rest = cookie.partition(b"=")
             uid = rest.split(b";", 1)[0]
-            ours = any(name == n or name.startswith(n + b"_") for n in names)
-            if not ours or uid in site.sessions:
+            if not site._isSessionCookie(name) or uid in site.sessions:
                 kept.append(cookie)
         self.cookies[:] = kept  # type: ignore[attr-defined]
 
@@ -537,7 +535,7 @@ class Site(server.Site):
         if lru is not None:
             lru.add(session, self.sessions)
         if self.store is not None:
-            self._adopt(session, None, {})
+            self._adopt(session, None)
         return session
 
     def _makeRoom(self, lru: SessionLru) -> None:
@@ -559,7 +557,11 @@ class Site(server.Site):
     # A copy's own timeout, an eviction, or finding the stored session gone drop the copy
     # alone (its expire() runs, with its callbacks, but nothing is deleted).
 
-    def _adopt(self, session: Any, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
+    def _adopt(self, session: Any, storedAs: bytes | None) -> None:
+        """
+        Make C{session} this process's copy of the session stored as C{storedAs} (C{None}:
+        not stored yet), its fields unknown until read or written.
+        """
         call = session._expireCall
         if not isinstance(call, _txsession.SharedDelayedCall):
             # A session class that files its own reactor call (Twisted's): that call would
@@ -567,7 +569,7 @@ class Site(server.Site):
             if call is not None and call.active():
                 call.cancel()
             session._expireCall = self._sharedTimer.add(session, session.sessionTimeout)  # type: ignore[union-attr]
-        self._copies[session] = _Copy(storedAs, fields)
+        self._copies[session] = _Copy(storedAs, {})
         session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
 
     def _dropLocally(self, session: Any) -> None:
@@ -606,13 +608,22 @@ class Site(server.Site):
         """
         The ids in C{request}'s cookies that this site's session cookies could hold.
         """
-        names = (self.cookieName, secureCookieName(self.cookieName))
         uids: list[bytes] = []
         for name, value in request.received_cookies.items():
-            if any(name == n or name.startswith(n + b"_") for n in names):
+            if self._isSessionCookie(name):
                 if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
                     uids.append(value)
         return uids[:8]
+
+    def _isSessionCookie(self, name: bytes) -> bool:
+        """
+        Whether a cookie named C{name} is one of this site's session cookies: its name or its
+        secure name, alone or joined with a site path (as L{_cookieName} makes them).
+        """
+        return any(
+            name == n or name.startswith(n + b"_")
+            for n in (self.cookieName, secureCookieName(self.cookieName))
+        )
 
     def _readSessions(self, request: Any) -> Deferred[None] | None:
         """
@@ -651,7 +662,7 @@ class Site(server.Site):
                 session.startCheckingExpiration()
                 if self._lru is not None:
                     self._lru.add(session, self.sessions)
-                self._adopt(session, uid, {})
+                self._adopt(session, uid)
                 copy = self._copies[session]
             # What changed in the store since this copy last saw it wins; entries this
             # process changed and has not written yet stay.
