@@ -9,7 +9,7 @@
 use pyo3::exceptions::{PyKeyError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyType};
+use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{ffi, intern};
 use std::collections::HashMap;
 
@@ -62,9 +62,20 @@ struct ClassFacts {
     plain_componentized_init: bool,
     /// `touch` on the class is this module's.
     own_touch: bool,
+    /// Attributes are set and read by `object`'s own `__setattr__` and `__getattribute__`, and
+    /// the class has no `_reactor` of its own: what `__init__` stores is what a read returns.
+    plain_attributes: bool,
 }
 
-static FACTS: GilCell<Option<HashMap<usize, (u32, ClassFacts)>>> = GilCell::new(None);
+/// The facts learned so far, by class, and the last class asked about, which is nearly always
+/// the next one.
+#[derive(Default)]
+struct Facts {
+    last: Option<(usize, u32, ClassFacts)>,
+    by_class: HashMap<usize, (u32, ClassFacts)>,
+}
+
+static FACTS: GilCell<Option<Facts>> = GilCell::new(None);
 const FACTS_LIMIT: usize = 1024;
 
 fn version_tag(ty: &Bound<'_, PyType>) -> Option<u32> {
@@ -80,9 +91,18 @@ fn class_facts(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
     let py = ty.py();
     let id = ty.as_ptr() as usize;
     if let Some(tag) = version_tag(ty) {
-        if let Some((seen, facts)) = FACTS.borrow_mut(py).as_ref().and_then(|m| m.get(&id)) {
-            if *seen == tag {
-                return Ok(*facts);
+        let mut cache = FACTS.borrow_mut(py);
+        if let Some(cache) = cache.as_mut() {
+            if let Some((last, seen, facts)) = cache.last {
+                if last == id && seen == tag {
+                    return Ok(facts);
+                }
+            }
+            if let Some(&(seen, facts)) = cache.by_class.get(&id) {
+                if seen == tag {
+                    cache.last = Some((id, tag, facts));
+                    return Ok(facts);
+                }
             }
         }
     }
@@ -90,11 +110,12 @@ fn class_facts(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
     // Learning looked names up on the class, which gives it a version tag if it had none.
     if let Some(tag) = version_tag(ty) {
         let mut cache = FACTS.borrow_mut(py);
-        let cache = cache.get_or_insert_with(HashMap::new);
-        if cache.len() >= FACTS_LIMIT {
-            cache.clear();
+        let cache = cache.get_or_insert_with(Facts::default);
+        if cache.by_class.len() >= FACTS_LIMIT {
+            cache.by_class.clear();
         }
-        cache.insert(id, (tag, facts));
+        cache.by_class.insert(id, (tag, facts));
+        cache.last = Some((id, tag, facts));
     }
     Ok(facts)
 }
@@ -125,10 +146,34 @@ fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
             Err(err) => return Err(err),
         }
     }
+    // SAFETY: reading two slots of a live type object, with the GIL held. A comparison that
+    // fails although the functions are the same only costs the faster path.
+    let generic = unsafe {
+        let raw = ty.as_type_ptr();
+        matches!((*raw).tp_setattro, Some(f)
+            if std::ptr::fn_addr_eq(f, ffi::PyObject_GenericSetAttr as ffi::setattrofunc))
+            && matches!((*raw).tp_getattro, Some(f)
+            if std::ptr::fn_addr_eq(f, ffi::PyObject_GenericGetAttr as ffi::getattrofunc))
+    };
     Ok(ClassFacts {
         plain_componentized_init,
         own_touch: ty.getattr(intern!(py, "touch"))?.is(own_touch),
+        plain_attributes: generic && !ty.hasattr(intern!(py, "_reactor"))?,
     })
+}
+
+/// `object.__setattr__(obj, name, value)`, for a class whose facts say that is what
+/// `setattr` runs: it skips `setattr`'s interning of a name that is already interned.
+fn set_plain(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: three live objects, with the GIL held.
+    match unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) } {
+        -1 => Err(PyErr::fetch(obj.py())),
+        _ => Ok(()),
+    }
 }
 
 fn bases(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyAny>)> {
@@ -175,22 +220,30 @@ impl Session {
             Some(reactor) => reactor.clone(),
             None => site.getattr(intern!(py, "reactor"))?,
         };
-        this.setattr(intern!(py, "_reactor"), reactor)?;
-        this.setattr(intern!(py, "site"), site)?;
-        this.setattr(intern!(py, "uid"), uid)?;
-        this.setattr(intern!(py, "expireCallbacks"), PyList::empty(py))?;
+        let set = |name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>| {
+            if facts.plain_attributes {
+                set_plain(this, name, value)
+            } else {
+                this.setattr(name, value)
+            }
+        };
+        set(intern!(py, "_reactor"), &reactor)?;
+        set(intern!(py, "site"), site)?;
+        set(intern!(py, "uid"), uid)?;
+        set(intern!(py, "expireCallbacks"), PyList::empty(py).as_any())?;
         // `self.touch()`: called directly when the class has this module's `touch`, which skips
-        // making a bound method and parsing arguments. An instance attribute named `touch`,
+        // making a bound method and parsing arguments, and with the reactor just stored when
+        // reading `self._reactor` is sure to return it. An instance attribute named `touch`,
         // which only a subclass's `__init__` could have set before calling this one, is not
         // looked at.
-        if facts.own_touch {
-            Session::touch(slf)?;
-        } else {
-            this.call_method0(intern!(py, "touch"))?;
+        match (facts.own_touch, facts.plain_attributes) {
+            (true, true) => Session::touch_with(slf, &reactor)?,
+            (true, false) => Session::touch(slf)?,
+            (false, _) => drop(this.call_method0(intern!(py, "touch"))?),
         }
-        this.setattr(
+        set(
             intern!(py, "sessionNamespaces"),
-            Namespaces::new_untracked(py)?,
+            Namespaces::new_untracked(py)?.as_any(),
         )
     }
 
@@ -263,8 +316,15 @@ impl Session {
     /// Records the time and moves the expiry. Raises Twisted's `AlreadyCalled` when the timer
     /// already fired: `Request.getSession` relies on that to replace an expired session.
     fn touch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let reactor = slf.getattr(intern!(slf.py(), "_reactor"))?;
+        Session::touch_with(slf, &reactor)
+    }
+}
+
+impl Session {
+    /// `touch` with `self._reactor` already read.
+    fn touch_with(slf: &Bound<'_, Self>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let reactor = slf.getattr(intern!(py, "_reactor"))?;
         let now = reactor.call_method0(intern!(py, "seconds"))?;
         slf.setattr(intern!(py, "lastModified"), &now)?;
         let call = slf.getattr(intern!(py, "_expireCall"))?;
@@ -272,6 +332,6 @@ impl Session {
             return Ok(());
         }
         let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
-        delayed_call::reset(&call, &timeout, &now, &reactor)
+        delayed_call::reset(&call, &timeout, &now, reactor)
     }
 }

@@ -316,6 +316,50 @@ class SessionMixin(ScratchRegistryMixin):
         self.assertEqual(calls, ["touch", "expire"])
         self.assertNotIn(b"c", self.site.sessions)
 
+    def test_subclassAttributeHooks(self):
+        """
+        A subclass's C{__setattr__} sees every attribute C{__init__} and C{touch} set, in
+        Twisted's order, and a C{_reactor} property is what C{touch} reads the time from.
+        """
+        base = self.sessionClass
+        seen = []
+
+        class Watched(base):
+            def __setattr__(self, name, value):
+                seen.append(name)
+                super().__setattr__(name, value)
+
+        Watched(self.site, b"w")
+        self.assertEqual(
+            seen,
+            [
+                "_adapterCache",
+                "_reactor",
+                "site",
+                "uid",
+                "expireCallbacks",
+                "lastModified",
+                "sessionNamespaces",
+            ],
+        )
+
+        later = Clock()
+        later.advance(500)
+
+        class Redirected(base):
+            # Stores the reactor it is given, and reads another one back.
+            @property
+            def _reactor(self):
+                return later
+
+            @_reactor.setter
+            def _reactor(self, value):
+                self.__dict__["given"] = value
+
+        session = Redirected(self.site, b"r")
+        self.assertIs(session.given, self.clock)
+        self.assertEqual(session.lastModified, 500)
+
     def test_instanceAttributesAndWeakref(self):
         """
         Sessions take arbitrary attributes, weak references and directly provided interfaces.
