@@ -92,6 +92,15 @@ pub fn reset(
         .map(drop)
 }
 
+/// `call.cancel()`: a `SharedDelayedCall` is cancelled directly, anything else by its method.
+pub fn cancel(call: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = call.py();
+    if let Ok(shared) = call.cast_exact::<SharedCall>() {
+        return shared.get().cancel(py);
+    }
+    call.call_method0(intern!(py, "cancel")).map(drop)
+}
+
 /// `call.active()`: not cancelled and not called.
 pub fn active(call: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = call.py();

@@ -306,7 +306,7 @@ impl Session {
         slf.setattr(intern!(py, "expireCallbacks"), PyList::empty(py))?;
         let call = slf.getattr(intern!(py, "_expireCall"))?;
         if call.is_truthy()? && delayed_call::active(&call)? {
-            call.call_method0(intern!(py, "cancel"))?;
+            delayed_call::cancel(&call)?;
             // Breaks the cycle session -> delayed call -> bound expire -> session.
             slf.setattr(intern!(py, "_expireCall"), py.None())?;
         }

@@ -436,7 +436,7 @@ impl SharedCall {
         self.is_active(py)
     }
 
-    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+    pub fn cancel(&self, py: Python<'_>) -> PyResult<()> {
         self.check_pending(py)?;
         let session = {
             let mut c = self.state.borrow_mut(py);
