@@ -1,7 +1,7 @@
 """
 Read a valgrind memcheck log of the test suite and sort its reports into those whose stack
-passes through txsession (or PyO3, which txsession's code is built on) and the rest, which come
-from CPython, glibc and other extensions.
+passes through txsession (or PyO3 as built into txsession's module) and the rest, which come
+from CPython, glibc and other extensions, PyO3-based ones such as cryptography included.
 
     python tests/memcheck.py memcheck.log
 
@@ -18,7 +18,21 @@ KINDS = re.compile(
     r"(Invalid (read|write|free)|Conditional jump|Use of uninitialised|Syscall param"
     r"|Mismatched free|Source and destination overlap|[\d,]+ bytes in [\d,]+ blocks are)"
 )
-OURS = ("_txsession", "/txsession/", "pyo3")
+OURS = ("_txsession", "/txsession/")
+# A frame in another shared object is named with its path, "(in /.../_rust.abi3.so)", when
+# that object has no debug information; txsession's module, built with it, names source files.
+ELSEWHERE = re.compile(r"\(in /")
+
+
+def inTxsession(line):
+    """
+    Whether a stack frame is in txsession's module: its own code, or PyO3's compiled into it.
+    """
+    if any(marker in line for marker in OURS):
+        return True
+    return "pyo3" in line and not ELSEWHERE.search(line)
+
+
 # PyO3's type objects live for the whole process: the member table each one is built with is
 # allocated once, at import, and never freed.
 KNOWN = ("definitely lost", "create_type_object")
@@ -39,7 +53,7 @@ def main(path):
     ours = []
     for lines in reports(text):
         kind = re.sub(r"[\d,]+", "N", lines[0]).split(" in loss record")[0]
-        mine = any(marker in line for line in lines for marker in OURS)
+        mine = any(inTxsession(line) for line in lines)
         known = mine and all(any(k in line for line in lines) for k in KNOWN)
         side = "txsession (known: PyO3 type table)" if known else "txsession" if mine else "other"
         counts[side, kind] += 1
