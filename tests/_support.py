@@ -81,6 +81,18 @@ def assertCollected(case, build):
     case.assertIsNone(ref())
 
 
+# The attributes Twisted's Session.__init__ sets, in the order it sets them.
+INIT_ATTRIBUTES = [
+    "_adapterCache",
+    "_reactor",
+    "site",
+    "uid",
+    "expireCallbacks",
+    "lastModified",
+    "sessionNamespaces",
+]
+
+
 def makeSite(clock=None):
     """
     A real L{server.Site} on a deterministic clock.

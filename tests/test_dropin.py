@@ -20,7 +20,7 @@ from twisted.web import resource, server
 from zope.interface import Interface, implementer
 
 import txsession
-from tests._support import ScratchRegistryMixin, implementations, makeSite
+from tests._support import INIT_ATTRIBUTES, ScratchRegistryMixin, implementations, makeSite
 from tests.apps import session_store
 from tests.test_web import Client
 
@@ -90,15 +90,7 @@ class StateMixin:
         session = self.sessionClass(site, b"a")
         self.assertEqual(
             list(vars(session)),
-            [
-                "_adapterCache",
-                "_reactor",
-                "site",
-                "uid",
-                "expireCallbacks",
-                "lastModified",
-                "sessionNamespaces",
-            ],
+            INIT_ATTRIBUTES,
         )
         session.startCheckingExpiration()
         self.assertIn("_expireCall", vars(session))

@@ -15,7 +15,7 @@ from twisted.web.test.test_web import DummyChannel
 from zope.interface import Interface, alsoProvides, implementer
 
 import txsession
-from tests._support import ScratchRegistryMixin, implementations, makeSite
+from tests._support import INIT_ATTRIBUTES, ScratchRegistryMixin, implementations, makeSite
 from tests.parallel import parallelUnsafe
 
 
@@ -332,15 +332,7 @@ class SessionMixin(ScratchRegistryMixin):
         Watched(self.site, b"w")
         self.assertEqual(
             seen,
-            [
-                "_adapterCache",
-                "_reactor",
-                "site",
-                "uid",
-                "expireCallbacks",
-                "lastModified",
-                "sessionNamespaces",
-            ],
+            INIT_ATTRIBUTES,
         )
 
         later = Clock()
