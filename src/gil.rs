@@ -32,6 +32,14 @@ impl<T> GilCell<T> {
     pub fn try_borrow_mut(&self) -> Option<RefMut<'_, T>> {
         self.0.try_borrow_mut().ok()
     }
+
+    /// For `__clear__`: `take` moves the references out of the state, and they are dropped
+    /// after the borrow ends, since dropping one can run Python code (a `__del__`, a weakref
+    /// callback) that reaches this object again. Nothing is taken while the state is borrowed.
+    pub fn clear_with<R>(&self, take: impl FnOnce(&mut T) -> R) {
+        let taken = self.try_borrow_mut().map(|mut state| take(&mut state));
+        drop(taken);
+    }
 }
 
 impl<T: Default> Default for GilCell<T> {

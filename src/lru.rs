@@ -115,10 +115,6 @@ impl SessionLru {
     }
 
     fn __clear__(&self) {
-        let old = self
-            .state
-            .try_borrow_mut()
-            .map(|mut s| std::mem::take(&mut s.heap));
-        drop(old);
+        self.state.clear_with(|s| std::mem::take(&mut s.heap));
     }
 }

@@ -737,8 +737,7 @@ impl Namespaces {
     }
 
     fn __clear__(&self) {
-        let old = self.core.try_borrow_mut().map(|mut core| core.take_all());
-        drop(old);
+        self.core.clear_with(MapCore::take_all);
     }
 }
 

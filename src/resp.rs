@@ -126,10 +126,6 @@ impl RespDecoder {
     }
 
     fn __clear__(&self) {
-        let old = self
-            .state
-            .try_borrow_mut()
-            .and_then(|mut s| s.error_type.take());
-        drop(old);
+        self.state.clear_with(|s| s.error_type.take());
     }
 }

@@ -366,11 +366,7 @@ impl SharedTimer {
     }
 
     fn __clear__(&self) {
-        let old = self
-            .state
-            .try_borrow_mut()
-            .map(|mut s| std::mem::take(&mut *s));
-        drop(old);
+        self.state.clear_with(std::mem::take);
     }
 }
 
@@ -517,11 +513,7 @@ impl SharedCall {
     }
 
     fn __clear__(&self) {
-        let old = self
-            .state
-            .try_borrow_mut()
-            .and_then(|mut c| c.session.take());
-        drop(old);
+        self.state.clear_with(|c| c.session.take());
     }
 }
 
