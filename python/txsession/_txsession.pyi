@@ -229,11 +229,39 @@ class RespDecoder:
     Redis replies (RESP2) from a byte stream fed in pieces of any size, decoded in Rust:
     C{bytes} for bulk strings, C{str} for simple strings, C{int}, C{None} for null, lists for
     arrays, and C{error_type(message)} for an error reply.
+
+    Each byte is looked at once to find where its reply ends, and the complete reply is then
+    decoded once, so a reply costs time linear in its size however it is split. A reply over
+    C{max_size} bytes (default 512 MiB, Redis's C{proto-max-bulk-len}) raises C{ValueError}
+    as soon as that is known: from a bulk string's length, from an array's length at 3 bytes
+    an element, or from the bytes received, never after buffering it whole. Arrays nest at
+    most 64 deep. After a C{ValueError} the stream's place is lost and every later C{feed}
+    raises C{ValueError}: close the connection.
     """
 
-    def __new__(cls, error_type: Callable[[str], Any]) -> RespDecoder: ...
+    def __new__(
+        cls, error_type: Callable[[str], Any], max_size: int = 512 * 1024 * 1024
+    ) -> RespDecoder: ...
     def feed(self, data: bytes) -> list[Any]:
-        """Every reply that C{data} completes, in order; C{ValueError} for bytes not RESP2."""
+        """
+        Every reply that C{data} completes, in order; C{ValueError} for bytes not RESP2 or for
+        a reply over C{max_size} bytes.
+        """
+    @property
+    def max_size(self) -> int:
+        """The most bytes one reply (a top-level frame, all its bytes counted) may take."""
+    @property
+    def scanned(self) -> int:
+        """
+        Bytes looked at so far: each received byte once to find its reply's end, and each
+        complete reply's bytes once more to decode it. At most twice the bytes fed.
+        """
+    @property
+    def capacity(self) -> int:
+        """
+        Bytes allocated for the received bytes not yet decoded. Given back once a reply that
+        made it grow over 1 MiB is consumed.
+        """
 
 def encode_commands(commands: list[list[bytes]]) -> bytes:
     """Each command (its arguments, as C{bytes}) as a RESP2 array, one after the other."""
