@@ -27,7 +27,7 @@ from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_web import Client
 from txsession.redis import RedisStore
-from txsession.store import ISessionStore, JSONSerializer, StoreUnavailable
+from txsession.store import ISessionStore, JSONSerializer, SessionEnded, StoreUnavailable
 from txsession.web import Site
 
 _server: RedisServer | None = None
@@ -136,8 +136,9 @@ class SharedTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_roundTrips(self):
         """
-        No cookie, no session: no round trip. A new session: one write. A returning session:
-        one read, and one write only when the request changed something.
+        No cookie, no session: no round trip. A new session: no round trip until it holds
+        data, then one write. A returning stored session: one read, and one write only when
+        the request changed something.
         """
         a = self.makeSite()
         client = Client(a.base)
@@ -151,11 +152,13 @@ class SharedTests(StoreTestCase):
             return store.roundTrips - before
 
         self.assertEqual((yield trips(b"plain")), 0)
-        self.assertEqual((yield trips(b"get")), 1)
-        self.assertEqual((yield trips(b"get")), 1)
-        self.assertEqual((yield trips(b"plain")), 1)
-        self.assertEqual((yield trips(b"set?key=a&value=1")), 2)
+        self.assertEqual((yield trips(b"get")), 0)
+        self.assertEqual((yield trips(b"get")), 0)
         self.assertEqual((yield trips(b"set?key=a&value=1")), 1)
+        self.assertEqual((yield trips(b"plain")), 1)
+        self.assertEqual((yield trips(b"get")), 1)
+        self.assertEqual((yield trips(b"set?key=a&value=1")), 1)
+        self.assertEqual((yield trips(b"set?key=a&value=2")), 2)
         self.assertEqual((yield trips(b"del?key=a")), 2)
 
     @defer.inlineCallbacks
@@ -182,7 +185,7 @@ class SharedTests(StoreTestCase):
         changing its own key: both keys persist. Returns the client and the session's id.
         """
         client = Client(first.base)
-        _, state = yield self.get(client, first, b"get")
+        _, state = yield self.get(client, first, b"set?key=zero&value=0")
         yield defer.gatherResults(
             [
                 self.get(client, first, b"set?key=one&value=1&delay=0.2"),
@@ -209,7 +212,7 @@ class SharedTests(StoreTestCase):
         )
         self.assertEqual(self.stored(uid)[b"n:same"], b'"a"')
         _, here = yield self.get(client, b, b"get")
-        self.assertEqual(here["values"], {"one": 1, "two": 2, "same": "a"})
+        self.assertEqual(here["values"], {"zero": 0, "one": 1, "two": 2, "same": "a"})
 
     def test_concurrentKeysInOneProcess(self):
         """
@@ -221,14 +224,24 @@ class SharedTests(StoreTestCase):
     @defer.inlineCallbacks
     def test_renewIsARename(self):
         """
-        renewSession moves the stored session to its new id: the old one is gone.
+        renewSession moves the stored session to its new id. The old id only names the new
+        one (so that a late logout follows it), for the session's timeout, and reads as gone:
+        a request carrying it gets a new session.
         """
         a, b = self.makeSite(), self.makeSite()
         client = Client(a.base)
         _, old = yield self.get(client, a, b"set?key=k&value=1")
         _, new = yield self.get(client, a, b"renew")
         self.assertNotEqual(old["session"], new["session"])
-        self.assertEqual(self.stored(old["session"]), {})
+        self.assertEqual(self.stored(old["session"]), {b"m:f": new["session"].encode()})
+        oldKey = b"txsession:" + old["session"].encode()
+        ttl = int(self.redis.command(b"PTTL", oldKey)[1:-2])
+        self.assertTrue(0 < ttl <= 60000, ttl)
+        oldClient = Client(b.base)
+        oldClient.jar.set_cookie(_cookie("TWISTED_SESSION", old["session"]))
+        _, fixated = yield self.get(oldClient, b, b"get")
+        self.assertNotEqual(fixated["session"], old["session"])
+        self.assertEqual(fixated["values"], {})
         self.assertEqual(self.stored(new["session"])[b"n:k"], b"1")
         _, there = yield self.get(client, b, b"get")
         self.assertEqual(there, {"session": new["session"], "values": {"k": 1}})
@@ -240,7 +253,7 @@ class SharedTests(StoreTestCase):
         """
         a, b = self.makeSite(), self.makeSite()
         client = Client(a.base)
-        _, state = yield self.get(client, a, b"get")
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
         yield self.get(client, b, b"get")
         uid = state["session"].encode()
         a.sessions[uid].setComponent(ISessionStore, "here")
@@ -275,7 +288,7 @@ class TimeoutTests(StoreTestCase):
     def test_ttlFollowsSessionTimeout(self):
         a = self.makeSite(timeout=30)
         client = Client(a.base)
-        _, state = yield self.get(client, a, b"get")
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
         ttl = int(self.redis.command(b"PTTL", b"txsession:" + state["session"].encode())[1:-2])
         self.assertTrue(29000 < ttl <= 30000, ttl)
 
@@ -322,7 +335,7 @@ class LogoutTests(StoreTestCase):
     def test_writeAfterLogoutElsewhere(self):
         """
         A write that finishes after a logout elsewhere neither brings the session back nor
-        leaves its data behind.
+        leaves its data behind, and its request does not answer as if it had written: a 409.
         """
         a, b = self.makeSite(), self.makeSite()
         client = Client(a.base)
@@ -333,9 +346,11 @@ class LogoutTests(StoreTestCase):
         a.sessions[state["session"].encode()].expire()
         yield sleep(0.05)
         self.assertEqual(self.redis.keys(), [])
-        yield pending
+        code, _ = yield pending
+        self.assertEqual(code, 409)
         self.assertEqual(self.redis.keys(), [])
         self.assertNotIn(state["session"].encode(), b.sessions)
+        self.flushLoggedErrors(SessionEnded)
 
     @defer.inlineCallbacks
     def test_logoutDoneBeforeTheResponse(self):
@@ -404,6 +419,9 @@ class ValueTests(StoreTestCase):
             def dumps(self, value):
                 return super().dumps(value).upper()
 
+            def loads(self, data):
+                return super().loads(data.lower())
+
         a = self.makeSite(serializer=Upper())
         client = Client(a.base)
         _, state = yield self.get(client, a, b'set?key=k&value="abc"')
@@ -430,7 +448,10 @@ class RedisDownTests(StoreTestCase):
         self.assertTrue(self.flushLoggedErrors(StoreUnavailable))
         code, body = yield self.get(client, a, b"plain")
         self.assertEqual((code, body), (200, "plain"))
+        # A new session needs no store until it holds data.
         code, _ = yield self.get(Client(a.base), a, b"get")
+        self.assertEqual(code, 200)
+        code, _ = yield self.get(Client(a.base), a, b"set?key=k&value=1")
         self.assertEqual(code, 503)
         self.flushLoggedErrors(StoreUnavailable)
         self.redis.start()
@@ -653,7 +674,7 @@ class UnixSocketTests(StoreTestCase):
         store.bind(reactor)
         self.addCleanup(store.close)
         saved = yield store.save(b"u", None, 5, {"k": b"1"}, [])
-        self.assertTrue(saved)
+        self.assertIsNone(saved)
         inDatabase3 = b"redis.call('SELECT', 3) return redis.call('HGET', KEYS[1], 'n:k')"
         self.assertEqual(server.command(b"EVAL", inDatabase3, b"1", b"txsession:u"), b"$1\r\n1\r\n")
         self.assertEqual(server.command(b"EXISTS", b"txsession:u"), b":0\r\n")
@@ -780,13 +801,14 @@ class ClientTests(StoreTestCase):
         """
         store = RedisStore(self.redis.url)
         store.bind(reactor)
-        self.assertTrue((yield store.save(b"u", None, 5, {"k": b"1"}, [])))
+        self.assertIsNone((yield store.save(b"u", None, 5, {"k": b"1"}, [])))
         yield store.close()
         self.assertEqual((yield store.load([b"u"])), [{"k": b"1"}])
         self.assertEqual(store.roundTrips, 2)
         yield store.delete(b"u")
         self.assertEqual((yield store.load([b"u"])), [None])
-        self.assertFalse((yield store.save(b"u", b"u", 5, {"k": b"2"}, [])))
+        with self.assertRaises(SessionEnded):
+            yield store.save(b"u", b"u", 5, {"k": b"2"}, [])
         self.assertEqual(self.redis.keys(), [])
         yield store.close()
 

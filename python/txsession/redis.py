@@ -31,39 +31,91 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from txsession._txsession import RespDecoder, encode_commands
-from txsession.store import ISerializer, ISessionStore, JSONSerializer, StoreError, StoreUnavailable
+from txsession.store import (
+    ISerializer,
+    ISessionStore,
+    JSONSerializer,
+    SessionEnded,
+    StoreError,
+    StoreUnavailable,
+    UnserializableValue,
+)
 
 _log = Logger()
 
 _FIELD = b"n:"
 _TIMEOUT_FIELD = b"m:t"
+# On the old key of a renamed session (a tombstone, for as long as the session's timeout): the
+# id it was renamed to.
+_RENAMED_FIELD = b"m:f"
 
-# KEYS[1]: the session. Restarts its timeout and returns its fields, or nil when it is gone.
+# Arguments a script unpacks onto one Redis command at a time: Lua's unpack() has a limit
+# (about 8,000 values), so big writes go in slices of this many.
+_SLICE = 1000
+
+# KEYS[1]: the session. Restarts its timeout and returns its fields; for a renamed session's
+# old key, its one field m:f (without restarting anything); nil when it is gone.
 _LOAD = b"""
 local t = redis.call('HGET', KEYS[1], 'm:t')
-if not t then return false end
+if not t then
+  local f = redis.call('HGET', KEYS[1], 'm:f')
+  if f then return {'m:f', f} end
+  return false
+end
 redis.call('PEXPIRE', KEYS[1], t)
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS[1]: the session's key now; KEYS[2]: the key it was stored under. ARGV: the timeout in
-# ms, '1' for a session stored before (which must still exist) or '0' for a new one, the
-# number of fields to set, those fields and values, then the fields to delete.
+# KEYS[1]: the key to write; KEYS[2]: the key the session is stored under (the same, or the
+# old key of a rename). ARGV: the timeout in ms; 'new' (create KEYS[1]), 'update' (KEYS[1]
+# must be a live session) or 'rename' (KEYS[2] must be, and becomes a tombstone naming
+# ARGV[3]); ARGV[3]: the id KEYS[1] stands for; ARGV[4]: how many fields to set; then those
+# fields and values, then the fields to delete.
+# Returns 1 when written, 0 when the session is gone, {'m:f', id} when it was renamed. Every
+# check comes before the first write, and no write command after it can fail, so the script
+# is applied whole or not at all, at any size.
 _SAVE = b"""
-if ARGV[2] == '1' then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-  if KEYS[2] ~= KEYS[1] then redis.call('RENAME', KEYS[2], KEYS[1]) end
+local mode = ARGV[2]
+if mode ~= 'new' then
+  local from = KEYS[2]
+  if redis.call('TYPE', from).ok ~= 'hash' then return 0 end
+  if redis.call('HEXISTS', from, 'm:t') == 0 then
+    local f = redis.call('HGET', from, 'm:f')
+    if f then return {'m:f', f} end
+    return 0
+  end
+  if mode == 'rename' then
+    redis.call('RENAME', from, KEYS[1])
+    redis.call('HSET', from, 'm:f', ARGV[3])
+    redis.call('PEXPIRE', from, ARGV[1])
+  end
+elseif redis.call('TYPE', KEYS[1]).ok ~= 'none' then
+  return redis.error_reply('session key exists already')
 end
-local set = {'m:t', ARGV[1]}
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
-  set[#set + 1] = ARGV[i]
-  set[#set + 1] = ARGV[i + 1]
-  i = i + 2
+redis.call('HSET', KEYS[1], 'm:t', ARGV[1])
+local first = 5
+local last = 4 + 2 * tonumber(ARGV[4])
+for i = first, last, 2 * SLICE do
+  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 2 * SLICE - 1, last)))
 end
-redis.call('HSET', KEYS[1], unpack(set))
-if i <= #ARGV then redis.call('HDEL', KEYS[1], unpack(ARGV, i)) end
+for i = last + 1, #ARGV, SLICE do
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV)))
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""".replace(b"SLICE", str(_SLICE).encode())
+
+# KEYS: sessions to delete; ARGV[1]: the key prefix. A renamed session's old key leads to the
+# new one, which goes too: a logout that reaches the old name after a rename still ends it.
+_DELETE = b"""
+for _, key in ipairs(KEYS) do
+  for _ = 1, 16 do
+    local f = redis.call('HGET', key, 'm:f')
+    redis.call('DEL', key)
+    if not f then break end
+    key = ARGV[1] .. f
+  end
+end
 return 1
 """
 
@@ -151,7 +203,10 @@ class _Address:
     """
 
     def __init__(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"a Redis URL is a str, not {type(url).__name__}")
         parts = urlsplit(url)
+        self.display = _redacted(url)
         self.setup: list[list[bytes]] = []
         if parts.password is not None:
             auth = [b"AUTH"]
@@ -166,15 +221,15 @@ class _Address:
         elif parts.scheme == "unix":
             db = parse_qs(parts.query).get("db", ["0"])[0]
             if not parts.path:
-                raise ValueError(f"no socket path in the Redis URL {url!r}")
+                raise ValueError(f"no socket path in the Redis URL {self.display!r}")
             self.path = parts.path
         else:
             raise ValueError(
                 f"a Redis URL is redis://[[user]:password@]host[:port][/db] or "
-                f"unix://path[?db=N], not {url!r}"
+                f"unix://path[?db=N], not {self.display!r}"
             )
         if not db.isdigit():
-            raise ValueError(f"the database in the Redis URL {url!r} is not a number")
+            raise ValueError(f"the database in the Redis URL {self.display!r} is not a number")
         if db != "0":
             self.setup.append([b"SELECT", db.encode()])
 
@@ -204,9 +259,10 @@ class _RedisClient:
 
     def __init__(self, reactor: Any, url: str, timeout: float) -> None:
         self._reactor = reactor
-        self._url = url
         self._timeout = timeout
         address = _Address(url)
+        # For messages: the URL without its password.
+        self._url = address.display
         self._setup = address.setup
         self._connector = address.connector(reactor)
         self._service = ClientService(
@@ -315,6 +371,18 @@ class _RedisClient:
         return closed
 
 
+def _redacted(url: str) -> str:
+    """
+    C{url} with its password, if any, replaced by C{***}: what messages and C{repr} show.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _jitter() -> float:
     return random.random() * 0.05
 
@@ -345,7 +413,6 @@ class RedisStore:
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        self.url = url
         self.keyPrefix = keyPrefix.encode() if isinstance(keyPrefix, str) else keyPrefix
         if not isinstance(self.keyPrefix, bytes):
             raise TypeError(f"keyPrefix must be bytes or str, not {keyPrefix!r}")
@@ -356,7 +423,10 @@ class RedisStore:
         ):
             raise TypeError(f"serializer needs dumps() and loads(): {serializer!r}")
         self.timeout = float(timeout)
-        _Address(url)  # a bad URL raises now
+        # A bad URL raises now. The URL with its password stays private: the url attribute,
+        # repr and every message show it without.
+        self.url = _Address(url).display
+        self._url = url
         self._client: _RedisClient | None = None
 
     def __repr__(self) -> str:
@@ -364,7 +434,7 @@ class RedisStore:
 
     def bind(self, reactor: Any) -> None:
         if self._client is None:
-            self._client = _RedisClient(reactor, self.url, self.timeout)
+            self._client = _RedisClient(reactor, self._url, self.timeout)
         elif self._client._reactor is not reactor:
             raise ValueError(f"{self!r} is already used on another reactor")
 
@@ -381,9 +451,9 @@ class RedisStore:
             raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
         return self._client.execute(commands)
 
-    def load(self, uids: list[bytes]) -> Deferred[list[dict[str, bytes] | None]]:
+    def load(self, uids: list[bytes]) -> Deferred[list[dict[str, bytes] | bytes | None]]:
         commands = [[b"EVAL", _LOAD, b"1", self.keyPrefix + uid] for uid in uids]
-        return self._execute(commands).addCallback(lambda replies: [_fields(r) for r in replies])
+        return self._execute(commands).addCallback(lambda replies: [_loaded(r) for r in replies])
 
     def save(
         self,
@@ -392,8 +462,14 @@ class RedisStore:
         timeout: float,
         changed: dict[str, bytes],
         deleted: list[str],
-    ) -> Deferred[bool]:
+    ) -> Deferred[None]:
         key = self.keyPrefix + uid
+        if storedAs is None:
+            mode = b"new"
+        elif storedAs == uid:
+            mode = b"update"
+        else:
+            mode = b"rename"
         command = [
             b"EVAL",
             _SAVE,
@@ -401,16 +477,19 @@ class RedisStore:
             key,
             key if storedAs is None else self.keyPrefix + storedAs,
             _milliseconds(timeout),
-            b"0" if storedAs is None else b"1",
+            mode,
+            uid,
             str(len(changed)).encode(),
         ]
         for name, value in changed.items():
-            command += [_FIELD + name.encode(), value]
-        command += [_FIELD + name.encode() for name in deleted]
-        return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
+            command += [_FIELD + _fieldName(name), value]
+        command += [_FIELD + _fieldName(name) for name in deleted]
+        return self._execute([command]).addCallback(_saved)
 
-    def delete(self, uid: bytes) -> Deferred[None]:
-        return self._execute([[b"DEL", self.keyPrefix + uid]]).addCallback(lambda _: None)
+    def delete(self, *uids: bytes) -> Deferred[None]:
+        keys = [self.keyPrefix + uid for uid in uids]
+        command = [b"EVAL", _DELETE, str(len(keys)).encode(), *keys, self.keyPrefix]
+        return self._execute([command]).addCallback(lambda _: None)
 
     def close(self) -> Deferred[None]:
         if self._client is None:
@@ -418,11 +497,29 @@ class RedisStore:
         return self._client.close()
 
 
-def _fields(reply: list[bytes] | None) -> dict[str, bytes] | None:
+def _fieldName(name: str) -> bytes:
+    try:
+        return name.encode()
+    except UnicodeEncodeError as e:
+        raise UnserializableValue(f"a namespace key that is not valid UTF-8: {name!r}") from e
+
+
+def _loaded(reply: list[bytes] | None) -> dict[str, bytes] | bytes | None:
     if reply is None:
         return None
+    if len(reply) == 2 and reply[0] == _RENAMED_FIELD:
+        return reply[1]
     fields: dict[str, bytes] = {}
     for name, value in zip(reply[::2], reply[1::2]):
         if name.startswith(_FIELD):
             fields[name[len(_FIELD) :].decode()] = value
     return fields
+
+
+def _saved(replies: list[Any]) -> None:
+    reply = replies[0]
+    if reply == 1:
+        return None
+    if isinstance(reply, list):
+        raise SessionEnded(renamedTo=reply[1])
+    raise SessionEnded()

@@ -25,10 +25,28 @@ class StoreError(Exception):
     """
 
 
+class SessionEnded(Exception):
+    """
+    The stored session ended while a request used it: logged out or timed out
+    (C{renamedTo} is C{None}), or given a new id by another request (C{renamedTo} is that id,
+    which is never shown in the message). The request's writes were not applied; it gets a
+    409.
+    """
+
+    def __init__(self, renamedTo: bytes | None = None) -> None:
+        super().__init__(
+            "the session ended while this request used it"
+            if renamedTo is None
+            else "the session was given a new id while this request used it"
+        )
+        self.renamedTo = renamedTo
+
+
 class UnserializableValue(TypeError):
     """
-    A session namespace entry the store's serializer cannot encode (or a key that is not a
-    C{str}). The request sees a 500, and the stored session stays as it was.
+    A session namespace entry the store's serializer cannot encode, or would not give back
+    equal (a tuple or a dict with non-C{str} keys under JSON), or a key that is not a C{str}.
+    The request sees a 500, and the stored session stays as it was.
     """
 
 
@@ -87,9 +105,9 @@ class ISessionStore(Interface):
     def load(uids: list[bytes]) -> Any:
         """
         Read the sessions C{uids} and restart their timeouts, all in one round trip. Fires
-        with a list, in the same order, of each session's fields (C{dict[str, bytes]}), or
-        C{None} for a session that is not stored (it never was, it timed out or it was
-        deleted).
+        with a list, in the same order, of each session's fields (C{dict[str, bytes]}); the
+        new id (C{bytes}) of a session that was renamed from that id; or C{None} for a
+        session that is not stored (it never was, it timed out or it was deleted).
         """
 
     def save(
@@ -100,16 +118,21 @@ class ISessionStore(Interface):
         deleted: list[str],
     ) -> Any:
         """
-        In one round trip and atomically: set the fields C{changed}, delete the fields
-        C{deleted}, and give the session C{timeout} seconds from now. C{storedAs} is the id
-        the session was stored under, C{None} for a session not stored yet, which this makes;
-        when it differs from C{uid}, the stored session is renamed to C{uid} first. Fires with
-        C{True}, or C{False} without writing anything when the stored session is gone.
+        In one round trip, atomically whatever the number of fields: set the fields
+        C{changed}, delete the fields C{deleted}, and give the session C{timeout} seconds
+        from now. C{storedAs} is the id the session is stored under, C{None} for a session
+        not stored yet, which this makes; when it differs from C{uid}, the stored session is
+        renamed to C{uid} first, and C{storedAs} names C{uid} until C{timeout} runs out (so a
+        late write to it fails, and a late delete follows it). Fires with C{None} when
+        written. Fails with L{SessionEnded}, writing nothing, when the session C{storedAs}
+        is gone or was renamed; with L{UnserializableValue} for a field name that cannot be
+        encoded.
         """
 
-    def delete(uid: bytes) -> Any:
+    def delete(*uids: bytes) -> Any:
         """
-        Delete the session C{uid}, everywhere. Fires with C{None}.
+        Delete the sessions C{uids}, everywhere, and any session one of them was renamed to.
+        Fires with C{None}.
         """
 
     def close() -> Any:

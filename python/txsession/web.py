@@ -11,11 +11,10 @@ import os
 import re
 import weakref
 from binascii import hexlify
-from functools import partial
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -26,7 +25,8 @@ from zope.interface import classImplements
 from txsession import _txsession
 from txsession._session import Session
 from txsession._txsession import SessionLru, SharedTimer, session_id
-from txsession.store import ISessionStore, StoreError, StoreUnavailable, UnserializableValue
+from txsession.store import ISessionStore, SessionEnded, StoreError, StoreUnavailable
+from txsession.storeflow import RequestSessions, StoreFlow
 
 _log = Logger()
 
@@ -47,7 +47,9 @@ def secureCookieName(name: bytes) -> bytes:
     return name + b"_SECURE"
 
 
-def _cookieName(site: Any, request: Any, secure: bool) -> bytes:
+def _cookieName(
+    site: Any, request: Any, secure: bool, sitepath: list[bytes] | None = None
+) -> bytes:
     """
     The session cookie's name for C{request}: Twisted's own names for a request that is not
     a L{SessionCookieMixin} (Twisted's C{getSession} hard-codes them), the site's otherwise,
@@ -58,7 +60,7 @@ def _cookieName(site: Any, request: Any, secure: bool) -> bytes:
         name = getattr(site, "cookieName", DEFAULT_COOKIE_NAME)
     if secure:
         name = secureCookieName(name)
-    return b"_".join([name] + request.sitepath)
+    return b"_".join([name] + (request.sitepath if sitepath is None else sitepath))
 
 
 def _addSessionCookie(request: Any, name: bytes, uid: bytes, secure: bool) -> None:
@@ -85,58 +87,65 @@ class SessionCookieMixin:
     """
     Mixed into a request class: C{getSession} is Twisted's, with the session cookie named and
     set as the request's L{Site} says (C{cookieName}, C{cookieHttpOnly}, C{cookieSameSite},
-    C{cookieMaxAge}).
+    C{cookieMaxAge}). On a site with a store, the request reads its sessions before it renders
+    and writes what it changed before its response (L{txsession.storeflow}).
     """
 
-    # What a store-backed site's request is doing with its sessions (see Site's store).
-    _txsReadFailure: Failure | None = None
+    # What the request does with its sessions on a site with a store.
+    _txsStore: RequestSessions | None = None
+    # Response bytes (and the finish) held until the session writes answer.
     _txsHeld: list[bytes] | None = None
     _txsFinishHeld = False
-    _txsNoFlush = False
+    # The request failed: nothing more is written, or answered.
     _txsFailed = False
 
     def getSession(self, sessionInterface=None, forceNotSecure=False):
         # Twisted's Request.getSession, with the cookie's name and options from the site.
-        if self._txsReadFailure is not None:
-            _raiseReadFailure(self._txsReadFailure)
+        site = self.site  # type: ignore[attr-defined]
+        flow = getattr(site, "_flow", None)
         secure = self.isSecure() and not forceNotSecure  # type: ignore[attr-defined]
         sessionAttribute = "_secureSession" if secure else "_insecureSession"
         session = getattr(self, sessionAttribute)
+        if session is not None and flow is not None and not flow.isLive(session):
+            session = None
         if session is not None:
             try:
                 session.touch()
             except (AlreadyCalled, AlreadyCancelled):
                 session = None
         if session is None:
-            site = self.site  # type: ignore[attr-defined]
             cookiename = _cookieName(site, self, secure)
-            sessionCookie = self.getCookie(cookiename)  # type: ignore[attr-defined]
-            if sessionCookie:
-                try:
-                    session = site.getSession(sessionCookie)
-                except KeyError:
-                    pass
-            if not session:
-                session = site.makeSession()
-                _addSessionCookie(self, cookiename, session.uid, secure)
+            if flow is not None:
+                # Only a session read from the store for this request, or a new one.
+                session, made = flow.getSession(self, secure, cookiename)
+                if made:
+                    _addSessionCookie(self, cookiename, session.uid, secure)
+            else:
+                sessionCookie = self.getCookie(cookiename)  # type: ignore[attr-defined]
+                if sessionCookie:
+                    try:
+                        session = site.getSession(sessionCookie)
+                    except KeyError:
+                        pass
+                if not session:
+                    session = site.makeSession()
+                    _addSessionCookie(self, cookiename, session.uid, secure)
         setattr(self, sessionAttribute, session)
         if sessionInterface:
             return session.getComponent(sessionInterface)
         return session
 
-    # A site with a session store reads the sessions of a request's cookies before the
-    # resource renders, and writes what the request changed before its response starts (or,
-    # for what changed while streaming, before it finishes); see Site.
-
     def process(self):
         site = self.channel.site  # type: ignore[attr-defined]
-        reading = site._readSessions(self) if getattr(site, "store", None) is not None else None
+        flow = getattr(site, "_flow", None)
+        reading = None if flow is None else flow.read(self, site._sessionCookieUids(self))
         if reading is None:
             return super().process()  # type: ignore[misc]
 
         def render(_: object) -> None:
             if not self._disconnected:  # type: ignore[attr-defined]
-                server.Request.process(self)  # type: ignore[arg-type]
+                # On through the request class's own process(), as without a store.
+                super(SessionCookieMixin, self).process()  # type: ignore[misc]
 
         reading.addCallback(render)
         reading.addErrback(_logFailure, "while rendering after the session read")
@@ -165,58 +174,46 @@ class SessionCookieMixin:
         return super().finish()  # type: ignore[misc]
 
     def processingFailed(self, reason):
-        site = self.site  # type: ignore[attr-defined]
-        if getattr(site, "store", None) is None or self._txsFailed:
+        flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
+        if flow is None or self._txsFailed:
             return super().processingFailed(reason)  # type: ignore[misc]
-        # A failed request changes nothing in the store, and its local copies go back to it.
-        self._txsNoFlush = True
-        for session in self._txsSessions():
-            site._revert(session)
+        # A failed request changes nothing in the store, and what it changed in this
+        # process's copies goes back; no one else's changes do.
+        flow.fail(self)
         self._txsForgetCookies()
-        if reason.check(StoreUnavailable, StoreError) and not self.startedWriting:  # type: ignore[attr-defined]
-            _log.failure("The session store failed for {uri!r}", reason, uri=self.uri)  # type: ignore[attr-defined]
-            body = _UNAVAILABLE
-            self.setResponseCode(http.SERVICE_UNAVAILABLE)  # type: ignore[attr-defined]
+        answer = _storeFailureAnswer(reason)
+        if answer is not None and not self.startedWriting:  # type: ignore[attr-defined]
+            code, body, message = answer
+            _log.failure(message, reason, uri=_safeUri(self))
+            self._txsFailed = True
+            self.setResponseCode(code)  # type: ignore[attr-defined]
             self.setHeader(b"Content-Type", b"text/html; charset=utf-8")  # type: ignore[attr-defined]
             self.setHeader(b"Content-Length", b"%d" % (len(body),))  # type: ignore[attr-defined]
-            self.write(body)
-            self.finish()
-            self._txsFailed = True
+            super().write(body)  # type: ignore[misc]
+            super().finish()  # type: ignore[misc]
             return reason
         result = super().processingFailed(reason)  # type: ignore[misc]
         self._txsFailed = True
         return result
 
-    def _txsSessions(self) -> list[Any]:
-        sessions = []
-        for session in (self._insecureSession, self._secureSession):  # type: ignore[attr-defined]
-            if session is not None and session not in sessions:
-                sessions.append(session)
-        return sessions
-
     def _txsMustFlush(self) -> bool:
-        return (
-            not self._txsNoFlush
-            and getattr(self.site, "store", None) is not None  # type: ignore[attr-defined]
-            and not self._disconnected  # type: ignore[attr-defined]
-        )
+        state = self._txsStore
+        return state is not None and not state.settled and not self._disconnected  # type: ignore[attr-defined]
 
     def _txsFlush(self, held: list[bytes], finishing: bool) -> None:
         """
         Write this request's session changes to the store; hold C{held} (and the finish,
         when C{finishing}) until they are written.
         """
-        site = self.site  # type: ignore[attr-defined]
-        waits = []
+        flow = self.site._flow  # type: ignore[attr-defined]
         try:
-            for session in self._txsSessions():
-                saving = site._saveSession(session)
-                if saving is not None:
-                    waits.append(saving)
+            writing = flow.flush(self)
         except Exception:
             self._txsFlushFailed(Failure())
             return
-        if not waits:
+        if writing is None:
+            if finishing:
+                self._txsStore.settled = True  # type: ignore[union-attr]
             for chunk in held:
                 super().write(chunk)  # type: ignore[misc]
             if finishing:
@@ -224,19 +221,11 @@ class SessionCookieMixin:
             return
         self._txsHeld = held
         self._txsFinishHeld = finishing
-        if len(waits) == 1:
-            writing = waits[0].addErrback(self._txsFlushFailed)
-        else:
-            writing = gatherResults(waits, consumeErrors=True).addErrback(
-                lambda reason: self._txsFlushFailed(reason.value.subFailure)
-            )
-        writing.addCallback(self._txsFlushed)
+        writing.addCallbacks(self._txsFlushed, self._txsFlushFailed)
         writing.addErrback(_logFailure, "while answering after a session store write")
 
     def _txsFlushed(self, _: object) -> None:
-        if self._txsHeld is None:
-            return  # the write failed, and _txsFlushFailed answered
-        held, self._txsHeld = self._txsHeld, None
+        held, self._txsHeld = self._txsHeld or [], None
         finishing, self._txsFinishHeld = self._txsFinishHeld, False
         if self._disconnected:  # type: ignore[attr-defined]
             return
@@ -249,21 +238,23 @@ class SessionCookieMixin:
         self._txsHeld = None
         self._txsFinishHeld = False
         if self._disconnected:  # type: ignore[attr-defined]
+            self.site._flow.fail(self)  # type: ignore[attr-defined]
             _log.failure("The session store failed after the client left", reason)
         elif not self.startedWriting:  # type: ignore[attr-defined]
             self.processingFailed(reason)
         else:
             # The response has started: it must not end as if its session were written.
-            _log.failure("The session store failed while answering {uri!r}", reason, uri=self.uri)  # type: ignore[attr-defined]
-            for session in self._txsSessions():
-                self.site._revert(session)  # type: ignore[attr-defined]
+            self.site._flow.fail(self)  # type: ignore[attr-defined]
+            _log.failure(
+                "The session store failed while answering {uri}", reason, uri=_safeUri(self)
+            )
             self._txsFailed = True
             self.loseConnection()  # type: ignore[attr-defined]
 
     def _txsForgetCookies(self) -> None:
         """
         Take back the session cookies this response would set for sessions that no longer
-        exist (a new session whose first write failed).
+        exist here (a new session, or a new id, that a failure undid).
         """
         site = self.site  # type: ignore[attr-defined]
         kept = []
@@ -275,20 +266,47 @@ class SessionCookieMixin:
         self.cookies[:] = kept  # type: ignore[attr-defined]
 
 
+def _storeFailureAnswer(reason: Failure) -> tuple[int, bytes, str] | None:
+    """
+    The status, body and log message for a request that failed in the session store;
+    C{None} for any other failure, answered as Twisted answers it.
+    """
+    if reason.check(StoreUnavailable):
+        return http.SERVICE_UNAVAILABLE, _UNAVAILABLE, "The session store failed for {uri}"
+    if reason.check(SessionEnded):
+        return http.CONFLICT, _ENDED, "The session ended while {uri} used it"
+    if reason.check(StoreError):
+        return (
+            http.INTERNAL_SERVER_ERROR,
+            _STORE_ERROR,
+            "The session store answered {uri} with an error",
+        )
+    return None
+
+
+def _safeUri(request: Any) -> str:
+    """
+    The request's path for a log line, without its query (which may carry secrets).
+    """
+    return repr(request.uri.split(b"?", 1)[0])
+
+
 _UNAVAILABLE = (
     b"<!doctype html><title>503 Service Unavailable</title><h1>Service Unavailable</h1>"
     b"<p>The session store could not be reached. Try again later.</p>"
+)
+_ENDED = (
+    b"<!doctype html><title>409 Conflict</title><h1>Conflict</h1>"
+    b"<p>The session ended while this request used it. Nothing it changed was kept.</p>"
+)
+_STORE_ERROR = (
+    b"<!doctype html><title>500 Internal Server Error</title><h1>Internal Server Error</h1>"
+    b"<p>The session store answered with an error. Nothing this request changed was kept.</p>"
 )
 
 
 def _logFailure(failure: Failure, why: str) -> None:
     _log.failure(why, failure)
-
-
-def _raiseReadFailure(failure: Failure) -> None:
-    if failure.check(StoreUnavailable, StoreError):
-        raise StoreUnavailable(f"the session could not be read: {failure.value}") from failure.value
-    failure.raiseException()
 
 
 class Request(SessionCookieMixin, server.Request):
@@ -438,6 +456,7 @@ class Site(server.Site):
     slidingExpiry = False
     maxSessions: int | None = None
     store: Any = None
+    _flow: StoreFlow | None = None
     _sharedTimer: SharedTimer | None = None
     _lru: SessionLru | None = None
 
@@ -454,6 +473,7 @@ class Site(server.Site):
         sharedTimer: bool = False,
         maxSessions: int | None = None,
         store: Any = None,
+        storeEmptySessions: bool = False,
         **kwargs: Any,
     ) -> None:
         self.cookieName = _cookieNameBytes(cookieName)
@@ -472,11 +492,7 @@ class Site(server.Site):
         if store is not None:
             store.bind(self.reactor)
             self.store = store
-            # This process's copies of stored sessions: the copy, and each session ended
-            # by expire() (a logout) whose deletion in the store was asked for.
-            self._copies: dict[Any, _Copy] = {}
-            self._logouts: weakref.WeakKeyDictionary[Any, _Outcome] = weakref.WeakKeyDictionary()
-            self._droppingLocally: Any = None
+            self._flow = StoreFlow(self, store, bool(storeEmptySessions))
             # A copy's own idle timeout ends the copy, not the stored session.
             self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure, self._dropLocally)
         elif sharedTimer:
@@ -534,86 +550,52 @@ class Site(server.Site):
         session = super().makeSession()
         if lru is not None:
             lru.add(session, self.sessions)
-        if self.store is not None:
-            self._adopt(session, None)
+        if self._flow is not None:
+            self._flow.adopt(session, None)
         return session
 
     def _makeRoom(self, lru: SessionLru) -> None:
-        while len(self.sessions) >= self.maxSessions:  # type: ignore[operator]
+        flow = self._flow
+        # A copy that a running request uses is not evicted (its touch files it as recent):
+        # the cap gives way while every session is in use.
+        tries = len(self.sessions)
+        while len(self.sessions) >= self.maxSessions and tries > 0:  # type: ignore[operator]
+            tries -= 1
             oldest = lru.oldest(self.sessions)
             if oldest is None:
                 break
             try:
-                if self.store is not None:
-                    self._dropLocally(oldest)
-                else:
+                if flow is None:
                     oldest.expire()
+                elif flow.inUse(oldest):
+                    oldest.touch()
+                else:
+                    flow.dropLocally(oldest)
             except Exception:
-                _log.failure("while evicting session {uid!r}", uid=oldest.uid)
-
-    # The session store. A session of this process is a copy of the stored one; the
-    # request's cookies name the sessions to read before rendering, and the sessions it used
-    # are written before its response. expire() is a logout: it deletes the stored session.
-    # A copy's own timeout, an eviction, or finding the stored session gone drop the copy
-    # alone (its expire() runs, with its callbacks, but nothing is deleted).
-
-    def _adopt(self, session: Any, storedAs: bytes | None) -> None:
-        """
-        Make C{session} this process's copy of the session stored as C{storedAs} (C{None}:
-        not stored yet), its fields unknown until read or written.
-        """
-        call = session._expireCall
-        if not isinstance(call, _txsession.SharedDelayedCall):
-            # A session class that files its own reactor call (Twisted's): that call would
-            # run expire(), a logout; the site's timer drops the copy instead.
-            if call is not None and call.active():
-                call.cancel()
-            session._expireCall = self._sharedTimer.add(session, session.sessionTimeout)  # type: ignore[union-attr]
-        self._copies[session] = _Copy(storedAs, {})
-        session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
+                _log.failure("while evicting a session")
 
     def _dropLocally(self, session: Any) -> None:
         """
-        End this process's copy of C{session}, leaving the stored session as it is.
+        With a store: end this process's copy of C{session} (its idle timeout, an eviction),
+        leaving the stored session as it is.
         """
-        outer, self._droppingLocally = self._droppingLocally, session
-        try:
-            session.expire()
-        finally:
-            self._droppingLocally = outer
-            self._copies.pop(session, None)
-            # An expire callback that raised left the copy's timer filed, as Twisted's
-            # expire() leaves it; the copy is over all the same.
-            call = getattr(session, "_expireCall", None)
-            if call is not None and call.active():
-                call.cancel()
+        self._flow.dropLocally(session)  # type: ignore[union-attr]
 
-    def _dropFound(self, session: Any) -> None:
+    def _sessionCookieUids(self, request: Any) -> list[bytes]:
         """
-        L{_dropLocally}, for a copy found to be over in the course of a request: an expire
-        callback's exception is logged, not raised into the request.
+        The values of the session cookies C{request}'s C{getSession} can look at (the
+        insecure one, and over HTTPS the secure one): what a store site reads for it, and no
+        more, whatever else the request carries.
         """
-        try:
-            self._dropLocally(session)
-        except Exception:
-            _log.failure("while dropping this process's copy of session {uid!r}", uid=session.uid)
-
-    def _ended(self, session: Any) -> None:
-        copy = self._copies.pop(session, None)
-        if copy is None or self._droppingLocally is session or copy.storedAs is None:
-            return
-        self._logouts[session] = _Outcome(self.store.delete(copy.storedAs), copy.storedAs)
-
-    def _sessionCookies(self, request: Any) -> list[bytes]:
-        """
-        The ids in C{request}'s cookies that this site's session cookies could hold.
-        """
+        names = [_cookieName(self, request, False, [])]
+        if request.isSecure():
+            names.append(_cookieName(self, request, True, []))
         uids: list[bytes] = []
-        for name, value in request.received_cookies.items():
-            if self._isSessionCookie(name):
-                if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
-                    uids.append(value)
-        return uids[:8]
+        for name in names:
+            value = request.getCookie(name)
+            if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
+                uids.append(value)
+        return uids
 
     def _isSessionCookie(self, name: bytes) -> bool:
         """
@@ -625,150 +607,15 @@ class Site(server.Site):
             for n in (self.cookieName, secureCookieName(self.cookieName))
         )
 
-    def _readSessions(self, request: Any) -> Deferred[None] | None:
-        """
-        Read the sessions of C{request}'s cookies from the store; C{None} when it has none.
-        A failure is kept on the request: its C{getSession} raises it.
-        """
-        uids = self._sessionCookies(request)
-        if not uids:
-            return None
-
-        def failed(reason: Failure) -> None:
-            request._txsReadFailure = reason
-
-        return self.store.load(uids).addCallback(partial(self._loaded, uids)).addErrback(failed)
-
-    def _loaded(self, uids: list[bytes], results: list[dict[str, bytes] | None]) -> None:
-        loads = self.store.serializer.loads
-        for uid, fields in zip(uids, results):
-            session = self.sessions.get(uid)
-            copy = None if session is None else self._copies.get(session)
-            if fields is None:
-                # Gone from the store: logged out, or timed out, elsewhere.
-                if session is not None and copy is not None and copy.storedAs is not None:
-                    self._dropFound(session)
-                continue
-            if session is not None and copy is not None:
-                try:
-                    session.touch()
-                except (AlreadyCalled, AlreadyCancelled):
-                    self._dropFound(session)
-                    session = None
-            if session is None or copy is None:
-                if self._lru is not None:
-                    self._makeRoom(self._lru)
-                session = self.sessions[uid] = self.sessionFactory(self, uid)
-                session.startCheckingExpiration()
-                if self._lru is not None:
-                    self._lru.add(session, self.sessions)
-                self._adopt(session, uid)
-                copy = self._copies[session]
-            # What changed in the store since this copy last saw it wins; entries this
-            # process changed and has not written yet stay.
-            namespaces = session.sessionNamespaces
-            for key, value in fields.items():
-                if copy.fields.get(key) != value:
-                    namespaces[key] = loads(value)
-            for key in copy.fields:
-                if key not in fields:
-                    namespaces.pop(key, None)
-            copy.fields = dict(fields)
-            copy.storedAs = uid
-
-    def _revert(self, session: Any) -> None:
-        """
-        Put C{session}'s namespaces back as the store has them; drop it when it was never
-        stored.
-        """
-        copy = self._copies.get(session)
-        if copy is None:
-            return
-        if copy.storedAs is None:
-            self._dropFound(session)
-            return
-        loads = self.store.serializer.loads
-        namespaces = session.sessionNamespaces
-        namespaces.clear()
-        namespaces.update({key: loads(value) for key, value in copy.fields.items()})
-
-    def _encode(self, session: Any) -> dict[str, bytes]:
-        dumps = self.store.serializer.dumps
-        encoded = {}
-        for key, value in session.sessionNamespaces.items():
-            if not isinstance(key, str):
-                raise UnserializableValue(
-                    f"session {session.uid!r}: the session store needs str namespace keys, "
-                    f"not {key!r}"
-                )
-            try:
-                data = dumps(value)
-            except Exception as e:
-                raise UnserializableValue(
-                    f"session {session.uid!r}: namespace key {key!r}: the store's serializer "
-                    f"cannot encode {type(value).__name__} {value!r}: {e}"
-                ) from e
-            if not isinstance(data, bytes):
-                raise UnserializableValue(
-                    f"session {session.uid!r}: namespace key {key!r}: the store's serializer "
-                    f"gave {type(data).__name__}, not bytes"
-                )
-            encoded[key] = data
-        return encoded
-
-    def _saveSession(self, session: Any) -> Deferred[None] | None:
-        """
-        Write what changed in C{session} since the store last saw it; C{None} when nothing
-        did. L{UnserializableValue}, with the session put back as stored, when a value
-        cannot be encoded.
-        """
-        copy = self._copies.get(session)
-        if copy is None:
-            logout = self._logouts.get(session)
-            return None if logout is None else logout.wait()
-        try:
-            encoded = self._encode(session)
-        except UnserializableValue:
-            self._revert(session)
-            raise
-        changed = {k: v for k, v in encoded.items() if copy.fields.get(k) != v}
-        deleted = [k for k in copy.fields if k not in encoded]
-        uid = session.uid
-        if not changed and not deleted and copy.storedAs == uid:
-            return None
-        new = copy.storedAs is None
-
-        def saved(written: bool) -> None:
-            if not written:
-                # Logged out or timed out elsewhere: this copy is all that is left of it.
-                self._dropFound(session)
-                return
-            copy.storedAs = uid
-            copy.fields.update(changed)
-            for key in deleted:
-                copy.fields.pop(key, None)
-
-        def failed(reason: Failure) -> Failure:
-            if new:
-                self._dropFound(session)
-            return reason
-
-        saving = self.store.save(uid, copy.storedAs, session.sessionTimeout, changed, deleted)
-        return saving.addCallbacks(saved, failed)
-
     def saveSession(self, session: Any) -> Deferred[None]:
         """
         Write C{session}'s changes to the store now, for a session changed outside a
         request (a request writes its own). Fires when written; fails with
-        L{UnserializableValue} or the store's error.
+        L{UnserializableValue} or the store's error, with the change put back.
         """
-        if self.store is None:
+        if self._flow is None:
             raise RuntimeError("saveSession needs a site with a store")
-        try:
-            saving = self._saveSession(session)
-        except UnserializableValue:
-            return fail()
-        return saving if saving is not None else succeed(None)
+        return self._flow.saveSession(session)
 
     def _mkuid(self) -> bytes:
         self.counter = self.counter + 1
@@ -776,70 +623,6 @@ class Site(server.Site):
         if entropy is os.urandom:
             return session_id()
         return hexlify(entropy(32))
-
-
-class _Copy:
-    """
-    What this process knows of a stored session: the id it is stored under (C{None} until
-    first written) and its fields as last read or written.
-    """
-
-    __slots__ = ("storedAs", "fields")
-
-    def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
-        self.storedAs = storedAs
-        self.fields = fields
-
-
-class _Outcome:
-    """
-    A store deletion's outcome, which any number of requests can wait for.
-    """
-
-    __slots__ = ("_result", "_waiters")
-
-    def __init__(self, deleting: Deferred[None], uid: bytes) -> None:
-        self._result: object = _PENDING
-        self._waiters: list[Deferred[None]] = []
-
-        def done(result: object) -> None:
-            if isinstance(result, Failure):
-                _log.failure("while deleting session {uid!r} from the store", result, uid=uid)
-            self._result = result
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                _fire(waiter, result)
-
-        deleting.addBoth(done)
-
-    def wait(self) -> Deferred[None] | None:
-        """
-        A L{Deferred} for the outcome; C{None} once the deletion succeeded.
-        """
-        if self._result is None:
-            return None
-        waiter: Deferred[None] = Deferred()
-        if self._result is _PENDING:
-            self._waiters.append(waiter)
-        else:
-            _fire(waiter, self._result)
-        return waiter
-
-
-_PENDING = object()
-
-
-def _fire(waiter: Deferred[None], result: object) -> None:
-    if isinstance(result, Failure):
-        waiter.errback(result)
-    else:
-        waiter.callback(None)
-
-
-def _copyEnded(siteRef: Any, sessionRef: Any) -> None:
-    site, session = siteRef(), sessionRef()
-    if site is not None and session is not None:
-        site._ended(session)
 
 
 def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
@@ -864,10 +647,14 @@ def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
         session = request.getSession(forceNotSecure=forceNotSecure)
     cookiename = _cookieName(site, request, secure)
     new = site._mkuid()
-    if site.sessions.get(session.uid) is session:
-        del site.sessions[session.uid]
+    old = session.uid
+    if site.sessions.get(old) is session:
+        del site.sessions[old]
     session.uid = new
     site.sessions[new] = session
+    flow = getattr(site, "_flow", None)
+    if flow is not None and flow.isLive(session):
+        flow.renew(request, session, old)
     prefix = cookiename + b"="
     request.cookies[:] = [c for c in request.cookies if not c.startswith(prefix)]
     _addSessionCookie(request, cookiename, new, secure)

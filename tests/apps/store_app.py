@@ -9,6 +9,8 @@ prints C{PORT n} once listening. Pages (all JSON):
 - C{/set?key=K&value=JSON[&delay=S]}: sets one key, answering after C{delay} seconds;
 - C{/del?key=K}, C{/logout}, C{/renew}: delete a key, expire the session, give it a new id;
 - C{/bad?key=K}: stores a value JSON cannot encode (a set);
+- C{/fail?key=K&value=JSON[&delay=S]}: sets one key, then fails (a 500), after C{delay}
+  seconds when given;
 - C{/plain}: never asks for its session;
 - C{/trips}: how many round trips the store made;
 - C{/ended}: the ids of this process's copies whose expire callbacks ran.
@@ -82,6 +84,20 @@ class Bad(_Page):
         return self.answer(request, "stored")
 
 
+class Fail(_Page):
+    def render_GET(self, request):
+        session = request.getSession()
+        session.sessionNamespaces[_arg(request, "key")] = json.loads(_arg(request, "value"))
+        delay = float(_arg(request, "delay", "0"))
+        if not delay:
+            raise RuntimeError("the page failed on purpose")
+        from twisted.internet import reactor, task
+
+        failing = task.deferLater(reactor, delay, lambda: 1 / 0)
+        failing.addErrback(request.processingFailed)
+        return server.NOT_DONE_YET
+
+
 class Logout(_Page):
     def render_GET(self, request):
         request.getSession().expire()
@@ -126,6 +142,7 @@ def makeSite(store, timeout=60.0, reactor=None, **siteOptions) -> Site:
         (b"set", Set),
         (b"del", Del),
         (b"bad", Bad),
+        (b"fail", Fail),
         (b"logout", Logout),
         (b"renew", Renew),
         (b"plain", Plain),

@@ -1,0 +1,822 @@
+"""
+How a request of a L{txsession.Site} with a session store uses its sessions, and the
+consistency model that this keeps (README.md, "The consistency model").
+
+Redis is the truth. A I{copy} is this process's session object for a stored session, and
+L{SessionCopy} says what the store holds of it: the id it is stored under and its fields, as
+last read or written here. A request uses only the sessions it read from the store (or made):
+L{StoreFlow.read} reads the sessions its cookies name, before the resource renders, and
+L{StoreFlow.getSession} returns nothing else.
+
+A I{change record} (L{Change}) is one request's use of one session. Its baseline is the
+session's namespaces, encoded, as the request first saw them, kept up to date with every
+change that is not the request's own: a value read from the store, another request's write, a
+revert. So what differs from the baseline when the request ends is what the request changed
+(with one ambiguity, in one process: a change made while several requests use the session
+counts as each one's). A request writes only that, in one atomic script per session before
+its response; a failure reverts only that; and a copy that a running request uses is not
+evicted or timed out.
+"""
+
+from __future__ import annotations
+
+import weakref
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txsession import _txsession
+from txsession.store import SessionEnded, StoreError, UnserializableValue
+
+_log = Logger()
+
+# A key a session's namespaces do not hold (in a baseline, or in the store).
+_ABSENT: Any = object()
+
+
+class _Unencodable:
+    """
+    In a baseline: a value the serializer could not encode, kept as it is so that a revert
+    can put it back.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
+class SessionCopy:
+    """
+    What this process knows of a stored session: the id it is stored under (C{None} until
+    first written), its fields as last read or written here, and the requests using it.
+    """
+
+    __slots__ = ("storedAs", "fields", "users", "creating", "renaming")
+
+    def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
+        self.storedAs = storedAs
+        self.fields = fields
+        self.users: list[Change] = []
+        # The id a write that creates the session, or renames it, is taking it to.
+        self.creating: bytes | None = None
+        self.renaming: bytes | None = None
+
+
+class Change:
+    """
+    One request's use of one session: what it saw, what it sent, what it renamed.
+    """
+
+    __slots__ = (
+        "session",
+        "copy",
+        "name",
+        "baseline",
+        "made",
+        "inFlight",
+        "contested",
+        "priors",
+        "renamedFrom",
+    )
+
+    def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
+        self.session = session
+        self.copy = copy
+        # The id this request found the session under in the store; its writes go there.
+        self.name = copy.storedAs
+        self.baseline = baseline
+        self.made = made
+        # Keys of a write sent and not answered: the baseline's value before it.
+        self.inFlight: dict[str, Any] = {}
+        # Keys of that write that another request's baseline also saw changed, and what that
+        # baseline held (restored when the write fails, so that the other request writes it).
+        self.contested: set[str] = set()
+        self.priors: list[tuple[Change, str, Any]] = []
+        # The id the session had before this request renewed it.
+        self.renamedFrom: bytes | None = None
+
+
+class RequestSessions:
+    """
+    What one request of a store site does with its sessions.
+    """
+
+    __slots__ = ("confirmed", "changes", "readFailure", "settled", "watching")
+
+    def __init__(self) -> None:
+        # Each id read for this request from the store (or made here and not stored), and
+        # its session.
+        self.confirmed: dict[bytes, Any] = {}
+        self.changes: dict[Any, Change] = {}
+        self.readFailure: Failure | None = None
+        # Written at the end, or reverted: nothing more to do.
+        self.settled = False
+        self.watching = False
+
+    def readFailed(self, reason: Failure) -> None:
+        self.readFailure = reason
+
+
+def _set(mapping: dict[str, Any], key: str, value: Any) -> None:
+    if value is _ABSENT:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = value
+
+
+class StoreFlow:
+    """
+    The store's request flow for one site: its copies, its renames and logouts in flight.
+    """
+
+    def __init__(self, site: Any, store: Any, storeEmptySessions: bool) -> None:
+        self.site = site
+        self.store = store
+        self.storeEmptySessions = storeEmptySessions
+        self.copies: dict[Any, SessionCopy] = {}
+        # Old ids of sessions renewed here whose rename has not reached the store yet: dead
+        # already, as Twisted's renewed ids are.
+        self.renamedAway: dict[bytes, Any] = {}
+        # Each session ended by expire() (a logout) whose deletion was asked for.
+        self.logouts: weakref.WeakKeyDictionary[Any, _Outcome] = weakref.WeakKeyDictionary()
+        self.droppingLocally: Any = None
+
+    # Reading: which sessions a request may use.
+
+    def read(self, request: Any, uids: list[bytes]) -> Deferred[None] | None:
+        """
+        Start C{request}'s use of the store: read the sessions C{uids} (the values of the
+        session cookies its C{getSession} can look at); C{None} when there is nothing to
+        read. A failure is kept: C{getSession} raises it.
+        """
+        state = request._txsStore = RequestSessions()
+        sessions = self.site.sessions
+        reading = []
+        for uid in uids:
+            if uid in self.renamedAway:
+                continue
+            session = sessions.get(uid)
+            copy = None if session is None else self.copies.get(session)
+            if copy is not None and copy.storedAs is None:
+                # Made here and not stored yet: nothing in the store can say otherwise.
+                state.confirmed[uid] = session
+            else:
+                reading.append(uid)
+        if not reading:
+            return None
+        loading = self.store.load(reading)
+        loading.addCallback(partial(self._loaded, state, reading))
+        loading.addErrback(state.readFailed)
+        return loading
+
+    def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
+        loads = self.store.serializer.loads
+        sessions = self.site.sessions
+        for uid, result in zip(uids, results):
+            session = sessions.get(uid)
+            copy = None if session is None else self.copies.get(session)
+            if not isinstance(result, dict):
+                if copy is not None and copy.storedAs == uid:
+                    if result is None:
+                        # Logged out, or timed out, elsewhere.
+                        self.dropFound(session)
+                    else:
+                        # Renamed elsewhere: this copy is of a name that is dead.
+                        self._setAside(session)
+                continue
+            if uid in self.renamedAway:
+                continue
+            decoded = {}
+            for key, value in result.items():
+                try:
+                    decoded[key] = loads(value)
+                except Exception as e:
+                    raise StoreError(
+                        f"a stored value of the namespace key {key!r} cannot be decoded: {e}"
+                    ) from e
+            if copy is not None:
+                try:
+                    session.touch()
+                except (AlreadyCalled, AlreadyCancelled):
+                    self.dropFound(session)
+                    copy = None
+            if copy is None:
+                session = self._newCopy(uid, result, decoded)
+            else:
+                self._merge(session, copy, result, decoded)
+                copy.storedAs = uid
+            state.confirmed[uid] = session
+
+    def _newCopy(self, uid: bytes, fields: dict[str, bytes], decoded: dict[str, Any]) -> Any:
+        site = self.site
+        lru = site._lru
+        if lru is not None:
+            site._makeRoom(lru)
+        session = site.sessions[uid] = site.sessionFactory(site, uid)
+        session.startCheckingExpiration()
+        if lru is not None:
+            lru.add(session, site.sessions)
+        self.adopt(session, uid)
+        session.sessionNamespaces.update(decoded)
+        self.copies[session].fields = dict(fields)
+        return session
+
+    def _merge(
+        self,
+        session: Any,
+        copy: SessionCopy,
+        fields: dict[str, bytes],
+        decoded: dict[str, Any],
+    ) -> None:
+        """
+        Bring C{copy} up to what the store holds, C{fields}: what changed there since this
+        process last saw it wins, except a key changed here and not written yet, which stays
+        (its request writes it later, so the later write wins, as in the store).
+        """
+        known = copy.fields
+        if fields == known:
+            return
+        namespaces = session.sessionNamespaces
+        for key in [*fields, *(k for k in known if k not in fields)]:
+            stored = fields.get(key, _ABSENT)
+            was = known.get(key, _ABSENT)
+            if stored == was or self.encoded(namespaces, key) != was:
+                continue
+            if stored is _ABSENT:
+                namespaces.pop(key, None)
+            else:
+                namespaces[key] = decoded[key]
+            for user in copy.users:
+                _set(user.baseline, key, stored)
+        copy.fields = dict(fields)
+
+    def isLive(self, session: Any) -> bool:
+        return session in self.copies
+
+    def getSession(self, request: Any, secure: bool, cookiename: bytes) -> tuple[Any, bool]:
+        """
+        The session C{request} may use for the cookie C{cookiename}, and whether it is new:
+        the one read for it, or else a new one (C{site.makeSession()}).
+        """
+        state = self.stateOf(request)
+        if state.readFailure is not None:
+            _raiseReadFailure(state.readFailure)
+        uid = request.getCookie(cookiename)
+        session = state.confirmed.get(uid) if uid else None
+        if session is not None and (session.uid != uid or not self.isLive(session)):
+            # Renewed, logged out or dropped since it was read: its id is dead.
+            session = None
+        made = session is None
+        if made:
+            session = self.site.makeSession()
+        self.attach(request, session, made)
+        return session, made
+
+    @staticmethod
+    def stateOf(request: Any) -> RequestSessions:
+        state = request._txsStore
+        if state is None:
+            state = request._txsStore = RequestSessions()
+        return state
+
+    def attach(self, request: Any, session: Any, made: bool = False) -> Change:
+        """
+        C{request}'s change record for C{session}, started now if it has none.
+        """
+        state = self.stateOf(request)
+        change = state.changes.get(session)
+        if change is not None:
+            return change
+        copy = self.copies[session]
+        # Alone, a request sees what the store holds (an unwritten change made outside any
+        # request becomes its own); beside others, what they see, their changes included.
+        baseline = self.snapshot(session) if copy.users else dict(copy.fields)
+        change = state.changes[session] = Change(session, copy, baseline, made)
+        copy.users.append(change)
+        if not state.watching:
+            state.watching = True
+            request.notifyFinish().addBoth(partial(self.release, request))
+        return change
+
+    def inUse(self, session: Any) -> bool:
+        copy = self.copies.get(session)
+        return copy is not None and bool(copy.users)
+
+    def release(self, request: Any, result: object = None) -> None:
+        """
+        C{request} is over: one whose connection was lost before its changes were written
+        has them reverted; every record is let go.
+        """
+        state = request._txsStore
+        if state is None:
+            return
+        if isinstance(result, Failure) and not state.settled:
+            self.fail(request)
+        state.settled = True
+        for change in state.changes.values():
+            if change in change.copy.users:
+                change.copy.users.remove(change)
+
+    # Encoding.
+
+    def encoded(self, namespaces: Any, key: str) -> Any:
+        """
+        The value of C{key} in C{namespaces} as the store would hold it: bytes, C{_ABSENT},
+        or an L{_Unencodable}.
+        """
+        value = namespaces.get(key, _ABSENT)
+        if value is _ABSENT:
+            return _ABSENT
+        try:
+            data = self.store.serializer.dumps(value)
+        except Exception:
+            return _Unencodable(value)
+        return data if isinstance(data, bytes) else _Unencodable(value)
+
+    def snapshot(self, session: Any) -> dict[str, Any]:
+        namespaces = session.sessionNamespaces
+        return {key: self.encoded(namespaces, key) for key in namespaces}
+
+    def diff(self, change: Change) -> tuple[dict[str, bytes], list[str]]:
+        """
+        What C{change}'s request changed in its session: the keys it set, encoded, and the
+        keys it deleted. L{UnserializableValue}, naming the key, for a value it set that the
+        serializer cannot encode or would not give back equal.
+        """
+        serializer = self.store.serializer
+        baseline = change.baseline
+        changed: dict[str, bytes] = {}
+        namespaces = change.session.sessionNamespaces
+        for key, value in namespaces.items():
+            was = baseline.get(key, _ABSENT)
+            if not isinstance(key, str):
+                raise UnserializableValue(
+                    f"the session store needs str namespace keys, not {key!r}"
+                )
+            try:
+                data = serializer.dumps(value)
+            except Exception as e:
+                if isinstance(was, _Unencodable):
+                    continue  # not this request's value
+                raise UnserializableValue(
+                    f"namespace key {key!r}: the store's serializer cannot encode "
+                    f"{type(value).__name__} {_short(value)}: {e}"
+                ) from e
+            if not isinstance(data, bytes):
+                raise UnserializableValue(
+                    f"namespace key {key!r}: the store's serializer gave "
+                    f"{type(data).__name__}, not bytes"
+                )
+            if data == was:
+                continue
+            try:
+                key.encode()
+                same = serializer.loads(data) == value
+            except Exception as e:
+                raise UnserializableValue(f"namespace key {key!r} cannot be stored: {e}") from e
+            if not same:
+                # Another process would read something else: a tuple as a list, or a dict's
+                # int keys as strings. Refused, rather than read back differently.
+                raise UnserializableValue(
+                    f"namespace key {key!r}: {type(value).__name__} {_short(value)} would "
+                    f"read back from the store as {_short(serializer.loads(data))}; store "
+                    f"it in a form the serializer keeps"
+                )
+            changed[key] = data
+        deleted = [key for key in baseline if key not in namespaces]
+        return changed, deleted
+
+    # Writing.
+
+    def flush(self, request: Any) -> Deferred[None] | None:
+        """
+        Write what C{request} changed in its sessions, each in one atomic script; C{None}
+        when nothing needs writing or waiting for. Every session is encoded before anything
+        is sent: L{UnserializableValue} raised here means nothing was sent. The
+        L{Deferred} fails with the first failure, once every write has answered.
+        """
+        state = request._txsStore
+        if state is None or state.settled:
+            return None
+        plans = []
+        waits: list[Deferred[Any]] = []
+        for change in state.changes.values():
+            session = change.session
+            if not self.isLive(session):
+                # Ended here: by a logout (the response waits for its deletion), or dropped.
+                logout = self.logouts.get(session)
+                waiting = None if logout is None else logout.wait()
+                if waiting is not None:
+                    waits.append(waiting)
+                continue
+            changed, deleted = self.diff(change)
+            plan = self._plan(change, changed, deleted)
+            if plan is not None:
+                plans.append(plan)
+        for plan in plans:
+            waits.append(self._send(*plan))
+        if not waits:
+            self._written(state)
+            return None
+        return _allAnswered(waits).addCallback(lambda _: self._written(state))
+
+    def _written(self, state: RequestSessions) -> None:
+        for change in state.changes.values():
+            self._renameDone(change)
+
+    def _plan(
+        self, change: Change, changed: dict[str, bytes], deleted: list[str]
+    ) -> tuple[Change, bytes | None, bytes, dict[str, bytes], list[str]] | None:
+        """
+        Where C{change}'s write goes: the id it is stored under (C{None} to create it) and the
+        id to write; C{None} when there is nothing to write.
+        """
+        copy = change.copy
+        uid = change.session.uid
+        if change.renamedFrom is not None and uid != copy.storedAs:
+            # This request renewed the session: its write renames it, or makes it.
+            source = copy.storedAs or copy.creating
+            if source is not None or changed or deleted or self.storeEmptySessions:
+                return change, source, uid, changed, deleted
+            return None
+        if not changed and not deleted:
+            if copy.storedAs is not None or copy.creating is not None:
+                return None
+            if not (self.storeEmptySessions and change.made):
+                return None
+        if copy.storedAs is None:
+            if copy.creating is not None:
+                # Another request's write is making it: this one follows it.
+                return change, copy.creating, copy.creating, changed, deleted
+            return change, None, uid, changed, deleted
+        # Where this request found it; a session renamed since is not this request's to
+        # write (the store refuses, the request fails).
+        target = change.name if change.name is not None else copy.storedAs
+        return change, target, target, changed, deleted
+
+    def _send(
+        self,
+        change: Change,
+        source: bytes | None,
+        target: bytes,
+        changed: dict[str, bytes],
+        deleted: list[str],
+    ) -> Deferred[None]:
+        copy = change.copy
+        for key, data in changed.items():
+            self._claim(change, key, data)
+        for key in deleted:
+            self._claim(change, key, _ABSENT)
+        if source is None:
+            copy.creating = target
+        elif source != target:
+            copy.renaming = target
+        saving = maybeDeferred(
+            self.store.save, target, source, change.session.sessionTimeout, changed, deleted
+        )
+        return saving.addCallbacks(
+            partial(self._saved, change, source, target),
+            partial(self._notSaved, change, source, target),
+        )
+
+    def _claim(self, change: Change, key: str, value: Any) -> None:
+        """
+        C{change}'s write carries C{key} as C{value}: the other requests using the session
+        no longer count it as changed, unless the write fails.
+        """
+        change.inFlight.setdefault(key, change.baseline.get(key, _ABSENT))
+        _set(change.baseline, key, value)
+        for user in change.copy.users:
+            if user is change:
+                continue
+            prior = user.baseline.get(key, _ABSENT)
+            if prior != value:
+                change.contested.add(key)
+                change.priors.append((user, key, prior))
+                _set(user.baseline, key, value)
+
+    def _saved(self, change: Change, source: bytes | None, target: bytes, _: object) -> None:
+        copy = change.copy
+        fields = copy.fields
+        namespaces_baseline = change.baseline
+        for key in change.inFlight:
+            _set(fields, key, namespaces_baseline.get(key, _ABSENT))
+        change.inFlight.clear()
+        change.contested.clear()
+        change.priors.clear()
+        copy.storedAs = target
+        change.name = target
+        if copy.creating == target:
+            copy.creating = None
+        if copy.renaming == target:
+            copy.renaming = None
+
+    def _notSaved(
+        self, change: Change, source: bytes | None, target: bytes, reason: Failure
+    ) -> Failure:
+        copy = change.copy
+        if copy.creating == target:
+            copy.creating = None
+        if copy.renaming == target:
+            copy.renaming = None
+        ended = reason.check(SessionEnded)
+        if ended and source is not None and copy.storedAs == source:
+            if reason.value.renamedTo is None:
+                self.dropFound(change.session)
+            else:
+                self._setAside(change.session)
+        return reason
+
+    def _renameDone(self, change: Change) -> None:
+        if change.renamedFrom is None:
+            return
+        change.renamedFrom = None
+        session = change.session
+        for old in [old for old, s in self.renamedAway.items() if s is session]:
+            del self.renamedAway[old]
+
+    # Failing.
+
+    def fail(self, request: Any) -> None:
+        """
+        C{request} failed: put back what it changed in its sessions, and nothing else;
+        drop a session it made that was never stored.
+        """
+        state = self.stateOf(request)
+        if state.settled:
+            return
+        state.settled = True
+        for change in state.changes.values():
+            self._revert(change)
+
+    def _revert(self, change: Change) -> None:
+        session, copy = change.session, change.copy
+        others = [user for user in copy.users if user is not change]
+        namespaces = session.sessionNamespaces
+        keys = dict.fromkeys(change.inFlight)
+        for key in namespaces:
+            if key not in keys and self.encoded(namespaces, key) != change.baseline.get(
+                key, _ABSENT
+            ):
+                keys[key] = None
+        for key in change.baseline:
+            if key not in namespaces:
+                keys[key] = None
+        loads = self.store.serializer.loads
+        for key in keys:
+            before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
+            current = self.encoded(namespaces, key)
+            theirs = key in change.contested or any(
+                user.baseline.get(key, _ABSENT) != current for user in others
+            )
+            if theirs:
+                # Another request changed it too: it stays, and that request writes it.
+                for user, userKey, prior in change.priors:
+                    if userKey == key:
+                        _set(user.baseline, key, prior)
+                continue
+            if before is _ABSENT:
+                namespaces.pop(key, None)
+            elif isinstance(before, _Unencodable):
+                namespaces[key] = before.value
+            else:
+                namespaces[key] = loads(before)
+            for user in others:
+                _set(user.baseline, key, before)
+        change.inFlight.clear()
+        change.contested.clear()
+        change.priors.clear()
+        if change.renamedFrom is not None:
+            self._unrename(change)
+        if change.made and copy.storedAs is None and copy.creating is None:
+            self.dropFound(session)
+
+    def _unrename(self, change: Change) -> None:
+        """
+        Give back the id C{change}'s request renewed its session from, when the store
+        did not take the rename.
+        """
+        session, old = change.session, change.renamedFrom
+        change.renamedFrom = None
+        for name in [name for name, s in self.renamedAway.items() if s is session]:
+            del self.renamedAway[name]
+        copy = change.copy
+        if not self.isLive(session) or copy.storedAs == session.uid or old is None:
+            return
+        sessions = self.site.sessions
+        if sessions.get(session.uid) is session:
+            del sessions[session.uid]
+        session.uid = old
+        sessions[old] = session
+
+    # Copies: made, renewed, ended.
+
+    def adopt(self, session: Any, storedAs: bytes | None) -> None:
+        """
+        Make C{session} this process's copy of the session stored as C{storedAs} (C{None}:
+        not stored yet), its fields unknown until read or written.
+        """
+        call = session._expireCall
+        if not isinstance(call, _txsession.SharedDelayedCall):
+            # A session class that files its own reactor call (Twisted's): that call would
+            # run expire(), a logout; the site's timer drops the copy instead.
+            if call is not None and call.active():
+                call.cancel()
+            session._expireCall = self.site._sharedTimer.add(session, session.sessionTimeout)
+        self.copies[session] = SessionCopy(storedAs, {})
+        session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
+
+    def renew(self, request: Any, session: Any, old: bytes) -> None:
+        """
+        C{request} gave C{session} a new id in place of C{old}: its write renames the stored
+        session, and C{old} is dead here from now on.
+        """
+        change = self.attach(request, session)
+        if change.renamedFrom is None:
+            change.renamedFrom = old
+        self.renamedAway[old] = session
+
+    def ended(self, session: Any) -> None:
+        """
+        C{session}'s C{expire()} ran: unless this process is only dropping its copy, a
+        logout, which deletes it in the store, under every id it has or is being given.
+        """
+        copy = self.copies.pop(session, None)
+        for name in [name for name, s in self.renamedAway.items() if s is session]:
+            del self.renamedAway[name]
+        if copy is None or self.droppingLocally is session:
+            return
+        names = [
+            name
+            for name in dict.fromkeys([copy.storedAs, copy.creating, copy.renaming])
+            if name is not None
+        ]
+        if names:
+            self.logouts[session] = _Outcome(self.store.delete(*names))
+
+    def dropLocally(self, session: Any) -> None:
+        """
+        End this process's copy of C{session} (its idle timeout here, or an eviction),
+        leaving the stored session as it is; a copy a running request uses stays.
+        """
+        copy = self.copies.get(session)
+        if copy is not None and copy.users:
+            call = getattr(session, "_expireCall", None)
+            if call is None or not call.active():
+                session._expireCall = self.site._sharedTimer.add(session, session.sessionTimeout)
+            return
+        self._endCopy(session)
+
+    def _endCopy(self, session: Any) -> None:
+        outer, self.droppingLocally = self.droppingLocally, session
+        try:
+            session.expire()
+        finally:
+            self.droppingLocally = outer
+            self.copies.pop(session, None)
+            # An expire callback that raised left the copy's timer filed, as Twisted's
+            # expire() leaves it; the copy is over all the same.
+            _cancel(session)
+
+    def dropFound(self, session: Any) -> None:
+        """
+        End this process's copy of C{session}, found to be over in the course of a request:
+        an expire callback's exception is logged, not raised into the request.
+        """
+        try:
+            self._endCopy(session)
+        except Exception:
+            _log.failure("while dropping this process's copy of a session")
+
+    def _setAside(self, session: Any) -> None:
+        """
+        Forget this process's copy of C{session}, which another process renamed: the
+        session lives on under its new id, so its expire callbacks do not run.
+        """
+        self.copies.pop(session, None)
+        sessions = self.site.sessions
+        if sessions.get(session.uid) is session:
+            del sessions[session.uid]
+        _cancel(session)
+
+    def saveSession(self, session: Any) -> Deferred[None]:
+        """
+        Write C{session}'s unwritten changes now, for a session changed outside a request.
+        """
+        copy = self.copies.get(session)
+        if copy is None:
+            logout = self.logouts.get(session)
+            waiting = None if logout is None else logout.wait()
+            return succeed(None) if waiting is None else waiting
+        change = Change(session, copy, dict(copy.fields), made=False)
+        change.name = copy.storedAs
+        copy.users.append(change)
+
+        def done(result: object) -> object:
+            if isinstance(result, Failure):
+                self._revert(change)
+            if change in copy.users:
+                copy.users.remove(change)
+            return result
+
+        try:
+            plan = self._plan(change, *self.diff(change))
+        except Exception:
+            return fail().addBoth(done)
+        if plan is None:
+            return succeed(None).addBoth(done)
+        return self._send(*plan).addBoth(done)
+
+
+def _cancel(session: Any) -> None:
+    call = getattr(session, "_expireCall", None)
+    if call is not None and call.active():
+        call.cancel()
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _raiseReadFailure(failure: Failure) -> None:
+    failure.raiseException()
+
+
+def _allAnswered(waits: list[Deferred[Any]]) -> Deferred[None]:
+    """
+    Fires once every one of C{waits} has answered: with C{None}, or the first failure.
+    """
+    if len(waits) == 1:
+        return waits[0].addCallback(lambda _: None)
+    done: Deferred[None] = Deferred()
+    results: list[object] = []
+
+    def answered(result: object) -> None:
+        results.append(result)
+        if len(results) == len(waits):
+            failures = [r for r in results if isinstance(r, Failure)]
+            if failures:
+                done.errback(failures[0])
+            else:
+                done.callback(None)
+
+    for waiting in waits:
+        waiting.addBoth(answered)
+    return done
+
+
+class _Outcome:
+    """
+    A store deletion's outcome, which any number of requests can wait for.
+    """
+
+    __slots__ = ("_result", "_waiters")
+
+    def __init__(self, deleting: Deferred[None]) -> None:
+        self._result: object = _PENDING
+        self._waiters: list[Deferred[None]] = []
+
+        def done(result: object) -> None:
+            if isinstance(result, Failure):
+                _log.failure("while deleting a session from the store", result)
+            self._result = result
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                _fire(waiter, result)
+
+        deleting.addBoth(done)
+
+    def wait(self) -> Deferred[None] | None:
+        """
+        A L{Deferred} for the outcome; C{None} once the deletion succeeded.
+        """
+        if self._result is None:
+            return None
+        waiter: Deferred[None] = Deferred()
+        if self._result is _PENDING:
+            self._waiters.append(waiter)
+        else:
+            _fire(waiter, self._result)
+        return waiter
+
+
+_PENDING = object()
+
+
+def _fire(waiter: Deferred[None], result: object) -> None:
+    if isinstance(result, Failure):
+        waiter.errback(result)
+    else:
+        waiter.callback(None)
+
+
+def _copyEnded(flowRef: Any, sessionRef: Any) -> None:
+    flow, session = flowRef(), sessionRef()
+    if flow is not None and session is not None:
+        flow.ended(session)
