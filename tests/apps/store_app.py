@@ -7,7 +7,10 @@ drive in-process.
 prints C{PORT n} once listening. Pages (all JSON):
 - C{/get}: the session's id and namespaces;
 - C{/set?key=K&value=JSON[&delay=S]}: sets one key, answering after C{delay} seconds;
-- C{/del?key=K}, C{/logout}, C{/renew}: delete a key, expire the session, give it a new id;
+- C{/del?key=K}, C{/logout[?delay=S]}, C{/renew}: delete a key, expire the session (after
+  C{delay} seconds, the session got at once), give it a new id;
+- C{/py?key=K&kind=tuple|intkeys|mixed}: stores a value JSON would give back changed;
+- C{/many?n=N} and C{/clear}: sets N keys at once, deletes every key;
 - C{/bad?key=K}: stores a value JSON cannot encode (a set);
 - C{/fail?key=K&value=JSON[&delay=S]}: sets one key, then fails (a 500), after C{delay}
   seconds when given;
@@ -98,10 +101,45 @@ class Fail(_Page):
         return server.NOT_DONE_YET
 
 
+class Py(_Page):
+    values = {"tuple": (1, 2), "intkeys": {1: "one"}, "mixed": {1: "a", "1": "b"}}
+
+    def render_GET(self, request):
+        request.getSession().sessionNamespaces[_arg(request, "key")] = self.values[
+            _arg(request, "kind")
+        ]
+        return self.answer(request, "stored")
+
+
+class Many(_Page):
+    def render_GET(self, request):
+        namespaces = request.getSession().sessionNamespaces
+        namespaces.update({f"k{i}": i for i in range(int(_arg(request, "n")))})
+        return self.answer(request, len(namespaces))
+
+
+class Clear(_Page):
+    def render_GET(self, request):
+        request.getSession().sessionNamespaces.clear()
+        return self.answer(request, "cleared")
+
+
 class Logout(_Page):
     def render_GET(self, request):
-        request.getSession().expire()
-        return self.answer(request, "bye")
+        session = request.getSession()
+        delay = float(_arg(request, "delay", "0"))
+        if not delay:
+            session.expire()
+            return self.answer(request, "bye")
+        from twisted.internet import reactor
+
+        def later():
+            session.expire()
+            request.write(self.answer(request, "bye"))
+            request.finish()
+
+        reactor.callLater(delay, later)
+        return server.NOT_DONE_YET
 
 
 class Renew(_Page):
@@ -143,6 +181,9 @@ def makeSite(store, timeout=60.0, reactor=None, **siteOptions) -> Site:
         (b"del", Del),
         (b"bad", Bad),
         (b"fail", Fail),
+        (b"py", Py),
+        (b"many", Many),
+        (b"clear", Clear),
         (b"logout", Logout),
         (b"renew", Renew),
         (b"plain", Plain),
