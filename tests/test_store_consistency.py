@@ -54,7 +54,9 @@ class _Gate(resource.Resource):
             self.finishing.addCallback(finish)
         else:
             self.started.callback(None)
-            self.failing.addCallback(lambda _: 1 / 0).addErrback(request.processingFailed)
+            failing = self.failing.addCallback(lambda _: 1 / 0)
+            # processingFailed answers the request and gives the failure back: consumed here.
+            failing.addErrback(request.processingFailed).addErrback(lambda _: None)
         return server.NOT_DONE_YET
 
 

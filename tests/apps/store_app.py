@@ -97,7 +97,8 @@ class Fail(_Page):
         from twisted.internet import reactor, task
 
         failing = task.deferLater(reactor, delay, lambda: 1 / 0)
-        failing.addErrback(request.processingFailed)
+        # processingFailed answers the request and gives the failure back: consumed here.
+        failing.addErrback(request.processingFailed).addErrback(lambda _: None)
         return server.NOT_DONE_YET
 
 
