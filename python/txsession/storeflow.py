@@ -293,6 +293,10 @@ class StoreFlow:
         if change is not None:
             return change
         copy = self.copies[session]
+        if request.finished or request._disconnected:
+            # Nothing is written for a request that is over: the session is used as outside
+            # any request (saveSession writes it), and nothing waits for the request's end.
+            return Change(session, copy, dict(copy.fields), made)
         # Alone, a request sees what the store holds (an unwritten change made outside any
         # request becomes its own); beside others, what they see, their changes included.
         baseline = self.snapshot(session) if copy.users else dict(copy.fields)
