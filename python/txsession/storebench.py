@@ -6,12 +6,15 @@ turn by one client over loopback: Twisted's site and txsession's in memory (one 
 txsession's on the Redis store (one process), and two txsession processes on the store, each
 on its own port, the client's connections split between them. Every request asks for its
 session; one workload changes a key each time (a read and a write), the other only reads.
+Beside requests per second, each row gives the CPU time the server processes used per request
+(user and system, from /proc around the run), which moves less with the machine's load.
 Without C{URL}, a private C{redis-server} is started on a free port for the run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import shutil
 import socket
@@ -153,6 +156,22 @@ def _trips(ports: list[int]) -> int:
     return sum(int(_get(port, b"/trips")[1]) for port in ports)
 
 
+def _cpu(pids: list[int]) -> float:
+    """
+    CPU seconds (user and system) that the processes C{pids} have used, from /proc; 0 where
+    there is no /proc.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class _PrivateRedis:
     def __init__(self) -> None:
         path = shutil.which("redis-server")
@@ -209,8 +228,11 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
                 text=True,
             )
             processes.append(proc)
-            return int(proc.stdout.readline())  # type: ignore[union-attr]
+            port = int(proc.stdout.readline())  # type: ignore[union-attr]
+            pids[port] = proc.pid
+            return port
 
+        pids: dict[int, int] = {}
         ports = {"twisted": [start("twisted")], "memory": [start("memory")]}
         ports["store"] = [start("store"), start("store")]
         print(
@@ -222,16 +244,20 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         for workload, path in WORKLOADS:
             rates: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
             trips: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
+            cpu: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
             for _, mode, count in SCENARIOS:
                 _load(ports[mode][:count], path, min(seconds, 0.5))  # warm-up
             for _ in range(rounds):
                 for name, mode, count in SCENARIOS:
                     used = ports[mode][:count]
+                    servers = [pids[port] for port in used]
                     before = _trips(used)
+                    cpuBefore = _cpu(servers)
                     rate, made = _load(used, path, seconds)
+                    cpu[name].append((_cpu(servers) - cpuBefore) / made * 1e6)
                     trips[name].append((_trips(used) - before) / made)
                     rates[name].append(rate)
-            results[workload] = (rates, trips)
+            results[workload] = (rates, trips, cpu)
             print(f"  measured: returning session, {workload}", flush=True)
     finally:
         for proc in processes:
@@ -245,10 +271,14 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
             json.dump(
                 {
                     workload: {
-                        name: {"requests_per_second": rates[name], "round_trips": trips[name]}
+                        name: {
+                            "requests_per_second": rates[name],
+                            "round_trips": trips[name],
+                            "server_cpu_us_per_request": cpu[name],
+                        }
                         for name in rates
                     }
-                    for workload, (rates, trips) in results.items()
+                    for workload, (rates, trips, cpu) in results.items()
                 },
                 f,
                 indent=2,
@@ -256,16 +286,21 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
     return 0
 
 
-def render(results: dict[str, tuple[dict[str, list[float]], dict[str, list[float]]]]) -> str:
+Samples = dict[str, list[float]]
+
+
+def render(results: dict[str, tuple[Samples, Samples, Samples]]) -> str:
     header = (
         "HTTP, returning session",
         "req/s",
         "(quartiles)",
         "vs txsession in memory",
         "Redis round trips/request",
+        "server CPU µs/request",
+        "(quartiles)",
     )
     lines = []
-    for workload, (rates, trips) in results.items():
+    for workload, (rates, trips, cpu) in results.items():
         base = statistics.median(rates["txsession, 1 process, in memory"])
         for name, _, _ in SCENARIOS:
             low, high = _quartiles(rates[name])
@@ -276,6 +311,8 @@ def render(results: dict[str, tuple[dict[str, list[float]], dict[str, list[float
                     f"({low:,.0f}-{high:,.0f})",
                     f"{statistics.median(rates[name]) / base:.2f}x",
                     f"{statistics.median(trips[name]):.2f}",
+                    f"{statistics.median(cpu[name]):.1f}",
+                    "({:.1f}-{:.1f})".format(*_quartiles(cpu[name])),
                 ]
             )
     return table(header, lines)
