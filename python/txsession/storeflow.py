@@ -175,7 +175,6 @@ class StoreFlow:
         return loading
 
     def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
-        loads = self.store.serializer.loads
         sessions = self.site.sessions
         for uid, result in zip(uids, results):
             session = sessions.get(uid)
@@ -191,14 +190,6 @@ class StoreFlow:
                 continue
             if uid in self.renamedAway:
                 continue
-            decoded = {}
-            for key, value in result.items():
-                try:
-                    decoded[key] = loads(value)
-                except Exception as e:
-                    raise StoreError(
-                        f"a stored value of the namespace key {key!r} cannot be decoded: {e}"
-                    ) from e
             if copy is not None:
                 try:
                     session.touch()
@@ -206,13 +197,29 @@ class StoreFlow:
                     self.dropFound(session)
                     copy = None
             if copy is None:
-                session = self._newCopy(uid, result, decoded)
+                session = self._newCopy(uid, result)
             else:
-                self._merge(session, copy, result, decoded)
+                self._merge(session, copy, result)
                 copy.storedAs = uid
             state.confirmed[uid] = session
 
-    def _newCopy(self, uid: bytes, fields: dict[str, bytes], decoded: dict[str, Any]) -> Any:
+    def _decode(self, fields: dict[str, bytes]) -> dict[str, Any]:
+        """
+        C{fields} from the store, decoded; L{StoreError} naming the key of one that cannot be.
+        """
+        loads = self.store.serializer.loads
+        decoded = {}
+        for key, value in fields.items():
+            try:
+                decoded[key] = loads(value)
+            except Exception as e:
+                raise StoreError(
+                    f"a stored value of the namespace key {key!r} cannot be decoded: {e}"
+                ) from e
+        return decoded
+
+    def _newCopy(self, uid: bytes, fields: dict[str, bytes]) -> Any:
+        decoded = self._decode(fields)
         site = self.site
         lru = site._lru
         if lru is not None:
@@ -226,13 +233,7 @@ class StoreFlow:
         self.copies[session].fields = dict(fields)
         return session
 
-    def _merge(
-        self,
-        session: Any,
-        copy: SessionCopy,
-        fields: dict[str, bytes],
-        decoded: dict[str, Any],
-    ) -> None:
+    def _merge(self, session: Any, copy: SessionCopy, fields: dict[str, bytes]) -> None:
         """
         Bring C{copy} up to what the store holds, C{fields}: what changed there since this
         process last saw it wins, except a key changed here and not written yet, which stays
@@ -242,11 +243,14 @@ class StoreFlow:
         if fields == known:
             return
         namespaces = session.sessionNamespaces
+        theirs = {}
         for key in [*fields, *(k for k in known if k not in fields)]:
             stored = fields.get(key, _ABSENT)
             was = known.get(key, _ABSENT)
-            if stored == was or self.encoded(namespaces, key) != was:
-                continue
+            if stored != was and self.encoded(namespaces, key) == was:
+                theirs[key] = stored
+        decoded = self._decode({k: v for k, v in theirs.items() if v is not _ABSENT})
+        for key, stored in theirs.items():
             if stored is _ABSENT:
                 namespaces.pop(key, None)
             else:
