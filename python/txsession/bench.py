@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -23,206 +21,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-import twisted
 from twisted.internet import reactor
-from twisted.python import components
-from twisted.web import resource, server
-from zope.interface import Interface, implementer
 
-import txsession
+from txsession._benchkit import environment, httpServer, responses
+from txsession._operations import IMPLEMENTATIONS, SCENARIOS, noop, site
 from txsession._report import rss, table
-
-IMPLEMENTATIONS = {"Twisted": server.Session, "txsession": txsession.Session}
-
-
-class ICached(Interface):
-    pass
-
-
-class ITemporary(Interface):
-    pass
-
-
-class IMissing(Interface):
-    pass
-
-
-@implementer(ICached)
-class CachedAdapter:
-    def __init__(self, original):
-        self.original = original
-
-
-@implementer(ITemporary)
-class TemporaryAdapter:
-    temporaryAdapter = 1
-
-    def __init__(self, original):
-        self.original = original
-
-
-for _cls in IMPLEMENTATIONS.values():
-    components.registerAdapter(CachedAdapter, _cls, ICached)
-    components.registerAdapter(TemporaryAdapter, _cls, ITemporary)
-
-
-def _site(sessionClass):
-    site = server.Site(resource.Resource(), reactor=reactor)
-    site.sessionFactory = sessionClass
-    return site
-
-
-def _cancelAll(sessions):
-    for session in sessions:
-        call = session._expireCall
-        if call is not None and call.active():
-            call.cancel()
-
-
-def _noop():
-    pass
-
-
-# Each scenario: (name, prepare) where prepare(sessionClass, n) returns (run, cleanup); run()
-# performs the operation n times and is the only part timed.
-
-
-def _construct(cls, n):
-    site = _site(cls)
-    uids = [b"%064d" % i for i in range(n)]
-
-    def run():
-        for uid in uids:
-            cls(site, uid)
-
-    return run, _noop
-
-
-_SHORT: dict[type, type] = {}
-
-
-def _short(cls):
-    """
-    C{class Short(cls): sessionTimeout = 60}, the README's subclass, one per implementation.
-    """
-    if cls not in _SHORT:
-        _SHORT[cls] = type("Short", (cls,), {"sessionTimeout": 60})
-    return _SHORT[cls]
-
-
-def _constructSubclass(cls, n):
-    return _construct(_short(cls), n)
-
-
-def _constructAndStart(cls, n):
-    site = _site(cls)
-    uids = [b"%064d" % i for i in range(n)]
-    made = []
-
-    def run():
-        append = made.append
-        for uid in uids:
-            session = cls(site, uid)
-            session.startCheckingExpiration()
-            append(session)
-
-    return run, lambda: _cancelAll(made)
-
-
-def _touch(cls, n):
-    session = cls(_site(cls), b"touch")
-    session.startCheckingExpiration()
-    touch = session.touch
-
-    def run():
-        for _ in range(n):
-            touch()
-
-    return run, lambda: _cancelAll([session])
-
-
-def _getComponent(interface):
-    def prepare(cls, n):
-        session = cls(_site(cls), b"component")
-        session.getComponent(interface)
-        getComponent = session.getComponent
-
-        def run():
-            for _ in range(n):
-                getComponent(interface)
-
-        return run, _noop
-
-    return prepare
-
-
-def _expire(cls, n):
-    site = _site(cls)
-    sessions = []
-    for i in range(n):
-        session = site.sessions[b"%d" % i] = cls(site, b"%d" % i)
-        session.startCheckingExpiration()
-        for _ in range(3):
-            session.notifyOnExpire(_noop)
-        sessions.append(session)
-
-    def run():
-        for session in sessions:
-            session.expire()
-
-    return run, _noop
-
-
-def _namespaces(cls, n):
-    ns = cls(_site(cls), b"ns").sessionNamespaces
-
-    def run():
-        for i in range(n):
-            ns["visits"] = i
-            ns["visits"]
-
-    return run, _noop
-
-
-def _attributes(cls, n):
-    session = cls(_site(cls), b"attributes")
-
-    def run():
-        for _ in range(n):
-            session.uid  # noqa: B018 (the read is what is timed)
-            session.lastModified  # noqa: B018
-            session.sessionNamespaces  # noqa: B018
-
-    return run, _noop
-
-
-def _makeSession(cls, n):
-    # txsession's whole session path: its Site (ids made in Rust) with its Session.
-    if cls is txsession.Session:
-        site = txsession.Site(resource.Resource(), reactor=reactor)
-    else:
-        site = _site(cls)
-
-    def run():
-        for _ in range(n):
-            site.makeSession()
-
-    return run, lambda: _cancelAll(site.sessions.values())
-
-
-SCENARIOS: list[tuple[str, Callable]] = [
-    ("construct Session(site, uid)", _construct),
-    ("construct a subclass (sessionTimeout = 60)", _constructSubclass),
-    ("construct + startCheckingExpiration", _constructAndStart),
-    ("touch (checking expiration)", _touch),
-    ("getComponent, cache hit", _getComponent(ICached)),
-    ("getComponent, temporary adapter", _getComponent(ITemporary)),
-    ("getComponent, miss", _getComponent(IMissing)),
-    ("expire with 3 callbacks", _expire),
-    ("sessionNamespaces set + get", _namespaces),
-    ("read uid, lastModified, sessionNamespaces", _attributes),
-    ("Site.makeSession (txsession.Site)", _makeSession),
-]
 
 
 @dataclass
@@ -276,7 +79,7 @@ def _timeBlock(prepare, cls, n):
     gc.disable()
     try:
         start = time.perf_counter_ns()
-        run()
+        run(n)
         elapsed = time.perf_counter_ns() - start
     finally:
         gc.enable()
@@ -305,24 +108,6 @@ def measure(repeats: int, n: int, only: Iterable[str] | None = None) -> list[Row
 
 # The HTTP scenario: each implementation's site in its own server process, loaded in turn by
 # the same client over loopback.
-
-
-class _Counter(resource.Resource):
-    isLeaf = True
-
-    def render_GET(self, request):
-        ns = request.getSession().sessionNamespaces
-        ns["hits"] = ns.get("hits", 0) + 1
-        return b"ok"
-
-
-def _httpServer(label: str) -> None:
-    from twisted.internet import reactor as running
-
-    site = server.Site(_Counter()) if label == "Twisted" else txsession.Site(_Counter())
-    port = running.listenTCP(0, site, interface="127.0.0.1", backlog=128)
-    print(port.getHost().port, flush=True)
-    running.run()
 
 
 def _request(cookie: bytes | None) -> bytes:
@@ -356,7 +141,7 @@ def _load(port: int, newSessions: bool, seconds: float, depth: int = 32) -> floa
         pending = depth
         while pending:
             buffer += sock.recv(1 << 20)
-            done, buffer = _responses(buffer)
+            done, buffer = responses(buffer)
             pending -= done
         answered += depth
     elapsed = time.perf_counter() - start
@@ -364,25 +149,8 @@ def _load(port: int, newSessions: bool, seconds: float, depth: int = 32) -> floa
     return answered / elapsed
 
 
-def _responses(buffer: bytes) -> tuple[int, bytes]:
-    """
-    Complete responses at the start of C{buffer}, and what is left of it.
-    """
-    count = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return count, buffer
-        head = buffer[:end].lower()
-        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        if len(buffer) < end + 4 + length:
-            return count, buffer
-        buffer = buffer[end + 4 + length :]
-        count += 1
-
-
 def _drain(sock: socket.socket, head: bytes) -> None:
-    while _responses(head)[0] < 1:
+    while responses(head)[0] < 1:
         head += sock.recv(65536)
 
 
@@ -425,20 +193,20 @@ def _memoryChild(label: str, n: int) -> None:
     and one expire callback, scheduled on the reactor and kept in C{site.sessions}.
     """
     cls = IMPLEMENTATIONS[label]
-    site = _site(cls)
+    made = site(cls)
     uids = [b"%064x" % i for i in range(n)]
     gc.collect()
     before = rss()
     for uid in uids:
-        session = site.sessions[uid] = cls(site, uid)
+        session = made.sessions[uid] = cls(made, uid)
         session.startCheckingExpiration()
         session.sessionNamespaces["visits"] = 1
-        session.notifyOnExpire(_noop)
+        session.notifyOnExpire(noop)
     gc.collect()
     after = rss()
     # The delayed calls are Twisted's own objects, the same for both: count them out.
     callsBefore = rss()
-    extra = [reactor.callLater(900, _noop) for _ in range(n)]
+    extra = [reactor.callLater(900, noop) for _ in range(n)]
     callsCost = rss() - callsBefore
     print(json.dumps({"bytes": (after - before - callsCost) / n}))
     del extra
@@ -539,13 +307,6 @@ def renderHttp(rows: list[Row]) -> str:
     return table(header, lines)
 
 
-def environment() -> str:
-    return (
-        f"CPython {platform.python_version()}, Twisted {twisted.__version__}, "
-        f"txsession {txsession.__version__}, {platform.machine()}, {os.cpu_count()} cores"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m txsession.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (under a minute)")
@@ -604,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = 1.0 if args.quick else 3.0
         return storebench.main(args.store or None, args.rounds, seconds, args.json)
     if args.http_server:
-        _httpServer(args.http_server)
+        httpServer(args.http_server)
         return 0
     if args.memory_child:
         _memoryChild(args.memory_child[0], int(args.memory_child[1]))

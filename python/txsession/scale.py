@@ -32,6 +32,7 @@ from typing import Any
 from twisted.web import resource, server
 
 import txsession
+from txsession._benchkit import environment
 from txsession._report import rss, table
 from txsession.soak import SoakReactor
 
@@ -179,8 +180,6 @@ def render(results: dict[str, list[dict[str, float | None]]], n: int) -> str:
 
 
 def main(n: int, rounds: int, jsonPath: str | None) -> int:
-    from txsession.bench import environment
-
     print(f"txsession scale benchmark: {environment()}")
     print(
         f"{n:,} sessions per process; medians of {rounds} alternating fresh processes per "

@@ -26,8 +26,9 @@ import time
 
 from twisted.web import resource, server
 
+from txsession._benchkit import Counter as _Counter
+from txsession._benchkit import responses as _responses
 from txsession._report import table
-from txsession.bench import _Counter, _responses
 
 CONNECTIONS = 8
 DEPTH = 8
