@@ -338,11 +338,34 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="with --scale: fresh processes per implementation; with --store: rounds",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: CPU instructions per operation under valgrind's callgrind, which do not "
+        "move with the machine's load (with --quick: two rows)",
+    )
+    parser.add_argument("--jobs", type=int, help="with --instructions: children run at once")
     parser.add_argument("--memory-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--scale-child", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--http-server", metavar="IMPL", help=argparse.SUPPRESS)
     parser.add_argument("--store-server", nargs=2, metavar=("MODE", "URL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--instructions-child",
+        nargs=4,
+        metavar=("ROW", "IMPL", "N", "SIZE"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args(argv)
+
+    if args.instructions_child:
+        from txsession import instructions
+
+        index, label, count, size = args.instructions_child
+        instructions.child(int(index), label, int(count), int(size))
+    if args.instructions:
+        from txsession import instructions
+
+        return instructions.main(args.quick, not args.no_http, args.only, args.jobs, args.json)
 
     if args.scale_child:
         from txsession import scale
