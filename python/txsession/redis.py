@@ -75,6 +75,10 @@ return redis.call('HGETALL', KEYS[1])
 # check comes before the first write, and no write command after it can fail, so the script
 # is applied whole or not at all, at any size.
 _SAVE = b"""
+local ms = tonumber(ARGV[1])
+if not ms or ms < 1 or ms > MAXMS or ms ~= math.floor(ms) then
+  return redis.error_reply('ERR bad session timeout')
+end
 local mode = ARGV[2]
 if mode ~= 'new' then
   local from = KEYS[2]
@@ -103,7 +107,7 @@ for i = last + 1, #ARGV, SLICE do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
-""".replace(b"SLICE", str(_SLICE).encode())
+""".replace(b"SLICE", str(_SLICE).encode()).replace(b"MAXMS", b"%d" % 2**53)
 
 # KEYS: sessions to delete; ARGV[1]: the key prefix. A renamed session's old key leads to the
 # new one, which goes too: a logout that reaches the old name after a rename still ends it.
@@ -387,7 +391,20 @@ def _jitter() -> float:
     return random.random() * 0.05
 
 
+# The longest expiry the store gives a key: about 285,000 years, well inside what PEXPIRE
+# takes. A longer sessionTimeout (or an infinite one) is stored as this.
+_MAX_MILLISECONDS = 2**53
+
+
 def _milliseconds(timeout: float) -> bytes:
+    """
+    C{timeout} seconds as the whole milliseconds of a key's expiry, from 1 to
+    L{_MAX_MILLISECONDS}; C{ValueError} for a timeout that is not a number.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        raise ValueError(f"a session timeout is a number of seconds, not {timeout!r}")
+    if timeout * 1000 >= _MAX_MILLISECONDS:
+        return str(_MAX_MILLISECONDS).encode()
     return str(max(1, round(timeout * 1000))).encode()
 
 

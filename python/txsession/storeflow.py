@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsession import _txsession
-from txsession.store import SessionEnded, StoreError, UnserializableValue
+from txsession.store import SessionEnded, StoreError, StoreUnavailable, UnserializableValue
 
 _log = Logger()
 
@@ -56,12 +56,18 @@ class SessionCopy:
     first written), its fields as last read or written here, and the requests using it.
     """
 
-    __slots__ = ("storedAs", "fields", "users", "creating", "renaming")
+    __slots__ = ("storedAs", "fields", "users", "readers", "creating", "renaming", "uncertain")
 
     def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
         self.storedAs = storedAs
         self.fields = fields
         self.users: list[Change] = []
+        # Requests that read (or found) this copy and are not over, whether or not they have
+        # asked for it yet: while there are any, the copy is not evicted or timed out.
+        self.readers = 0
+        # A write that would have made the session did not answer: it may be stored, so
+        # the next request reads it rather than trust this copy.
+        self.uncertain = False
         # The id a write that creates the session, or renames it, is taking it to.
         self.creating: bytes | None = None
         self.renaming: bytes | None = None
@@ -82,6 +88,8 @@ class Change:
         "contested",
         "priors",
         "renamedFrom",
+        "endedHere",
+        "own",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -99,6 +107,11 @@ class Change:
         self.priors: list[tuple[Change, str, Any]] = []
         # The id the session had before this request renewed it.
         self.renamedFrom: bytes | None = None
+        # This request logged the session out (called its expire() while rendering).
+        self.endedHere = False
+        # Keys it had changed when its resource's render() returned: its own for certain
+        # (what changes later, from a callback, could be anyone's).
+        self.own: set[str] = set()
 
 
 class RequestSessions:
@@ -106,7 +119,7 @@ class RequestSessions:
     What one request of a store site does with its sessions.
     """
 
-    __slots__ = ("confirmed", "changes", "readFailure", "settled", "watching")
+    __slots__ = ("confirmed", "changes", "readFailure", "settled", "watching", "pinned")
 
     def __init__(self) -> None:
         # Each id read for this request from the store (or made here and not stored), and
@@ -117,6 +130,8 @@ class RequestSessions:
         # Written at the end, or reverted: nothing more to do.
         self.settled = False
         self.watching = False
+        # The copies this request counts as a reader of.
+        self.pinned: list[SessionCopy] = []
 
     def readFailed(self, reason: Failure) -> None:
         self.readFailure = reason
@@ -145,6 +160,8 @@ class StoreFlow:
         # Each session ended by expire() (a logout) whose deletion was asked for.
         self.logouts: weakref.WeakKeyDictionary[Any, _Outcome] = weakref.WeakKeyDictionary()
         self.droppingLocally: Any = None
+        # The request whose resource is rendering, if any: the one a logout belongs to.
+        self.rendering: Any = None
 
     # Reading: which sessions a request may use.
 
@@ -155,6 +172,9 @@ class StoreFlow:
         read. A failure is kept: C{getSession} raises it.
         """
         state = request._txsStore = RequestSessions()
+        if not uids:
+            return None
+        self._watch(request, state)
         sessions = self.site.sessions
         reading = []
         for uid in uids:
@@ -162,9 +182,9 @@ class StoreFlow:
                 continue
             session = sessions.get(uid)
             copy = None if session is None else self.copies.get(session)
-            if copy is not None and copy.storedAs is None:
+            if copy is not None and copy.storedAs is None and not copy.uncertain:
                 # Made here and not stored yet: nothing in the store can say otherwise.
-                state.confirmed[uid] = session
+                self._confirm(state, uid, session, copy)
             else:
                 reading.append(uid)
         if not reading:
@@ -174,19 +194,36 @@ class StoreFlow:
         loading.addErrback(state.readFailed)
         return loading
 
+    def _watch(self, request: Any, state: RequestSessions) -> None:
+        if not state.watching:
+            state.watching = True
+            request.notifyFinish().addBoth(partial(self.release, request))
+
+    def _confirm(self, state: RequestSessions, uid: bytes, session: Any, copy: SessionCopy) -> None:
+        state.confirmed[uid] = session
+        copy.readers += 1
+        state.pinned.append(copy)
+
     def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
         sessions = self.site.sessions
         for uid, result in zip(uids, results):
             session = sessions.get(uid)
             copy = None if session is None else self.copies.get(session)
-            if not isinstance(result, dict):
+            if copy is not None and copy.storedAs is None and copy.creating is None:
+                # Made here; its first write did not answer. Stored after all, or not.
+                copy.uncertain = False
+                if result is None:
+                    self._confirm(state, uid, session, copy)
+                    continue
+            if result is None:
                 if copy is not None and copy.storedAs == uid:
-                    if result is None:
-                        # Logged out, or timed out, elsewhere.
-                        self.dropFound(session)
-                    else:
-                        # Renamed elsewhere: this copy is of a name that is dead.
-                        self._setAside(session)
+                    # Logged out, or timed out, elsewhere.
+                    self.dropFound(session)
+                continue
+            if not isinstance(result, dict):
+                if copy is not None and copy.storedAs in (uid, None):
+                    # Renamed elsewhere: this copy is of a name that is dead.
+                    self._setAside(session)
                 continue
             if uid in self.renamedAway:
                 continue
@@ -198,10 +235,11 @@ class StoreFlow:
                     copy = None
             if copy is None:
                 session = self._newCopy(uid, result)
+                copy = self.copies[session]
             else:
                 self._merge(session, copy, result)
                 copy.storedAs = uid
-            state.confirmed[uid] = session
+            self._confirm(state, uid, session, copy)
 
     def _decode(self, fields: dict[str, bytes]) -> dict[str, Any]:
         """
@@ -306,14 +344,15 @@ class StoreFlow:
         baseline = self.snapshot(session) if copy.users else dict(copy.fields)
         change = state.changes[session] = Change(session, copy, baseline, made)
         copy.users.append(change)
-        if not state.watching:
-            state.watching = True
-            request.notifyFinish().addBoth(partial(self.release, request))
+        self._watch(request, state)
         return change
 
     def inUse(self, session: Any) -> bool:
+        """
+        Whether a running request reads or uses C{session}'s copy.
+        """
         copy = self.copies.get(session)
-        return copy is not None and bool(copy.users)
+        return copy is not None and bool(copy.users or copy.readers)
 
     def release(self, request: Any, result: object = None) -> None:
         """
@@ -326,6 +365,9 @@ class StoreFlow:
         if isinstance(result, Failure) and not state.settled:
             self.fail(request)
         state.settled = True
+        for copy in state.pinned:
+            copy.readers -= 1
+        state.pinned.clear()
         for change in state.changes.values():
             if change in change.copy.users:
                 change.copy.users.remove(change)
@@ -416,7 +458,12 @@ class StoreFlow:
         for change in state.changes.values():
             session = change.session
             if not self.isLive(session):
-                # Ended here: by a logout (the response waits for its deletion), or dropped.
+                # Ended while this request used it: by a logout here (the answer waits for
+                # its deletion), elsewhere, or by a rename elsewhere. What it set cannot be
+                # written: a 409, unless this request is the one that logged it out.
+                changed, _ = self.diff(change)
+                if (changed or change.renamedFrom is not None) and not change.endedHere:
+                    raise SessionEnded()
                 logout = self.logouts.get(session)
                 waiting = None if logout is None else logout.wait()
                 if waiting is not None:
@@ -532,6 +579,8 @@ class StoreFlow:
             copy.creating = None
         if copy.renaming == target:
             copy.renaming = None
+        if source is None and reason.check(StoreUnavailable):
+            copy.uncertain = True
         ended = reason.check(SessionEnded)
         if ended and source is not None and copy.storedAs == source:
             if reason.value.renamedTo is None:
@@ -562,19 +611,38 @@ class StoreFlow:
         for change in state.changes.values():
             self._revert(change)
 
+    def rendered(self, request: Any) -> None:
+        """
+        C{request}'s resource returned from render(): what its sessions differ by now is its
+        own doing.
+        """
+        state = request._txsStore
+        if state is None or state.settled:
+            return
+        for change in state.changes.values():
+            change.own.update(self._changedKeys(change))
+
+    def _changedKeys(self, change: Change) -> list[str]:
+        """
+        The keys whose value in the session differs from C{change}'s baseline, or whose
+        write is in flight: what C{change}'s request has changed, as far as anyone can tell.
+        """
+        namespaces = change.session.sessionNamespaces
+        baseline = change.baseline
+        keys = dict.fromkeys(change.inFlight)
+        for key in namespaces:
+            if key not in keys and self.encoded(namespaces, key) != baseline.get(key, _ABSENT):
+                keys[key] = None
+        for key in baseline:
+            if key not in namespaces:
+                keys[key] = None
+        return list(keys)
+
     def _revert(self, change: Change) -> None:
         session, copy = change.session, change.copy
         others = [user for user in copy.users if user is not change]
         namespaces = session.sessionNamespaces
-        keys = dict.fromkeys(change.inFlight)
-        for key in namespaces:
-            if key not in keys and self.encoded(namespaces, key) != change.baseline.get(
-                key, _ABSENT
-            ):
-                keys[key] = None
-        for key in change.baseline:
-            if key not in namespaces:
-                keys[key] = None
+        keys = self._changedKeys(change)
         loads = self.store.serializer.loads
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
@@ -659,6 +727,10 @@ class StoreFlow:
             del self.renamedAway[name]
         if copy is None or self.droppingLocally is session:
             return
+        state = None if self.rendering is None else self.rendering._txsStore
+        mine = None if state is None else state.changes.get(session)
+        if mine is not None:
+            mine.endedHere = True
         names = [
             name
             for name in dict.fromkeys([copy.storedAs, copy.creating, copy.renaming])
@@ -673,7 +745,7 @@ class StoreFlow:
         leaving the stored session as it is; a copy a running request uses stays.
         """
         copy = self.copies.get(session)
-        if copy is not None and copy.users:
+        if copy is not None and (copy.users or copy.readers):
             call = getattr(session, "_expireCall", None)
             if call is None or not call.active():
                 session._expireCall = self.site._sharedTimer.add(session, session.sessionTimeout)
@@ -681,6 +753,8 @@ class StoreFlow:
         self._endCopy(session)
 
     def _endCopy(self, session: Any) -> None:
+        if not self.isLive(session):
+            return
         outer, self.droppingLocally = self.droppingLocally, session
         try:
             session.expire()
@@ -698,6 +772,10 @@ class StoreFlow:
         """
         try:
             self._endCopy(session)
+        except KeyError:
+            # Twisted's expire() raises KeyError(uid) when the site no longer holds the
+            # session: logged without the id.
+            _log.error("while dropping this process's copy of a session: the site had no entry")
         except Exception:
             _log.failure("while dropping this process's copy of a session")
 
@@ -721,7 +799,14 @@ class StoreFlow:
             logout = self.logouts.get(session)
             waiting = None if logout is None else logout.wait()
             return succeed(None) if waiting is None else waiting
-        change = Change(session, copy, dict(copy.fields), made=False)
+        # What the store holds, except the keys running requests changed while rendering,
+        # which they write or revert themselves.
+        baseline = dict(copy.fields)
+        namespaces = session.sessionNamespaces
+        for user in copy.users:
+            for key in user.own.intersection(self._changedKeys(user)):
+                _set(baseline, key, self.encoded(namespaces, key))
+        change = Change(session, copy, baseline, made=False)
         change.name = copy.storedAs
         copy.users.append(change)
 

@@ -96,6 +96,8 @@ class SessionCookieMixin:
     # Response bytes (and the finish) held until the session writes answer.
     _txsHeld: list[bytes] | None = None
     _txsFinishHeld = False
+    # The resource failed while a session write was in flight.
+    _txsPendingFailure: Failure | None = None
     # The request failed: nothing more is written, or answered.
     _txsFailed = False
 
@@ -151,6 +153,18 @@ class SessionCookieMixin:
         reading.addErrback(_logFailure, "while rendering after the session read")
         return None
 
+    def render(self, resrc):
+        flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
+        if flow is None:
+            return super().render(resrc)  # type: ignore[misc]
+        # A logout (expire()) while this renders is this request's own.
+        outer, flow.rendering = flow.rendering, self
+        try:
+            return super().render(resrc)  # type: ignore[misc]
+        finally:
+            flow.rendering = outer
+            flow.rendered(self)
+
     def write(self, data):
         if self._txsHeld is not None:
             self._txsHeld.append(data)
@@ -177,6 +191,13 @@ class SessionCookieMixin:
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
         if flow is None or self._txsFailed:
             return super().processingFailed(reason)  # type: ignore[misc]
+        if self._txsHeld is not None:
+            # A session write is in flight for what the resource wrote before it failed: the
+            # failure is answered once that write has (whose changes are then the store's).
+            self._txsHeld = []
+            self._txsFinishHeld = False
+            self._txsPendingFailure = reason
+            return reason
         # A failed request changes nothing in the store, and what it changed in this
         # process's copies goes back; no one else's changes do.
         flow.fail(self)
@@ -227,6 +248,10 @@ class SessionCookieMixin:
     def _txsFlushed(self, _: object) -> None:
         held, self._txsHeld = self._txsHeld or [], None
         finishing, self._txsFinishHeld = self._txsFinishHeld, False
+        pending, self._txsPendingFailure = self._txsPendingFailure, None
+        if pending is not None:
+            self.processingFailed(pending)
+            return
         if self._disconnected:  # type: ignore[attr-defined]
             return
         for chunk in held:
@@ -237,6 +262,7 @@ class SessionCookieMixin:
     def _txsFlushFailed(self, reason: Failure) -> None:
         self._txsHeld = None
         self._txsFinishHeld = False
+        self._txsPendingFailure = None
         if self._disconnected:  # type: ignore[attr-defined]
             self.site._flow.fail(self)  # type: ignore[attr-defined]
             _log.failure("The session store failed after the client left", reason)
