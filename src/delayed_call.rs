@@ -1,5 +1,6 @@
-//! Twisted's `DelayedCall.reset` and `active`, done from Rust for the exact class
-//! `twisted.internet.base.DelayedCall`, the one every Twisted reactor and `task.Clock` return.
+//! Twisted's `DelayedCall.reset`, done from Rust for the exact class
+//! `twisted.internet.base.DelayedCall`, the one every Twisted reactor and `task.Clock` return,
+//! for `Session.__init__` and a `SharedDelayedCall`'s reset from `Session.touch`.
 //!
 //! `reset(secondsFromNow)` raises `AlreadyCancelled` or `AlreadyCalled`, and otherwise computes
 //! `newTime = self.seconds() + secondsFromNow`. When `newTime` is not earlier than `self.time`,
@@ -90,26 +91,4 @@ pub fn reset(
     }
     call.call_method1(intern!(py, "reset"), (timeout,))
         .map(drop)
-}
-
-/// `call.cancel()`: a `SharedDelayedCall` is cancelled directly, anything else by its method.
-pub fn cancel(call: &Bound<'_, PyAny>) -> PyResult<()> {
-    let py = call.py();
-    if let Ok(shared) = call.cast_exact::<SharedCall>() {
-        return shared.get().cancel(py);
-    }
-    call.call_method0(intern!(py, "cancel")).map(drop)
-}
-
-/// `call.active()`: not cancelled and not called.
-pub fn active(call: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = call.py();
-    if let Ok(shared) = call.cast_exact::<SharedCall>() {
-        return Ok(shared.get().is_active(py));
-    }
-    if !is_exact(call)? {
-        return call.call_method0(intern!(py, "active"))?.is_truthy();
-    }
-    Ok(!call.getattr(intern!(py, "cancelled"))?.is_truthy()?
-        && !call.getattr(intern!(py, "called"))?.is_truthy()?)
 }

@@ -8,7 +8,6 @@
 
 use pyo3::exceptions::{PyKeyError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{ffi, intern};
 use std::collections::HashMap;
@@ -34,6 +33,8 @@ pub struct Session;
 struct Bases {
     twisted_session: Py<PyType>,
     componentized_init: Py<PyAny>,
+    /// `txsession.Session.touch`, which `__init__` does itself when the class has it.
+    own_touch: Py<PyAny>,
 }
 
 static BASES: GilCell<Option<Bases>> = GilCell::new(None);
@@ -44,11 +45,13 @@ static BASES: GilCell<Option<Bases>> = GilCell::new(None);
 pub fn bind_twisted_session(
     twisted_session: &Bound<'_, PyType>,
     componentized_init: &Bound<'_, PyAny>,
+    own_touch: &Bound<'_, PyAny>,
 ) {
     let py = twisted_session.py();
     let old = BASES.borrow_mut(py).replace(Bases {
         twisted_session: twisted_session.clone().unbind(),
         componentized_init: componentized_init.clone().unbind(),
+        own_touch: own_touch.clone().unbind(),
     });
     let learned = FACTS.borrow_mut(py).take();
     drop((old, learned));
@@ -60,7 +63,7 @@ pub fn bind_twisted_session(
 struct ClassFacts {
     /// The `__init__` after Twisted's `Session` in the MRO is Twisted's `Componentized.__init__`.
     plain_componentized_init: bool,
-    /// `touch` on the class is this module's.
+    /// `touch` on the class is `txsession.Session`'s.
     own_touch: bool,
     /// Attributes are set and read by `object`'s own `__setattr__` and `__getattribute__`, and
     /// the class has no `_reactor` of its own: what `__init__` stores is what a read returns.
@@ -121,14 +124,8 @@ fn class_facts(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
 }
 
 fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
-    static OWN_TOUCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = ty.py();
-    let (twisted_session, componentized_init) = bases(py)?;
-    let own_touch = OWN_TOUCH.get_or_try_init(py, || {
-        py.get_type::<Session>()
-            .getattr(intern!(py, "touch"))
-            .map(Bound::unbind)
-    })?;
+    let (twisted_session, componentized_init, own_touch) = bases(py)?;
     let mut plain_componentized_init = false;
     let mut after = false;
     for base in ty.mro().iter() {
@@ -157,7 +154,7 @@ fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
     };
     Ok(ClassFacts {
         plain_componentized_init,
-        own_touch: ty.getattr(intern!(py, "touch"))?.is(own_touch),
+        own_touch: ty.getattr(intern!(py, "touch"))?.is(&own_touch),
         plain_attributes: generic && !ty.hasattr(intern!(py, "_reactor"))?,
     })
 }
@@ -176,7 +173,9 @@ fn set_plain(
     }
 }
 
-fn bases(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyAny>)> {
+type BoundBases<'py> = (Bound<'py, PyType>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+fn bases(py: Python<'_>) -> PyResult<BoundBases<'_>> {
     let bases = BASES.borrow_mut(py);
     let bases = bases
         .as_ref()
@@ -184,6 +183,7 @@ fn bases(py: Python<'_>) -> PyResult<(Bound<'_, PyType>, Bound<'_, PyAny>)> {
     Ok((
         bases.twisted_session.clone_ref(py).into_bound(py),
         bases.componentized_init.clone_ref(py).into_bound(py),
+        bases.own_touch.clone_ref(py).into_bound(py),
     ))
 }
 
@@ -195,7 +195,7 @@ fn init_componentized(slf: &Bound<'_, PyAny>, facts: ClassFacts) -> PyResult<()>
     if facts.plain_componentized_init {
         return slf.setattr(intern!(py, "_adapterCache"), PyDict::new(py));
     }
-    let (twisted_session, _) = bases(py)?;
+    let (twisted_session, _, _) = bases(py)?;
     let super_ = py
         .get_type::<pyo3::types::PySuper>()
         .call1((twisted_session, slf))?;
@@ -231,9 +231,9 @@ impl Session {
         set(intern!(py, "site"), site)?;
         set(intern!(py, "uid"), uid)?;
         set(intern!(py, "expireCallbacks"), PyList::empty(py).as_any())?;
-        // `self.touch()`: called directly when the class has this module's `touch`, which skips
-        // making a bound method and parsing arguments, and with the reactor just stored when
-        // reading `self._reactor` is sure to return it. An instance attribute named `touch`,
+        // `self.touch()`: done here when the class has `txsession.Session.touch`, which skips a
+        // call into Python, with the reactor just stored when reading `self._reactor` is sure
+        // to return it. An instance attribute named `touch`,
         // which only a subclass's `__init__` could have set before calling this one, is not
         // looked at.
         match (facts.own_touch, facts.plain_attributes) {
@@ -276,52 +276,15 @@ impl Session {
                 .map(drop),
         }
     }
+}
 
-    /// Twisted's order, kept on purpose: remove from `site.sessions` (a `KeyError` if it is
-    /// already gone), run the callbacks (an exception propagates), then cancel the timer.
-    fn expire(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let sessions = slf
-            .getattr(intern!(py, "site"))?
-            .getattr(intern!(py, "sessions"))?;
-        sessions.del_item(slf.getattr(intern!(py, "uid"))?)?;
-        let callbacks = slf.getattr(intern!(py, "expireCallbacks"))?;
-        match callbacks.cast_exact::<PyList>() {
-            // A list iterator's walk, without making the iterator: the length is read again
-            // after each callback, which may add or remove callbacks.
-            Ok(list) => {
-                let mut ix = 0;
-                while ix < list.len() {
-                    list.get_item(ix)?.call0()?;
-                    ix += 1;
-                }
-            }
-            Err(_) => {
-                for callback in callbacks.try_iter()? {
-                    callback?.call0()?;
-                }
-            }
-        }
-        drop(callbacks);
-        slf.setattr(intern!(py, "expireCallbacks"), PyList::empty(py))?;
-        let call = slf.getattr(intern!(py, "_expireCall"))?;
-        if call.is_truthy()? && delayed_call::active(&call)? {
-            delayed_call::cancel(&call)?;
-            // Breaks the cycle session -> delayed call -> bound expire -> session.
-            slf.setattr(intern!(py, "_expireCall"), py.None())?;
-        }
-        Ok(())
-    }
-
-    /// Records the time and moves the expiry. Raises Twisted's `AlreadyCalled` when the timer
-    /// already fired: `Request.getSession` relies on that to replace an expired session.
+impl Session {
+    /// `txsession.Session.touch`, for `__init__`.
     fn touch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let reactor = slf.getattr(intern!(slf.py(), "_reactor"))?;
         Session::touch_with(slf, &reactor)
     }
-}
 
-impl Session {
     /// `touch` with `self._reactor` already read.
     fn touch_with(slf: &Bound<'_, Self>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();

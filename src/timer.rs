@@ -443,6 +443,18 @@ impl SharedCall {
         self.timer.get().retire(py)
     }
 
+    /// `reset(timeout)` from `Session.touch`, which just read `now` from `reactor`: the timer
+    /// reuses it when it runs on that reactor.
+    #[pyo3(name = "_resetFrom")]
+    fn reset_from(
+        slf: &Bound<'_, Self>,
+        reactor: &Bound<'_, PyAny>,
+        now: &Bound<'_, PyAny>,
+        timeout: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        crate::delayed_call::reset(slf.as_any(), timeout, now, reactor)
+    }
+
     fn reset(slf: &Bound<'_, Self>, secondsFromNow: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         slf.get().check_pending(py)?;

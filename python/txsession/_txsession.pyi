@@ -107,9 +107,9 @@ class Componentized:
 
 class Session(Componentized):
     """
-    The methods of C{twisted.web.server.Session}, run in Rust over the instance attributes
-    where Twisted keeps the session's state. C{txsession.Session} puts them ahead of
-    Twisted's class.
+    The methods of C{twisted.web.server.Session} but C{touch} and C{expire}, run in Rust over
+    the instance attributes where Twisted keeps the session's state. C{txsession.Session}
+    puts them ahead of Twisted's class.
     """
 
     sessionTimeout: float
@@ -131,16 +131,7 @@ class Session(Componentized):
         """Schedule C{self.expire} in C{sessionTimeout} seconds with the reactor's callLater."""
     def notifyOnExpire(self, callback: Callable[[], object]) -> None:
         """Call C{callback} when the session expires or logs out."""
-    def expire(self) -> None:
-        """
-        Remove the session from C{site.sessions} (C{KeyError} if it is gone), run the expire
-        callbacks in order, then cancel the pending timer.
-        """
-    def touch(self) -> None:
-        """
-        Set C{lastModified} to the reactor's time and move the expiry to C{sessionTimeout}
-        from now. Raises C{AlreadyCalled} once the timer has fired.
-        """
+    # touch and expire are Python, in txsession.Session (python/txsession/_session.py).
 
 @final
 class SharedTimer:
@@ -180,6 +171,8 @@ class SharedDelayedCall:
         """Neither called nor cancelled."""
     def cancel(self) -> None:
         """Unschedule; C{AlreadyCancelled} or C{AlreadyCalled} when that is too late."""
+    def _resetFrom(self, reactor: Any, now: float, timeout: float) -> None:
+        """C{reset(timeout)} from C{Session.touch}, which just read C{now} from C{reactor}."""
     def reset(self, secondsFromNow: float) -> None:
         """Reschedule C{secondsFromNow} seconds from the reactor's now."""
     def delay(self, secondsLater: float) -> None:
@@ -208,10 +201,11 @@ class SessionLru:
 def bind_site(site: type) -> None:
     """Name the site class whose instances may carry a shared timer; called once."""
 
-def bind_twisted_session(twisted_session: type, componentized_init: Any) -> None:
+def bind_twisted_session(twisted_session: type, componentized_init: Any, own_touch: Any) -> None:
     """
-    Name the Twisted class C{Session.__init__} stands in for, and Twisted's
-    C{Componentized.__init__}; called once by C{txsession}.
+    Name the Twisted class C{Session.__init__} stands in for, Twisted's
+    C{Componentized.__init__}, and C{txsession.Session.touch}, which C{__init__} does itself
+    when an instance's class has it; called once by C{txsession}.
     """
 
 def session_id() -> bytes:
