@@ -157,6 +157,36 @@ class SharedTimerDifferentialTests(unittest.SynchronousTestCase):
 
 
 class SharedTimerTests(unittest.SynchronousTestCase):
+    def test_theDefault(self):
+        """
+        A C{txsession.Site} made without the option has the shared timer: one reactor call for
+        all its sessions, each session's C{_expireCall} a C{SharedDelayedCall}.
+        """
+        clock = Clock()
+        site = Site(resource.Resource(), reactor=clock)
+        self.assertTrue(site.sharedTimer)
+        sessions = [site.makeSession() for _ in range(5)]
+        self.assertEqual(len(_siteCalls(clock)), 1)
+        for session in sessions:
+            self.assertIsInstance(session._expireCall, txsession._txsession.SharedDelayedCall)
+        clock.advance(server.Session.sessionTimeout)
+        self.assertEqual(site.sessions, {})
+        self.assertEqual(_siteCalls(clock), [])
+
+    def test_offGivesOneCallPerSession(self):
+        """
+        C{sharedTimer=False} schedules one reactor call per session, as Twisted's C{Site}.
+        """
+        clock = Clock()
+        site = Site(resource.Resource(), reactor=clock, sharedTimer=False)
+        self.assertFalse(site.sharedTimer)
+        sessions = [site.makeSession() for _ in range(5)]
+        calls = _siteCalls(clock)
+        self.assertEqual(len(calls), 5)
+        self.assertEqual({s._expireCall for s in sessions}, set(calls))
+        clock.advance(server.Session.sessionTimeout)
+        self.assertEqual(site.sessions, {})
+
     def test_oneReactorCall(self):
         clock = Clock()
         site = _sharedSite(clock)

@@ -11,7 +11,8 @@ A small web site that uses everything txsession offers.
 
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
 session cookie is C{HttpOnly} and C{SameSite=Lax}, with sliding expiry: the timeout counts
-from each session's last use. With C{--redis URL}, sessions are kept in that Redis server
+from each session's last use. Its sessions expire through the site's shared timer, one
+reactor call for all of them, which C{txsession.Site} has by default. With C{--redis URL}, sessions are kept in that Redis server
 (L{txsession.redis.RedisStore}), so demos run side by side on two ports share them.
 """
 

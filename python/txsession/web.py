@@ -441,7 +441,7 @@ class Site(server.Site):
     A L{twisted.web.server.Site} whose sessions are L{txsession.Session} and whose session ids
     come from Rust: 32 bytes from a ChaCha generator seeded by the operating system,
     hex-encoded like Twisted's. Setting C{_entropy} (as Twisted's tests do) makes ids from that
-    function instead, as in Twisted. Every default is Twisted's behaviour.
+    function instead, as in Twisted. Every default but C{sharedTimer} is Twisted's behaviour.
 
     The cookie options apply whatever the request factory is. With an option set, the
     C{requestFactory} read from the site is the one given (Twisted's L{server.Request} by
@@ -459,10 +459,11 @@ class Site(server.Site):
     @param slidingExpiry: Touch the session that a request's cookie finds, so that its
         timeout counts from its last use rather than from its creation.
     @param sharedTimer: Expire every session of this site through one pending call on its
-        reactor, driven by a Rust heap, instead of one reactor call per session. Sessions then
-        expire at the same reactor times, and their C{_expireCall} is a
-        C{SharedDelayedCall} (Twisted's C{IDelayedCall}). A failing C{expire} is logged as the
-        reactor logs a failing timed call, and the other sessions due still expire.
+        reactor, driven by a Rust heap, instead of one reactor call per session (the default;
+        C{False} gives one reactor call per session, as Twisted). Sessions expire at the same
+        reactor times, and their C{_expireCall} is a C{SharedDelayedCall} (Twisted's
+        C{IDelayedCall}). A failing C{expire} is logged as the reactor logs a failing timed
+        call, and the other sessions due still expire.
     @param maxSessions: At most this many sessions: making one more first expires, through
         C{expire()}, the session touched least recently (ties: the one made first). A failing
         C{expire} is logged and the next session is made all the same. With a C{store}, this
@@ -496,7 +497,7 @@ class Site(server.Site):
         cookieSameSite: bytes | str | None = None,
         cookieMaxAge: int | None = None,
         slidingExpiry: bool = False,
-        sharedTimer: bool = False,
+        sharedTimer: bool = True,
         maxSessions: int | None = None,
         store: Any = None,
         storeEmptySessions: bool = False,

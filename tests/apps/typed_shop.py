@@ -66,6 +66,7 @@ def makeSite() -> server.Site:
 
 
 def makeTxsessionSite() -> server.Site:
+    # The shared timer is txsession.Site's default: one reactor call for every session.
     return txsession.Site(
         Shop(),
         cookieName=b"SHOP_SESSION",
@@ -78,7 +79,7 @@ def makeTxsessionSite() -> server.Site:
 
 def makeStoreSite(url: str) -> server.Site:
     store = txsession.RedisStore(url, keyPrefix="shop:", timeout=1.5)
-    return txsession.Site(Shop(), store=store, sharedTimer=True, maxSessions=10_000)
+    return txsession.Site(Shop(), store=store, maxSessions=10_000)
 
 
 def login(request: server.Request) -> None:
