@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyIterator, PyList, PyTuple, PyType};
 use pyo3::{ffi, PyTraverseError, PyVisit};
+use smallvec::SmallVec;
 use std::cell::{RefCell, RefMut};
 
 use crate::gc::Traverse;
@@ -33,13 +34,16 @@ impl Traverse for Entry {
     }
 }
 
-/// Slots in insertion order (`None` for a deleted entry) and, once the map is large enough, an
-/// open-addressing index from hash to slot, probed the way CPython probes a dict.
+/// The slots, in insertion order (`None` for a deleted entry). Most session maps hold one
+/// entry, which is kept inline.
+type Slots = SmallVec<[Option<Entry>; 1]>;
+
+/// Slots in insertion order and, once the map is large enough, an open-addressing index from
+/// hash to slot, probed the way CPython probes a dict.
 #[derive(Default)]
 pub struct MapCore {
-    slots: Vec<Option<Entry>>,
+    slots: Slots,
     indices: Box<[u32]>,
-    /// u32, with the two flags below, keeps the map in a 96-byte object.
     len: u32,
     /// Bumped (wrapping) whenever a key is added or removed: iterators check it to notice that
     /// the map changed under them.
@@ -47,13 +51,16 @@ pub struct MapCore {
     /// Bumped whenever slots move (a rebuild or emptying): a lookup that ran Python code starts
     /// again if it changed, as CPython's dict lookup does when its keys table is replaced.
     layout: u32,
-    /// The map object is not tracked by the garbage collector: as CPython does with a dict, a
-    /// new session's map is left untracked while it holds only objects that can be in no
-    /// reference cycle (strings, numbers, ...), which spares the collector most sessions' maps.
-    untracked: bool,
-    /// An entry that may be in a cycle was added while untracked: the map must be tracked.
+    /// An entry that may be in a cycle was stored: the map must be tracked by the garbage
+    /// collector if it is not. As CPython does with a dict, a new session's map is left
+    /// untracked while it holds only objects that can be in no reference cycle (strings,
+    /// numbers, ...), which spares the collector most sessions' maps.
     track_pending: bool,
 }
+
+// An empty map is the object's header and this: the object is 48 bytes with the collector's
+// header, and the core is allocated when the first entry comes.
+const _: () = assert!(std::mem::size_of::<Namespaces>() == 16);
 
 /// Whether `obj` could be part of a reference cycle, as CPython's `_PyObject_GC_MAY_BE_TRACKED`.
 fn may_be_tracked(obj: &Bound<'_, PyAny>) -> bool {
@@ -89,9 +96,9 @@ impl MapCore {
         self.len as usize
     }
 
-    /// Notes that `key` and `value` were stored, for an untracked map.
+    /// Notes that `key` and `value` were stored, for a map that may be untracked.
     fn stored(&mut self, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) {
-        if self.untracked && !self.track_pending && (may_be_tracked(key) || may_be_tracked(value)) {
+        if !self.track_pending && (may_be_tracked(key) || may_be_tracked(value)) {
             self.track_pending = true;
         }
     }
@@ -172,7 +179,7 @@ impl MapCore {
     fn rebuild(&mut self) {
         self.layout = self.layout.wrapping_add(1);
         if self.len() < self.slots.len() {
-            self.slots.retain(Option::is_some);
+            self.slots.retain(|e| e.is_some());
         }
         self.indices = Box::default();
         if self.slots.len() > INDEX_FROM {
@@ -186,10 +193,6 @@ impl MapCore {
     }
 
     pub fn push(&mut self, hash: isize, key: Py<PyAny>, value: Py<PyAny>) {
-        // Most session maps hold one or two entries: start with room for one, not four.
-        if self.slots.capacity() == 0 {
-            self.slots.reserve_exact(1);
-        }
         self.slots.push(Some(Entry { hash, key, value }));
         self.len += 1;
         self.version = self.version.wrapping_add(1);
@@ -224,7 +227,7 @@ impl MapCore {
     }
 
     /// Empties the map, handing back the entries to drop once the borrow ends.
-    pub fn take_all(&mut self) -> Vec<Option<Entry>> {
+    pub fn take_all(&mut self) -> Slots {
         self.layout = self.layout.wrapping_add(1);
         self.indices = Box::default();
         self.len = 0;
@@ -266,15 +269,24 @@ impl Traverse for MapCore {
 #[pyclass(module = "txsession", name = "Namespaces", frozen, mapping)]
 #[derive(Default)]
 pub struct Namespaces {
-    core: GilCell<MapCore>,
+    /// `None` until the map is first written, or read with a borrow that may write.
+    core: GilCell<Option<Box<MapCore>>>,
 }
 
 /// The outcome of a lookup: the guard, still held, and the slot holding the key, if any.
 type Located<'a> = (RefMut<'a, MapCore>, Option<usize>);
 
 impl Namespaces {
+    /// The map's state, allocated if it was not yet.
     pub fn lock(&self, py: Python<'_>) -> RefMut<'_, MapCore> {
-        self.core.borrow_mut(py)
+        RefMut::map(self.core.borrow_mut(py), |core| {
+            &mut **core.get_or_insert_with(Box::default)
+        })
+    }
+
+    /// Whether the map was never written: it is empty, with nothing allocated.
+    fn pristine(&self, py: Python<'_>) -> bool {
+        self.core.borrow_mut(py).is_none()
     }
 
     /// Finds `key`, comparing with Python code only while the map is not borrowed.
@@ -289,7 +301,7 @@ impl Namespaces {
         hash: isize,
     ) -> PyResult<Located<'a>> {
         'retry: loop {
-            let mut guard = self.core.borrow_mut(py);
+            let mut guard = self.lock(py);
             let layout = guard.layout;
             let mut from = 0;
             loop {
@@ -303,7 +315,7 @@ impl Namespaces {
                 let mut found = None;
                 for (ix, stored) in &candidates {
                     let equal = stored.bind(py).eq(key)?;
-                    if !self.core.borrow_mut(py).holds(layout, *ix, stored) {
+                    if !self.lock(py).holds(layout, *ix, stored) {
                         drop(candidates);
                         continue 'retry;
                     }
@@ -315,7 +327,7 @@ impl Namespaces {
                 // Dropped before borrowing: the last reference to a key may run its finalizer.
                 drop(candidates);
                 if let Some((ix, stored)) = found {
-                    let guard = self.core.borrow_mut(py);
+                    let guard = self.lock(py);
                     if guard.holds(layout, ix, &stored) {
                         // `stored` is still in the map: dropping this reference frees nothing.
                         drop(stored);
@@ -324,7 +336,7 @@ impl Namespaces {
                     drop(guard);
                     continue 'retry;
                 }
-                guard = self.core.borrow_mut(py);
+                guard = self.lock(py);
                 if guard.layout != layout {
                     continue 'retry;
                 }
@@ -335,6 +347,9 @@ impl Namespaces {
     pub fn get(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
         let py = key.py();
         let hash = key.hash()?;
+        if self.pristine(py) {
+            return Ok(None);
+        }
         let (guard, slot) = self.locate(py, key, hash)?;
         Ok(slot.and_then(|ix| guard.slots[ix].as_ref().map(|e| e.value.clone_ref(py))))
     }
@@ -375,7 +390,6 @@ impl Namespaces {
     /// a reference cycle is stored: what a new session's `sessionNamespaces` is.
     pub fn new_untracked(py: Python<'_>) -> PyResult<Bound<'_, Namespaces>> {
         let map = Bound::new(py, Namespaces::default())?;
-        map.get().core.borrow_mut(py).untracked = true;
         // SAFETY: a live GC object of ours, with the GIL held; it holds nothing yet.
         unsafe { ffi::PyObject_GC_UnTrack(map.as_ptr().cast()) };
         Ok(map)
@@ -386,15 +400,13 @@ impl Namespaces {
     pub fn settle_tracking(slf: &Bound<'_, Self>) {
         let track = {
             let mut core = slf.get().core.borrow_mut(slf.py());
-            let track = core.track_pending;
-            if track {
-                core.track_pending = false;
-                core.untracked = false;
+            match core.as_mut() {
+                Some(core) => std::mem::take(&mut core.track_pending),
+                None => false,
             }
-            track
         };
-        if track {
-            // SAFETY: a live GC object of ours, untracked until now, with the GIL held.
+        // SAFETY: a live GC object of ours, with the GIL held: tracked only if it is not.
+        if track && unsafe { ffi::PyObject_GC_IsTracked(slf.as_ptr()) } == 0 {
             unsafe { ffi::PyObject_GC_Track(slf.as_ptr().cast()) };
         }
     }
@@ -407,15 +419,20 @@ impl Namespaces {
     }
 
     pub fn clear_all(&self, py: Python<'_>) {
-        let old = self.core.borrow_mut(py).take_all();
+        let old = self
+            .core
+            .borrow_mut(py)
+            .as_mut()
+            .map(|core| core.take_all());
         drop(old);
     }
 
     /// A snapshot of the entries, to run Python code over without a borrow.
     pub fn items_vec(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>)> {
-        self.core
-            .borrow_mut(py)
-            .entries()
+        let core = self.core.borrow_mut(py);
+        core.as_deref()
+            .into_iter()
+            .flat_map(MapCore::entries)
             .map(|e| (e.key.clone_ref(py), e.value.clone_ref(py)))
             .collect()
     }
@@ -511,11 +528,14 @@ impl Namespaces {
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
-        self.core.borrow_mut(py).len()
+        self.core
+            .borrow_mut(py)
+            .as_ref()
+            .map_or(0, |core| core.len())
     }
 
     fn __bool__(&self, py: Python<'_>) -> bool {
-        self.core.borrow_mut(py).len() > 0
+        self.__len__(py) > 0
     }
 
     fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
@@ -599,7 +619,7 @@ impl Namespaces {
 
     fn popitem(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let entry = {
-            let mut core = self.core.borrow_mut(py);
+            let mut core = self.lock(py);
             let last = core.slots.iter().rposition(Option::is_some);
             last.and_then(|ix| core.take(ix))
         };
@@ -729,7 +749,7 @@ impl Namespaces {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self.core.try_borrow_mut() {
-            Some(core) => core.traverse(&visit),
+            Some(core) => core.as_deref().traverse(&visit),
             // Whoever borrows the map keeps these objects alive anyway: skipping them
             // only makes the collector treat them as reachable.
             None => Ok(()),
@@ -737,7 +757,8 @@ impl Namespaces {
     }
 
     fn __clear__(&self) {
-        self.core.clear_with(MapCore::take_all);
+        self.core
+            .clear_with(|core| core.as_mut().map(|core| core.take_all()));
     }
 }
 

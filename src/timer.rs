@@ -11,11 +11,12 @@
 //! became due (filing order among equals). A failing `expire` is handed to the site's logger
 //! and the others still expire.
 
-use pyo3::exceptions::{PyAttributeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyType};
-use pyo3::{intern, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use crate::delayed_call::{AlreadyCalled, AlreadyCancelled};
 use crate::gc::Traverse;
@@ -23,9 +24,41 @@ use crate::gil::GilCell;
 use crate::order::Earliest;
 use crate::traverse_fields;
 
-/// A heap entry: the call, the time it was filed at, and the filing's number, which tells a
-/// call's current entry from stale ones.
-type Filed = Earliest<Py<SharedCall>>;
+/// A heap entry: the time a call was filed at, the filing's number (the order among equal
+/// times), and the call's slot with the slot's filing count then, which tells the slot's
+/// current entry from stale ones (its own, and a former call's in the same slot).
+type Filed = Earliest<(u32, u32)>;
+
+/// One call's state, in the timer: a `SharedDelayedCall` object only names its slot, so that
+/// it holds no Python reference and the garbage collector need not track it. The session is
+/// the timer's reference, visited by the timer's `__traverse__`.
+struct Slot {
+    /// The session whose `expire` the call runs; dropped once called or cancelled, as
+    /// Twisted's `DelayedCall` drops its function.
+    session: Option<Py<PyAny>>,
+    time: f64,
+    delayed_time: f64,
+    /// How many times the slot was filed, wrapping: its current heap entry has this count.
+    filed: u32,
+    called: bool,
+    cancelled: bool,
+    /// A `SharedDelayedCall` names this slot: it is reused only once that is gone and the call
+    /// was called or cancelled.
+    held: bool,
+}
+
+// A million sessions hold a million slots: keep one at 32 bytes.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
+impl Slot {
+    fn live(&self) -> bool {
+        !self.called && !self.cancelled
+    }
+
+    fn due(&self) -> f64 {
+        self.time + self.delayed_time
+    }
+}
 
 #[derive(Default)]
 struct TimerState {
@@ -37,6 +70,9 @@ struct TimerState {
     /// Called with each session due in place of its `expire`, when given.
     expire_with: Option<Py<PyAny>>,
     heap: BinaryHeap<Filed>,
+    slots: Vec<Slot>,
+    /// Slots free for a new call.
+    free: Vec<u32>,
     seq: u64,
     /// Calls neither called nor cancelled.
     live: usize,
@@ -44,47 +80,67 @@ struct TimerState {
     pending: Option<(Py<PyAny>, f64)>,
 }
 
-#[pyclass(module = "txsession._txsession", name = "SharedTimer", frozen)]
-pub struct SharedTimer {
-    state: GilCell<TimerState>,
+impl TimerState {
+    /// Frees slot `ix` once no call object names it and it will not run.
+    fn release(&mut self, ix: u32) {
+        let slot = &self.slots[ix as usize];
+        if !slot.held && !slot.live() {
+            self.free.push(ix);
+        }
+    }
+
+    /// Every Python reference, moved out so that it is dropped after the borrow ends.
+    fn take_references(&mut self) -> Vec<Py<PyAny>> {
+        let mut taken: Vec<Py<PyAny>> = [
+            self.reactor.take(),
+            self.fire.take(),
+            self.log_failure.take(),
+            self.expire_with.take(),
+            self.pending.take().map(|(call, _)| call),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        taken.extend(self.slots.iter_mut().filter_map(|s| s.session.take()));
+        taken
+    }
 }
 
-#[derive(Default)]
-struct CallState {
-    /// The session whose `expire` the call runs; dropped once called or cancelled, as
-    /// Twisted's `DelayedCall` drops its function.
-    session: Option<Py<PyAny>>,
-    time: f64,
-    delayed_time: f64,
-    called: bool,
-    cancelled: bool,
-    /// The `seq` of the call's current heap entry.
-    filed: u64,
+/// The timer's state, shared by the timer and its calls. Only the `SharedTimer` object's
+/// `__traverse__` visits the Python references in it, and when that object goes they go with
+/// it: a call that outlives its timer still answers `active()` and `getTime()`.
+struct Core(GilCell<TimerState>);
+
+#[pyclass(module = "txsession._txsession", name = "SharedTimer", frozen)]
+pub struct SharedTimer {
+    core: Arc<Core>,
 }
 
 /// A session's pending expiry on a [`SharedTimer`]; provides Twisted's `IDelayedCall`.
 #[pyclass(module = "txsession", name = "SharedDelayedCall", frozen)]
 pub struct SharedCall {
-    timer: Py<SharedTimer>,
-    state: GilCell<CallState>,
+    core: Arc<Core>,
+    slot: u32,
 }
 
 fn as_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
     value.extract::<f64>()
 }
 
-impl SharedTimer {
+impl Core {
+    fn state<'a>(&'a self, py: Python<'_>) -> std::cell::RefMut<'a, TimerState> {
+        self.0.borrow_mut(py)
+    }
+
     fn runs_on(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> bool {
-        self.state
-            .borrow_mut(py)
+        self.state(py)
             .reactor
             .as_ref()
             .is_some_and(|r| r.is(reactor))
     }
 
     fn reactor<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.state
-            .borrow_mut(py)
+        self.state(py)
             .reactor
             .as_ref()
             .map(|r| r.clone_ref(py).into_bound(py))
@@ -95,31 +151,32 @@ impl SharedTimer {
         as_seconds(&self.reactor(py)?.call_method0(intern!(py, "seconds"))?)
     }
 
-    /// Files `call` at `due` as its current entry.
-    fn file(&self, py: Python<'_>, call: &Bound<'_, SharedCall>, due: f64) {
-        let mut state = self.state.borrow_mut(py);
+    /// Files slot `ix` at `due` as its current entry.
+    fn file(&self, py: Python<'_>, ix: u32, due: f64) {
+        let mut state = self.state(py);
         state.seq += 1;
         let seq = state.seq;
-        call.get().state.borrow_mut(py).filed = seq;
+        let slot = &mut state.slots[ix as usize];
+        slot.filed = slot.filed.wrapping_add(1);
+        let filed = slot.filed;
         state.heap.push(Filed {
             at: due,
             seq,
-            item: call.clone().unbind(),
+            item: (ix, filed),
         });
     }
 
     /// Makes the reactor call cover `due`: a new one when there is none or it is later.
     fn cover(&self, py: Python<'_>, due: f64) -> PyResult<()> {
         let later = {
-            let state = self.state.borrow_mut(py);
+            let mut state = self.state(py);
             match &state.pending {
                 Some((_, at)) if *at <= due => return Ok(()),
-                Some((call, _)) => Some(call.clone_ref(py)),
+                Some(_) => state.pending.take().map(|(call, _)| call),
                 None => None,
             }
         };
         if let Some(call) = later {
-            self.state.borrow_mut(py).pending = None;
             cancel_quietly(call.bind(py))?;
         }
         self.schedule(py, due)
@@ -129,12 +186,7 @@ impl SharedTimer {
     /// smaller until `now + delay`, the reactor's own sum, is not after `due`.
     fn schedule(&self, py: Python<'_>, due: f64) -> PyResult<()> {
         let reactor = self.reactor(py)?;
-        let fire = self
-            .state
-            .borrow_mut(py)
-            .fire
-            .as_ref()
-            .map(|f| f.clone_ref(py));
+        let fire = self.state(py).fire.as_ref().map(|f| f.clone_ref(py));
         let Some(fire) = fire else { return Ok(()) };
         let now = as_seconds(&reactor.call_method0(intern!(py, "seconds"))?)?;
         let mut delay = (due - now).max(0.0);
@@ -142,11 +194,7 @@ impl SharedTimer {
             delay = next_down(delay);
         }
         let call = reactor.call_method1(intern!(py, "callLater"), (delay, fire))?;
-        let old = self
-            .state
-            .borrow_mut(py)
-            .pending
-            .replace((call.unbind(), now + delay));
+        let old = self.state(py).pending.replace((call.unbind(), now + delay));
         // An `expire` run by `_fire` may have filed a session, and so asked for a call, before
         // `_fire` asks for the next one: one call at a time.
         match old {
@@ -155,77 +203,84 @@ impl SharedTimer {
         }
     }
 
-    /// The live call due first and its time, after re-filing the stale entries above it.
-    fn earliest(&self, py: Python<'_>) -> Option<(Py<SharedCall>, f64)> {
-        let mut state = self.state.borrow_mut(py);
+    /// The live call due first (its slot) and its time, after re-filing the stale entries
+    /// above it.
+    fn earliest(&self, py: Python<'_>) -> Option<(u32, f64)> {
+        let mut guard = self.state(py);
+        let state = &mut *guard;
         loop {
             let top = state.heap.peek()?;
-            let call = top.item.get();
-            let (current, live, due) = {
-                let c = call.state.borrow_mut(py);
-                (
-                    c.filed == top.seq,
-                    !c.called && !c.cancelled,
-                    c.time + c.delayed_time,
-                )
-            };
-            if !(current && live) {
-                drop(state.heap.pop());
+            let ((ix, filed), at) = (top.item, top.at);
+            let slot = &mut state.slots[ix as usize];
+            if slot.filed != filed || !slot.live() {
+                state.heap.pop();
                 continue;
             }
-            if due > top.at {
+            let due = slot.due();
+            if due > at {
                 // Touched since it was filed: file it again at its current time, with the
                 // delay made part of its time, as Twisted's reactor does (`activate_delay`).
                 // A later `reset` to a time before this one then moves it forward again.
-                let Filed { item: call, .. } = state.heap.pop()?;
+                state.heap.pop();
                 state.seq += 1;
-                let seq = state.seq;
-                {
-                    let mut c = call.get().state.borrow_mut(py);
-                    c.filed = seq;
-                    c.time += c.delayed_time;
-                    c.delayed_time = 0.0;
-                }
+                slot.filed = slot.filed.wrapping_add(1);
+                slot.time += slot.delayed_time;
+                slot.delayed_time = 0.0;
                 state.heap.push(Filed {
                     at: due,
-                    seq,
-                    item: call,
+                    seq: state.seq,
+                    item: (ix, slot.filed),
                 });
                 continue;
             }
-            return Some((top.item.clone_ref(py), due));
+            return Some((ix, due));
         }
     }
 
     /// One call fewer is live: with none left, the reactor call and the heap go.
     fn retire(&self, py: Python<'_>) -> PyResult<()> {
-        let (pending, heap) = {
-            let mut state = self.state.borrow_mut(py);
+        let pending = {
+            let mut guard = self.state(py);
+            let state = &mut *guard;
             state.live = state.live.saturating_sub(1);
             if state.live > 0 {
                 // Cancelled entries stay in the heap until they reach the top; past twice the
                 // live calls, they are swept.
                 if state.heap.len() > 2 * state.live + 64 {
-                    let heap = std::mem::take(&mut state.heap);
-                    drop(state);
-                    let kept: Vec<Filed> = heap
+                    let slots = &state.slots;
+                    let kept: Vec<Filed> = std::mem::take(&mut state.heap)
                         .into_iter()
                         .filter(|f| {
-                            let c = f.item.get().state.borrow_mut(py);
-                            c.filed == f.seq && !c.called && !c.cancelled
+                            let slot = &slots[f.item.0 as usize];
+                            slot.filed == f.item.1 && slot.live()
                         })
                         .collect();
-                    self.state.borrow_mut(py).heap = kept.into();
+                    state.heap = kept.into();
                 }
                 return Ok(());
             }
-            (state.pending.take(), std::mem::take(&mut state.heap))
+            state.heap = BinaryHeap::new();
+            state.pending.take()
         };
-        drop(heap);
         if let Some((call, _)) = pending {
             cancel_quietly(call.bind(py))?;
         }
         Ok(())
+    }
+
+    /// Drops every Python reference the timer holds, after the borrow ends.
+    fn clear(&self) {
+        let taken = self.0.try_borrow_mut().map(|mut s| s.take_references());
+        drop(taken);
+    }
+
+    /// One of the state's callables, cloned so that no borrow is held into the call.
+    fn callable(
+        &self,
+        py: Python<'_>,
+        field: impl Fn(&TimerState) -> &Option<Py<PyAny>>,
+    ) -> Option<Py<PyAny>> {
+        field(&self.state(py)).as_ref().map(|c| c.clone_ref(py))
     }
 }
 
@@ -239,21 +294,21 @@ fn cancel_quietly(call: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 /// The largest `f64` below a positive `x`.
+fn next_down(x: f64) -> f64 {
+    f64::from_bits(x.to_bits() - 1)
+}
+
 impl SharedTimer {
-    /// One of the state's callables, cloned so that no borrow is held into the call.
-    fn callable(
-        &self,
-        py: Python<'_>,
-        field: impl Fn(&TimerState) -> &Option<Py<PyAny>>,
-    ) -> Option<Py<PyAny>> {
-        field(&self.state.borrow_mut(py))
-            .as_ref()
-            .map(|c| c.clone_ref(py))
+    fn runs_on(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> bool {
+        self.core.runs_on(py, reactor)
     }
 }
 
-fn next_down(x: f64) -> f64 {
-    f64::from_bits(x.to_bits() - 1)
+impl Drop for SharedTimer {
+    /// Its calls may outlive it, and with them the state: the references go now.
+    fn drop(&mut self) {
+        self.core.clear();
+    }
 }
 
 #[pymethods]
@@ -271,16 +326,16 @@ impl SharedTimer {
         let timer = Py::new(
             py,
             SharedTimer {
-                state: GilCell::new(TimerState {
+                core: Arc::new(Core(GilCell::new(TimerState {
                     reactor: Some(reactor),
                     log_failure: Some(log_failure),
                     expire_with,
                     ..TimerState::default()
-                }),
+                }))),
             },
         )?;
         let fire = timer.bind(py).getattr(intern!(py, "_fire"))?.unbind();
-        timer.get().state.borrow_mut(py).fire = Some(fire);
+        timer.get().core.state(py).fire = Some(fire);
         Ok(timer)
     }
 
@@ -291,55 +346,82 @@ impl SharedTimer {
         timeout: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SharedCall>> {
         let py = slf.py();
-        let this = slf.get();
-        let time = this.now(py)? + as_seconds(timeout)?;
-        let call = Bound::new(
-            py,
-            SharedCall {
-                timer: slf.clone().unbind(),
-                state: GilCell::new(CallState {
-                    session: Some(session.clone().unbind()),
-                    time,
-                    ..CallState::default()
-                }),
-            },
-        )?;
-        this.file(py, &call, time);
-        this.state.borrow_mut(py).live += 1;
-        this.cover(py, time)?;
+        let core = &slf.get().core;
+        let time = core.now(py)? + as_seconds(timeout)?;
+        let slot = Slot {
+            session: Some(session.clone().unbind()),
+            time,
+            delayed_time: 0.0,
+            filed: 0,
+            called: false,
+            cancelled: false,
+            held: true,
+        };
+        let ix = {
+            let mut state = core.state(py);
+            let ix = match state.free.pop() {
+                Some(ix) => {
+                    // A freed slot holds no session. Its filing count goes on, so that its
+                    // former call's stale entries stay stale.
+                    let old = std::mem::replace(&mut state.slots[ix as usize], slot);
+                    state.slots[ix as usize].filed = old.filed;
+                    ix
+                }
+                None => {
+                    let ix = u32::try_from(state.slots.len())
+                        .map_err(|_| PyOverflowError::new_err("too many pending sessions"))?;
+                    state.slots.push(slot);
+                    ix
+                }
+            };
+            state.live += 1;
+            ix
+        };
+        let call = SharedCall {
+            core: Arc::clone(core),
+            slot: ix,
+        };
+        core.file(py, ix, time);
+        let call = Bound::new(py, call)?;
+        // SAFETY: a live GC object of ours, with the GIL held. It holds no Python reference
+        // (its session is the timer's), so it can be in no cycle: the collector may skip it.
+        unsafe { ffi::PyObject_GC_UnTrack(call.as_ptr().cast()) };
+        core.cover(py, time)?;
         Ok(call.unbind())
     }
 
     /// The reactor of this timer.
     #[getter]
     fn reactor_(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        self.reactor(py).map(Bound::unbind)
+        self.core.reactor(py).map(Bound::unbind)
     }
 
     /// How many sessions are pending.
     fn __len__(&self, py: Python<'_>) -> usize {
-        self.state.borrow_mut(py).live
+        self.core.state(py).live
     }
 
     /// Runs by the reactor call: expires every session due.
-    fn _fire(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let old = this.state.borrow_mut(py).pending.take();
+    fn _fire(&self, py: Python<'_>) -> PyResult<()> {
+        let core = &self.core;
+        let old = core.state(py).pending.take();
         drop(old);
-        let now = this.now(py)?;
-        while let Some((call, due)) = this.earliest(py) {
+        let now = core.now(py)?;
+        while let Some((ix, due)) = core.earliest(py) {
             if due > now {
-                return this.schedule(py, due);
+                return core.schedule(py, due);
             }
             let session = {
-                let mut c = call.get().state.borrow_mut(py);
-                c.called = true;
-                c.session.take()
+                let mut state = core.state(py);
+                let slot = &mut state.slots[ix as usize];
+                slot.called = true;
+                let session = slot.session.take();
+                state.release(ix);
+                session
             };
-            this.retire(py)?;
+            core.retire(py)?;
             let Some(session) = session else { continue };
-            let expired = match this.callable(py, |s| &s.expire_with) {
+            let expired = match core.callable(py, |s| &s.expire_with) {
                 Some(expire_with) => expire_with.call1(py, (session,)).map(drop),
                 None => session
                     .bind(py)
@@ -347,7 +429,7 @@ impl SharedTimer {
                     .map(drop),
             };
             if let Err(err) = expired {
-                match this.callable(py, |s| &s.log_failure) {
+                match core.callable(py, |s| &s.log_failure) {
                     Some(log) => drop(log.call1(py, (err.into_value(py),))?),
                     None => return Err(err),
                 }
@@ -357,29 +439,37 @@ impl SharedTimer {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(s) = self.state.try_borrow_mut() else {
+        let Some(s) = self.core.0.try_borrow_mut() else {
             return Ok(());
         };
         let pending = s.pending.as_ref().map(|(call, _)| call);
         traverse_fields!(visit; s.reactor, s.fire, s.log_failure, s.expire_with, pending)?;
-        s.heap.iter().try_for_each(|f| visit.call(&f.item))
+        s.slots
+            .iter()
+            .try_for_each(|slot| slot.session.traverse(&visit))
     }
 
     fn __clear__(&self) {
-        self.state.clear_with(std::mem::take);
+        self.core.clear();
     }
 }
 
 impl SharedCall {
+    /// Reads the call's slot.
+    fn read<R>(&self, py: Python<'_>, f: impl FnOnce(&Slot) -> R) -> R {
+        f(&self.core.state(py).slots[self.slot as usize])
+    }
+
     fn check_pending(&self, py: Python<'_>) -> PyResult<()> {
-        let c = self.state.borrow_mut(py);
-        if c.cancelled {
-            return Err(AlreadyCancelled::new_err(()));
-        }
-        if c.called {
-            return Err(AlreadyCalled::new_err(()));
-        }
-        Ok(())
+        self.read(py, |c| {
+            if c.cancelled {
+                Err(AlreadyCancelled::new_err(()))
+            } else if c.called {
+                Err(AlreadyCalled::new_err(()))
+            } else {
+                Ok(())
+            }
+        })
     }
 
     /// `reset(timeout)` with `now` already read from the timer's reactor: Twisted's
@@ -387,10 +477,16 @@ impl SharedCall {
     pub fn reset_at(slf: &Bound<'_, Self>, now: f64, timeout: f64) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        this.check_pending(py)?;
         let new_time = now + timeout;
         let sooner = {
-            let mut c = this.state.borrow_mut(py);
+            let mut state = this.core.state(py);
+            let c = &mut state.slots[this.slot as usize];
+            if c.cancelled {
+                return Err(AlreadyCancelled::new_err(()));
+            }
+            if c.called {
+                return Err(AlreadyCalled::new_err(()));
+            }
             if new_time < c.time {
                 c.delayed_time = 0.0;
                 c.time = new_time;
@@ -401,21 +497,30 @@ impl SharedCall {
             }
         };
         if sooner {
-            let timer = this.timer.get();
-            timer.file(py, slf, new_time);
-            timer.cover(py, new_time)?;
+            this.core.file(py, this.slot, new_time);
+            this.core.cover(py, new_time)?;
         }
         Ok(())
     }
 
     pub fn is_active(&self, py: Python<'_>) -> bool {
-        let c = self.state.borrow_mut(py);
-        !c.called && !c.cancelled
+        self.read(py, Slot::live)
     }
 
     /// Whether `reactor` is the one this call's timer runs on.
     pub fn runs_on(&self, py: Python<'_>, reactor: &Bound<'_, PyAny>) -> bool {
-        self.timer.get().runs_on(py, reactor)
+        self.core.runs_on(py, reactor)
+    }
+}
+
+impl Drop for SharedCall {
+    /// Gives the slot back once the call will not run. Nothing drops a call while the state is
+    /// borrowed (no Python object is dropped then); if something did, the slot stays unused.
+    fn drop(&mut self) {
+        if let Some(mut state) = self.core.0.try_borrow_mut() {
+            state.slots[self.slot as usize].held = false;
+            state.release(self.slot);
+        }
     }
 }
 
@@ -424,8 +529,7 @@ impl SharedCall {
 impl SharedCall {
     /// The time the call is due: `time + delayed_time`, as `DelayedCall.getTime`.
     fn getTime(&self, py: Python<'_>) -> f64 {
-        let c = self.state.borrow_mut(py);
-        c.time + c.delayed_time
+        self.read(py, Slot::due)
     }
 
     fn active(&self, py: Python<'_>) -> bool {
@@ -435,12 +539,13 @@ impl SharedCall {
     pub fn cancel(&self, py: Python<'_>) -> PyResult<()> {
         self.check_pending(py)?;
         let session = {
-            let mut c = self.state.borrow_mut(py);
+            let mut state = self.core.state(py);
+            let c = &mut state.slots[self.slot as usize];
             c.cancelled = true;
             c.session.take()
         };
         drop(session);
-        self.timer.get().retire(py)
+        self.core.retire(py)
     }
 
     /// `reset(timeout)` from `Session.touch`, which just read `now` from `reactor`: the timer
@@ -458,7 +563,7 @@ impl SharedCall {
     fn reset(slf: &Bound<'_, Self>, secondsFromNow: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         slf.get().check_pending(py)?;
-        let now = slf.get().timer.get().now(py)?;
+        let now = slf.get().core.now(py)?;
         SharedCall::reset_at(slf, now, as_seconds(secondsFromNow)?)
     }
 
@@ -468,7 +573,8 @@ impl SharedCall {
         this.check_pending(py)?;
         let later = as_seconds(secondsLater)?;
         let sooner = {
-            let mut c = this.state.borrow_mut(py);
+            let mut state = this.core.state(py);
+            let c = &mut state.slots[this.slot as usize];
             c.delayed_time += later;
             if c.delayed_time < 0.0 {
                 c.time += c.delayed_time;
@@ -479,53 +585,40 @@ impl SharedCall {
             }
         };
         if let Some(time) = sooner {
-            let timer = this.timer.get();
-            timer.file(py, slf, time);
-            timer.cover(py, time)?;
+            this.core.file(py, this.slot, time);
+            this.core.cover(py, time)?;
         }
         Ok(())
     }
 
     #[getter]
     fn time(&self, py: Python<'_>) -> f64 {
-        self.state.borrow_mut(py).time
+        self.read(py, |c| c.time)
     }
 
     #[getter]
     fn delayed_time(&self, py: Python<'_>) -> f64 {
-        self.state.borrow_mut(py).delayed_time
+        self.read(py, |c| c.delayed_time)
     }
 
     #[getter]
     fn called(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).called
+        self.read(py, |c| c.called)
     }
 
     #[getter]
     fn cancelled(&self, py: Python<'_>) -> bool {
-        self.state.borrow_mut(py).cancelled
+        self.read(py, |c| c.cancelled)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let c = self.state.borrow_mut(py);
+        let (due, called, cancelled) = self.read(py, |c| (c.due(), c.called, c.cancelled));
         format!(
             "<SharedDelayedCall [{}s] called={} cancelled={}>",
-            PyFloat::new(py, c.time + c.delayed_time),
-            u8::from(c.called),
-            u8::from(c.cancelled)
+            PyFloat::new(py, due),
+            u8::from(called),
+            u8::from(cancelled)
         )
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.timer)?;
-        match self.state.try_borrow_mut() {
-            Some(c) => c.session.traverse(&visit),
-            None => Ok(()),
-        }
-    }
-
-    fn __clear__(&self) {
-        self.state.clear_with(|c| c.session.take());
     }
 }
 

@@ -4,6 +4,7 @@ L{txsession.Namespaces}, the Rust map behind C{sessionNamespaces}, checked again
 
 import gc
 import pickle
+import sys
 from collections.abc import MutableMapping
 
 from hypothesis import given
@@ -260,6 +261,24 @@ class GarbageCollectorTrackingTests(unittest.SynchronousTestCase):
             return session
 
         assertCollected(self, build)
+
+    def test_emptyMapIsSmall(self):
+        """
+        A map never written is the object alone, 48 bytes with the collector's header, and
+        reading it allocates nothing; the first entry is kept inline.
+        """
+        ns = self.session().sessionNamespaces
+        self.assertEqual(sys.getsizeof(ns), 48)
+        self.assertEqual(
+            (len(ns), bool(ns), ns.get("a"), "a" in ns, list(ns)), (0, False, None, False, [])
+        )
+        self.assertRaises(KeyError, ns.__getitem__, "a")
+        self.assertRaises(TypeError, ns.get, [])
+        ns["a"] = 1
+        ns.clear()
+        self.assertEqual(dict(ns), {})
+        ns["b"] = 2
+        self.assertEqual(dict(ns), {"b": 2})
 
     def test_otherMapsAreTracked(self):
         self.assertTrue(gc.is_tracked(txsession.Namespaces()))

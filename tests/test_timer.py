@@ -4,6 +4,7 @@ own delayed calls (differential, on a L{Clock}), never more than one pending rea
 site, failures logged, the cap, collection of the cycles, and HTTP end to end.
 """
 
+import gc
 import json
 
 from hypothesis import given
@@ -312,6 +313,69 @@ class SharedTimerTests(unittest.SynchronousTestCase):
             return site
 
         assertCollected(self, build)
+
+    def test_callIsUntracked(self):
+        """
+        A session's call holds no Python reference (the timer holds the session), so the
+        collector does not track it.
+        """
+        session = _sharedSite(Clock()).makeSession()
+        self.assertFalse(gc.is_tracked(session._expireCall))
+
+    def test_cycleThroughTimerCollected(self):
+        """
+        session -> call -> timer -> session, with the site and clock reachable only from the
+        session: the call's way to its timer is not a Python reference, and the timer's
+        reference to the session is visited by the timer.
+        """
+
+        def build():
+            session = _sharedSite(Clock()).makeSession()
+            session.notifyOnExpire(lambda: session)
+            return session
+
+        assertCollected(self, build)
+
+    def test_callOutlivesTimer(self):
+        """
+        A call kept after its site, clock and session were collected still answers, and
+        cancelling it is harmless.
+        """
+        kept = []
+
+        def build():
+            session = _sharedSite(Clock()).makeSession()
+            kept.append(session._expireCall)
+            return session
+
+        assertCollected(self, build)
+        [call] = kept
+        self.assertTrue(call.active())
+        self.assertEqual(call.getTime(), 900)
+        call.cancel()
+        self.assertTrue(call.cancelled)
+        self.assertRaises(AlreadyCancelled, call.reset, 1)
+
+    def test_slotsReused(self):
+        """
+        Sessions made after others ended reuse their calls' places in the timer: the calls
+        compare by due time as before.
+        """
+        clock = Clock()
+        site = _sharedSite(clock)
+        first = [site.makeSession() for _ in range(5)]
+        for session in first[:3]:
+            session.expire()
+        del first[:3]
+        clock.advance(1)
+        later = [site.makeSession() for _ in range(3)]
+        self.assertEqual([s._expireCall.getTime() for s in first], [900, 900])
+        self.assertEqual([s._expireCall.getTime() for s in later], [901, 901, 901])
+        clock.advance(899)
+        self.assertEqual(set(site.sessions), {s.uid for s in later})
+        clock.advance(1)
+        self.assertEqual(site.sessions, {})
+        self.assertEqual(len(site._sharedTimer), 0)
 
 
 class MaxSessionsMixin:

@@ -12,8 +12,9 @@ A small web site that uses everything txsession offers.
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
 session cookie is C{HttpOnly} and C{SameSite=Lax}, with sliding expiry: the timeout counts
 from each session's last use. Its sessions expire through the site's shared timer, one
-reactor call for all of them, which C{txsession.Site} has by default. With C{--redis URL}, sessions are kept in that Redis server
-(L{txsession.redis.RedisStore}), so demos run side by side on two ports share them.
+reactor call for all of them, which C{txsession.Site} has by default. With C{--redis URL},
+sessions are kept in that Redis server (L{txsession.redis.RedisStore}), so demos run side by
+side on two ports share them.
 """
 
 from __future__ import annotations
