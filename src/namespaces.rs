@@ -91,6 +91,32 @@ fn plain_pair(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
         || ta == &raw mut ffi::PyLong_Type
 }
 
+/// Compares `key` with the key of `entry`, in slot `ix` and of an equal hash: `Found` when
+/// that needs no Python code and they are equal; the stored key is kept in `slow` when
+/// comparing needs Python code.
+#[inline(always)]
+fn consider(
+    py: Python<'_>,
+    ix: usize,
+    entry: &Entry,
+    key: &Bound<'_, PyAny>,
+    slow: &mut Vec<(usize, Py<PyAny>)>,
+) -> Option<Probe> {
+    if entry.key.as_ptr() == key.as_ptr() {
+        return Some(Probe::Found(ix));
+    }
+    let stored = entry.key.bind(py);
+    if plain_pair(stored, key) {
+        // No user code runs for these types, so comparing while borrowed is safe.
+        if stored.eq(key).unwrap_or(false) {
+            return Some(Probe::Found(ix));
+        }
+    } else {
+        slow.push((ix, entry.key.clone_ref(py)));
+    }
+    None
+}
+
 impl MapCore {
     pub fn len(&self) -> usize {
         self.len as usize
@@ -134,21 +160,25 @@ impl MapCore {
     }
 
     /// Looks `key` up among the slots from `from` on.
+    #[inline]
     fn probe(&self, py: Python<'_>, key: &Bound<'_, PyAny>, hash: isize, from: usize) -> Probe {
+        let slots: &[Option<Entry>] = &self.slots;
         let mut slow = Vec::new();
-        for ix in self.candidates(hash).filter(|&ix| ix >= from) {
-            let entry = self.slots[ix].as_ref().expect("candidate slots are live");
-            if entry.key.as_ptr() == key.as_ptr() {
-                return Probe::Found(ix);
-            }
-            let stored = entry.key.bind(py);
-            if plain_pair(stored, key) {
-                // No user code runs for these types, so comparing while borrowed is safe.
-                if stored.eq(key).unwrap_or(false) {
-                    return Probe::Found(ix);
+        if self.indices.is_empty() {
+            // A small map: a plain scan, which most session maps take.
+            for (ix, entry) in slots.iter().enumerate().skip(from) {
+                if let Some(entry) = entry.as_ref().filter(|e| e.hash == hash) {
+                    if let Some(found) = consider(py, ix, entry, key, &mut slow) {
+                        return found;
+                    }
                 }
-            } else {
-                slow.push((ix, entry.key.clone_ref(py)));
+            }
+        } else {
+            for ix in self.candidates(hash).filter(|&ix| ix >= from) {
+                let entry = slots[ix].as_ref().expect("candidate slots are live");
+                if let Some(found) = consider(py, ix, entry, key, &mut slow) {
+                    return found;
+                }
             }
         }
         if slow.is_empty() {
@@ -278,15 +308,11 @@ type Located<'a> = (RefMut<'a, MapCore>, Option<usize>);
 
 impl Namespaces {
     /// The map's state, allocated if it was not yet.
+    #[inline]
     pub fn lock(&self, py: Python<'_>) -> RefMut<'_, MapCore> {
         RefMut::map(self.core.borrow_mut(py), |core| {
             &mut **core.get_or_insert_with(Box::default)
         })
-    }
-
-    /// Whether the map was never written: it is empty, with nothing allocated.
-    fn pristine(&self, py: Python<'_>) -> bool {
-        self.core.borrow_mut(py).is_none()
     }
 
     /// Finds `key`, comparing with Python code only while the map is not borrowed.
@@ -347,9 +373,22 @@ impl Namespaces {
     pub fn get(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
         let py = key.py();
         let hash = key.hash()?;
-        if self.pristine(py) {
-            return Ok(None);
-        }
+        // Found or missing without running Python code, in one borrow: the usual case.
+        let probe = {
+            let guard = self.core.borrow_mut(py);
+            let Some(core) = guard.as_deref() else {
+                return Ok(None);
+            };
+            match core.probe(py, key, hash, 0) {
+                Probe::Found(ix) => {
+                    return Ok(core.slots[ix].as_ref().map(|e| e.value.clone_ref(py)));
+                }
+                Probe::Missing => return Ok(None),
+                compare => compare,
+            }
+        };
+        // Dropped after the borrow, as `locate` does.
+        drop(probe);
         let (guard, slot) = self.locate(py, key, hash)?;
         Ok(slot.and_then(|ix| guard.slots[ix].as_ref().map(|e| e.value.clone_ref(py))))
     }
