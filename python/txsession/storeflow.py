@@ -647,8 +647,10 @@ class StoreFlow:
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
             current = self.encoded(namespaces, key)
-            theirs = key in change.contested or any(
-                user.baseline.get(key, _ABSENT) != current for user in others
+            # A value nobody can write is nobody's to keep: it goes back whoever else saw it.
+            theirs = not isinstance(current, _Unencodable) and (
+                key in change.contested
+                or any(user.baseline.get(key, _ABSENT) != current for user in others)
             )
             if theirs:
                 # Another request changed it too: it stays, and that request writes it.

@@ -254,10 +254,13 @@ class SessionCookieMixin:
             return
         if self._disconnected:  # type: ignore[attr-defined]
             return
+        if finishing:
+            # What changed while this write was in flight is written before any of the
+            # response goes out, so a failure there can still be answered.
+            self._txsFlush(held, finishing=True)
+            return
         for chunk in held:
             super().write(chunk)  # type: ignore[misc]
-        if finishing:
-            self.finish()
 
     def _txsFlushFailed(self, reason: Failure) -> None:
         self._txsHeld = None
