@@ -483,7 +483,7 @@ class Site(server.Site):
     cookieHttpOnly = False
     cookieSameSite: bytes | None = None
     cookieMaxAge: int | None = None
-    slidingExpiry = False
+    _slidingExpiry = False
     maxSessions: int | None = None
     store: Any = None
     _flow: StoreFlow | None = None
@@ -540,26 +540,49 @@ class Site(server.Site):
             or self.store is not None
         )
 
+    # Read and set as an ordinary attribute, not through the instance's __dict__: on
+    # CPython 3.11+ touching __dict__ turns the site's inline attribute values into a dict,
+    # and every later attribute read of the site takes the slower path.
+    _givenRequestFactory: Any = server.Request
+
     @property  # type: ignore[override]
     def requestFactory(self) -> Any:
-        factory = self.__dict__.get("_givenRequestFactory", server.Request)
+        factory = self._givenRequestFactory
         return _sessionCookieRequest(factory) if self._cookieOptions() else factory
 
     @requestFactory.setter
     def requestFactory(self, factory: Any) -> None:
-        self.__dict__["_givenRequestFactory"] = factory
+        self._givenRequestFactory = factory
 
-    def getSession(self, uid: bytes) -> Any:
+    @property
+    def slidingExpiry(self) -> bool:
         """
-        The session with id C{uid} (C{KeyError} when there is none), touched first with
-        C{slidingExpiry}. A session whose timer already ran out counts as none.
+        Whether C{getSession(uid)} touches the session it finds. Without it, C{getSession} is
+        Twisted's own, at Twisted's cost.
+        """
+        return self._slidingExpiry
+
+    @slidingExpiry.setter
+    def slidingExpiry(self, value: bool) -> None:
+        self._slidingExpiry = bool(value)
+        if value:
+            self.getSession = self._slidingGetSession  # type: ignore[method-assign]
+        else:
+            try:
+                del self.getSession
+            except AttributeError:
+                pass
+
+    def _slidingGetSession(self, uid: bytes) -> Any:
+        """
+        The session with id C{uid} (C{KeyError} when there is none), touched first. A session
+        whose timer already ran out counts as none.
         """
         session = self.sessions[uid]
-        if self.slidingExpiry:
-            try:
-                session.touch()
-            except (AlreadyCalled, AlreadyCancelled):
-                raise KeyError(uid) from None
+        try:
+            session.touch()
+        except (AlreadyCalled, AlreadyCancelled):
+            raise KeyError(uid) from None
         return session
 
     @property
