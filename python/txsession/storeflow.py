@@ -459,10 +459,12 @@ class StoreFlow:
             session = change.session
             if not self.isLive(session):
                 # Ended while this request used it: by a logout here (the answer waits for
-                # its deletion), elsewhere, or by a rename elsewhere. What it set cannot be
+                # its deletion), elsewhere, or by a rename elsewhere. What it changed (now,
+                # or while rendering, even if another request undid it since) cannot be
                 # written: a 409, unless this request is the one that logged it out.
                 changed, _ = self.diff(change)
-                if (changed or change.renamedFrom is not None) and not change.endedHere:
+                mine = changed or change.own or change.renamedFrom is not None
+                if mine and not change.endedHere:
                     raise SessionEnded()
                 logout = self.logouts.get(session)
                 waiting = None if logout is None else logout.wait()
