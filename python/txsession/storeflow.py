@@ -30,9 +30,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txsession import _txsession
-from txsession.store import SessionEnded, StoreError, StoreUnavailable, UnserializableValue
+from txsession.store import (
+    JSONSerializer,
+    SessionEnded,
+    StoreError,
+    StoreUnavailable,
+    UnserializableValue,
+)
 
 _log = Logger()
+
+# Values that JSONSerializer gives back equal and of the same type.
+_JSON_ATOMS = frozenset([str, int, float, bool, type(None)])
 
 # A key a session's namespaces do not hold (in a baseline, or in the store).
 _ABSENT: Any = object()
@@ -195,9 +204,13 @@ class StoreFlow:
         return loading
 
     def _watch(self, request: Any, state: RequestSessions) -> None:
+        # The request's finish() or connectionLost() calls release(); a request that has
+        # no such hooks (one that is not a SessionCookieMixin) is watched through
+        # notifyFinish.
         if not state.watching:
             state.watching = True
-            request.notifyFinish().addBoth(partial(self.release, request))
+            if not hasattr(request, "_txsRelease"):
+                request.notifyFinish().addBoth(partial(self.release, request))
 
     def _confirm(self, state: RequestSessions, uid: bytes, session: Any, copy: SessionCopy) -> None:
         state.confirmed[uid] = session
@@ -399,6 +412,7 @@ class StoreFlow:
         serializer cannot encode or would not give back equal.
         """
         serializer = self.store.serializer
+        exactJSON = type(serializer) is JSONSerializer
         baseline = change.baseline
         changed: dict[str, bytes] = {}
         namespaces = change.session.sessionNamespaces
@@ -426,7 +440,8 @@ class StoreFlow:
                 continue
             try:
                 key.encode()
-                same = serializer.loads(data) == value
+                # JSON gives these back as they were; anything else is decoded and compared.
+                same = (exactJSON and type(value) in _JSON_ATOMS) or serializer.loads(data) == value
             except Exception as e:
                 raise UnserializableValue(f"namespace key {key!r} cannot be stored: {e}") from e
             if not same:
@@ -621,8 +636,10 @@ class StoreFlow:
         state = request._txsStore
         if state is None or state.settled:
             return
+        finishing = request._txsHeld is not None and request._txsFinishHeld
         for change in state.changes.values():
-            change.own.update(self._changedKeys(change))
+            # Finished while rendering: what it changed is what its last write carries.
+            change.own.update(change.inFlight if finishing else self._changedKeys(change))
 
     def _changedKeys(self, change: Change) -> list[str]:
         """

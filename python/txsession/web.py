@@ -185,7 +185,9 @@ class SessionCookieMixin:
         if self._txsMustFlush():
             self._txsFlush([], finishing=True)
             return None
-        return super().finish()  # type: ignore[misc]
+        result = super().finish()  # type: ignore[misc]
+        self._txsRelease()
+        return result
 
     def processingFailed(self, reason):
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
@@ -212,10 +214,22 @@ class SessionCookieMixin:
             self.setHeader(b"Content-Length", b"%d" % (len(body),))  # type: ignore[attr-defined]
             super().write(body)  # type: ignore[misc]
             super().finish()  # type: ignore[misc]
+            self._txsRelease()
             return reason
         result = super().processingFailed(reason)  # type: ignore[misc]
         self._txsFailed = True
         return result
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)  # type: ignore[misc]
+        self._txsRelease(reason)
+
+    def _txsRelease(self, reason: Failure | None = None) -> None:
+        """
+        The request is over (finished, or its connection lost): its session records go.
+        """
+        if self._txsStore is not None:
+            self.site._flow.release(self, reason)  # type: ignore[attr-defined]
 
     def _txsMustFlush(self) -> bool:
         state = self._txsStore
@@ -239,6 +253,7 @@ class SessionCookieMixin:
                 super().write(chunk)  # type: ignore[misc]
             if finishing:
                 super().finish()  # type: ignore[misc]
+                self._txsRelease()
             return
         self._txsHeld = held
         self._txsFinishHeld = finishing
@@ -640,12 +655,13 @@ class Site(server.Site):
         insecure one, and over HTTPS the secure one): what a store site reads for it, and no
         more, whatever else the request carries.
         """
-        names = [_cookieName(self, request, False, [])]
-        if request.isSecure():
-            names.append(_cookieName(self, request, True, []))
+        # A store site's requests are SessionCookieMixins, named as the site says, and the
+        # site path is empty until the resource is looked up.
+        name = self.cookieName
+        names = (name, secureCookieName(name)) if request.isSecure() else (name,)
         uids: list[bytes] = []
         for name in names:
-            value = request.getCookie(name)
+            value = request.received_cookies.get(name)
             if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
                 uids.append(value)
         return uids
