@@ -58,6 +58,11 @@ class _Unencodable:
     def __init__(self, value: object) -> None:
         self.value = value
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unencodable) and other.value is self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class SessionCopy:
     """
@@ -684,7 +689,10 @@ class StoreFlow:
             else:
                 namespaces[key] = loads(before)
             for user in others:
-                _set(user.baseline, key, before)
+                # Only where that request saw no change: one that saw it changed (its own,
+                # or another failing request's) still does, and writes or reverts it.
+                if user.baseline.get(key, _ABSENT) == current:
+                    _set(user.baseline, key, before)
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
