@@ -1272,12 +1272,30 @@ class _Checker:
                     why = f"renamed it in another process (to {self.label(e.session)})"
                 else:
                     continue
+                if self.carriedBefore(w, lineage, e.t1):
+                    continue
                 self.violation(
                     "200 after the end",
                     f"{self.show(w)} used {self.label(w.got)} and could not write before "
                     f"t={writeNoSooner:.3f}, but {self.show(e)} {why}, answered at "
                     f"t={e.t1:.3f}: its write came after, and it must get a 409",
                 )
+
+    def carriedBefore(self, w: Any, lineage: Any, t: float) -> bool:
+        """
+        Whether another request of C{w}'s process on the same session, answered 200 between
+        C{w}'s start and C{t}, could have written C{w}'s change for it: in one process,
+        concurrent requests share the session, and a change counts as each one's (README).
+        Then C{w}'s 200 promises nothing more than that write, which checkPresence checks.
+        """
+        for o in self.records:
+            if o is w or o.site != w.site or o.status != 200 or o.t1 is None:
+                continue
+            if o.op not in ("set", "del", "renew") or not self.isUid(o.got):
+                continue
+            if self.find(o.got) == lineage and w.t0 < o.t1 <= t:
+                return True
+        return False
 
     def checkFailures(self) -> None:
         for r in self.records:
