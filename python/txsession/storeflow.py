@@ -836,7 +836,6 @@ class StoreFlow:
             for key in user.own.intersection(self._changedKeys(user)):
                 _set(baseline, key, self.encoded(namespaces, key))
         change = Change(session, copy, baseline, made=False)
-        change.name = copy.storedAs
         copy.users.append(change)
 
         def done(result: object) -> object:
