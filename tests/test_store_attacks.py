@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent
 from twisted.web import resource, server
 
-from tests._proxy import DOWNSTREAM, FaultProxy
+from tests._proxy import DOWNSTREAM, UPSTREAM, FaultProxy
 from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_store import sleep
@@ -314,6 +314,43 @@ class StuckDefectTests(AttackTestCase):
         self.flushLoggedErrors(StoreError)
         self.assertEqual(codes, [200, 200], "every later write of the session fails")
         self.assertEqual(self.storedValues(uid), {"k": 3})
+
+
+class RidingDefectTests(AttackTestCase):
+    @defer.inlineCallbacks
+    def test_changeCarriedByAnotherRequestsWriteThatFails(self):
+        """
+        README: "Two requests in one process that change the same key: the later write
+        wins", and a 200 means the request's change is in Redis, or was overwritten by a
+        later write that is.
+
+        R1 sets C{a=6} and answers a moment later. Meanwhile R2 sets C{a=12} and writes it;
+        that write carries the key for R1 too (R1's baseline moves to 12, so R1 has nothing
+        left to write). R2's write never reaches Redis (the link stalls, R2 times out: a
+        503). R1 used to answer 200 as soon as it ended, before R2's write had answered, so
+        neither 6 nor 12 was ever stored. (Found by the model test: the session, new, was
+        never stored at all.)
+        """
+        site, proxy = self.proxied()
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=a&value=1")
+        uid = state["session"]
+        first = self.get(client, site, b"set?key=a&value=6&delay=0.25")
+        second = self.get(client, site, b"set?key=a&value=12&delay=0.05")
+        session = site.sessions[uid.encode()]
+        while session.sessionNamespaces.get("a") != 12:
+            yield sleep(0.005)
+        # R2 has read and rendered; its write, due in 0.05 s, never gets through.
+        proxy.stall(DOWNSTREAM)
+        proxy.stall(UPSTREAM)
+        codes = yield defer.gatherResults([first, second])
+        yield proxy.reset()
+        self.flushLoggedErrors(StoreUnavailable)
+        stored = self.storedValues(uid)
+        self.assertEqual(codes[1][0], 503)
+        if codes[0][0] == 200:
+            self.assertIn(stored.get("a"), (6, 12), "a 200 for a change that is not in Redis")
+        self.assertEqual((codes[0][0], stored), (503, {"a": 1}))
 
 
 class SaveSessionDefectTests(AttackTestCase):

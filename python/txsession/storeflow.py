@@ -104,6 +104,7 @@ class Change:
         "renamedFrom",
         "endedHere",
         "own",
+        "riding",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -126,6 +127,10 @@ class Change:
         # Keys it had changed when its resource's render() returned: its own for certain
         # (what changes later, from a callback, could be anyone's).
         self.own: set[str] = set()
+        # Other requests' writes that moved this baseline: a change this request made to
+        # those keys is carried by them, so while one is in flight when the request ends,
+        # the request answers as it does.
+        self.riding: list[_Outcome] = []
 
 
 class RequestSessions:
@@ -497,6 +502,12 @@ class StoreFlow:
                 plans.append(plan)
         for plan in plans:
             waits.append(self._send(*plan))
+        for change in state.changes.values():
+            if change.riding:
+                # Only the writes still in flight: one that failed already has had the
+                # baseline put back (its request's revert), so this request wrote the change.
+                change.riding = [outcome for outcome in change.riding if outcome.pending]
+                waits.extend(outcome.wait() for outcome in change.riding)  # type: ignore[misc]
         if not waits:
             self._written(state)
             return None
@@ -545,10 +556,11 @@ class StoreFlow:
         deleted: list[str],
     ) -> Deferred[None]:
         copy = change.copy
+        riders: dict[Change, None] = {}
         for key, data in changed.items():
-            self._claim(change, key, data)
+            self._claim(change, key, data, riders)
         for key in deleted:
-            self._claim(change, key, _ABSENT)
+            self._claim(change, key, _ABSENT, riders)
         if source is None:
             copy.creating = target
         elif source != target:
@@ -556,15 +568,23 @@ class StoreFlow:
         saving = maybeDeferred(
             self.store.save, target, source, change.session.sessionTimeout, changed, deleted
         )
-        return saving.addCallbacks(
+        saving.addCallbacks(
             partial(self._saved, change, source, target),
             partial(self._notSaved, change, source, target),
         )
+        if not riders:
+            return saving
+        outcome = _Outcome(saving)
+        for user in riders:
+            user.riding.append(outcome)
+        waiting = outcome.wait()
+        return succeed(None) if waiting is None else waiting
 
-    def _claim(self, change: Change, key: str, value: Any) -> None:
+    def _claim(self, change: Change, key: str, value: Any, riders: dict[Change, None]) -> None:
         """
         C{change}'s write carries C{key} as C{value}: the other requests using the session
-        no longer count it as changed, unless the write fails.
+        no longer count it as changed, unless the write fails. Each of them that saw
+        another value (C{riders}) may have changed it, so it answers as the write does.
         """
         change.inFlight.setdefault(key, change.baseline.get(key, _ABSENT))
         _set(change.baseline, key, value)
@@ -576,6 +596,7 @@ class StoreFlow:
                 change.contested.add(key)
                 change.priors.append((user, key, prior))
                 _set(user.baseline, key, value)
+                riders[user] = None
 
     def _saved(self, change: Change, source: bytes | None, target: bytes, _: object) -> None:
         copy = change.copy
@@ -766,7 +787,8 @@ class StoreFlow:
             if name is not None
         ]
         if names:
-            self.logouts[session] = _Outcome(self.store.delete(*names))
+            deleting = self.store.delete(*names)
+            self.logouts[session] = _Outcome(deleting, "while deleting a session from the store")
 
     def dropLocally(self, session: Any) -> None:
         """
@@ -894,28 +916,32 @@ def _allAnswered(waits: list[Deferred[Any]]) -> Deferred[None]:
 
 class _Outcome:
     """
-    A store deletion's outcome, which any number of requests can wait for.
+    The outcome of a store write or deletion, which any number of requests can wait for.
     """
 
     __slots__ = ("_result", "_waiters")
 
-    def __init__(self, deleting: Deferred[None]) -> None:
+    def __init__(self, operation: Deferred[None], logFailure: str | None = None) -> None:
         self._result: object = _PENDING
         self._waiters: list[Deferred[None]] = []
 
         def done(result: object) -> None:
-            if isinstance(result, Failure):
-                _log.failure("while deleting a session from the store", result)
+            if isinstance(result, Failure) and logFailure is not None:
+                _log.failure(logFailure, result)
             self._result = result
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 _fire(waiter, result)
 
-        deleting.addBoth(done)
+        operation.addBoth(done)
+
+    @property
+    def pending(self) -> bool:
+        return self._result is _PENDING
 
     def wait(self) -> Deferred[None] | None:
         """
-        A L{Deferred} for the outcome; C{None} once the deletion succeeded.
+        A L{Deferred} for the outcome; C{None} once the operation succeeded.
         """
         if self._result is None:
             return None
