@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -512,6 +513,43 @@ class RedisDownTests(StoreTestCase):
         self.assertIsInstance(failures[0].value, StoreUnavailable)
         yield store.close()
 
+    @defer.inlineCallbacks
+    def test_eachRoundTripTimesOutOnItsOwn(self):
+        """
+        One timer per connection keeps the time, and each round trip still gets its whole
+        timeout from when it was sent: on a Clock, a read sent 3 s after an answered one
+        fails 5 s after it was sent, not when the first one's 5 s are up.
+        """
+
+        class AnswerFirst(protocol.Protocol):
+            answered = False
+
+            def dataReceived(self, data):
+                if not self.answered:
+                    self.answered = True
+                    self.transport.write(b"$-1\r\n")
+
+        listening = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(AnswerFirst), interface="127.0.0.1"
+        )
+        self.addCleanup(listening.stopListening)
+        clock = task.Clock()
+        store = RedisStore(f"redis://127.0.0.1:{listening.getHost().port}/0", timeout=5)
+        Site(resource.Resource(), store=store, reactor=clock)
+        self.assertEqual((yield store.load([b"x"])), [None])
+        clock.advance(3)
+        failures = []
+        store.load([b"y"]).addErrback(failures.append)
+        yield sleep(0.1)
+        clock.advance(2.5)
+        self.assertEqual(failures, [])
+        clock.advance(2.4)
+        self.assertEqual(failures, [])
+        clock.advance(0.1)
+        self.assertEqual(len(failures), 1)
+        self.assertIn("did not answer within 5", str(failures[0].value))
+        yield store.close()
+
 
 class ProcessTests(StoreTestCase):
     """
@@ -627,6 +665,45 @@ class ClockTests(StoreTestCase):
         _, first = yield self.get(clients[0], site, b"get")
         self.assertEqual(first, {"session": uids[0].decode(), "values": {"k": 1}})
         self.assertEqual(len(site.sessions), 2)
+
+
+class ScriptTests(StoreTestCase):
+    def evalCalls(self):
+        text = self.redis.command(b"INFO", b"commandstats").decode()
+        calls = dict(re.findall(r"cmdstat_(\w+):calls=(\d+)", text))
+        return int(calls.get("eval", 0)), int(calls.get("evalsha", 0))
+
+    @defer.inlineCallbacks
+    def test_scriptsGoByTheirHash(self):
+        """
+        The store's Lua scripts are named by their SHA1 (EVALSHA): a script's text goes over
+        the wire only when the server answers NOSCRIPT (it restarted, or its script cache was
+        flushed), and the command then runs all the same.
+        """
+        site = self.makeSite()
+        client = Client(site.base)
+        start = self.evalCalls()
+        _, state = yield self.get(client, site, b"set?key=a&value=1")
+        uid = state["session"]
+        yield self.get(client, site, b"set?key=a&value=2")
+        # At most the first save and the first load were sent with their text.
+        warm = self.evalCalls()
+        self.assertLessEqual(warm[0] - start[0], 2)
+        for value in range(3, 13):
+            code, _ = yield self.get(client, site, b"set?key=a&value=%d" % value)
+            self.assertEqual(code, 200)
+        done = self.evalCalls()
+        self.assertEqual(done[0], warm[0], "a script's text was sent again")
+        self.assertEqual(done[1] - warm[1], 20)
+        self.redis.command(b"SCRIPT", b"FLUSH")
+        code, state = yield self.get(client, site, b"set?key=a&value=99")
+        self.assertEqual((code, state["values"]), (200, {"a": 99}))
+        self.assertEqual(self.stored(uid)[b"n:a"], b"99")
+        code, _ = yield self.get(client, site, b"logout")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.redis.keys(), [])
+        # The read, the write and the logout each sent their script's text once more.
+        self.assertEqual(self.evalCalls()[0] - done[0], 3)
 
 
 class ConfigurationTests(unittest.TestCase):

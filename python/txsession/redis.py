@@ -13,16 +13,20 @@ holding the serializer's bytes, and C{m:t}, the session's idle timeout in millis
 key's expiry is that timeout, restarted by every read and write, so Redis itself removes a
 session that no process used for that long. Writes run as one Lua script each, which checks
 that the session still exists: a write that arrives after a logout never brings it back.
+Commands name the scripts by their SHA1 (C{EVALSHA}); a script's text is sent only when the
+server answers C{NOSCRIPT}.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
@@ -124,28 +128,71 @@ return 1
 """
 
 
+# Each script by its SHA1: commands name it with EVALSHA, and carry its text (EVAL) only when
+# the server answers NOSCRIPT (it has not seen it since it started, or its cache was flushed).
+_SCRIPTS: dict[bytes, bytes] = {}
+
+
+def _script(text: bytes) -> bytes:
+    sha = hashlib.sha1(text).hexdigest().encode()
+    _SCRIPTS[sha] = text
+    return sha
+
+
+_LOAD_SHA = _script(_LOAD)
+_SAVE_SHA = _script(_SAVE)
+_DELETE_SHA = _script(_DELETE)
+
+
+def _withText(command: list[bytes]) -> list[bytes]:
+    """
+    An EVALSHA command as the EVAL of its script's text.
+    """
+    return [b"EVAL", _SCRIPTS[command[1]], *command[2:]]
+
+
+def _noScript(reply: Any) -> bool:
+    return isinstance(reply, StoreError) and str(reply).startswith("NOSCRIPT")
+
+
 class _Batch:
     """
-    Commands sent together, and the replies received for them so far.
+    Commands sent together, the replies received for them so far, and when they are late.
     """
 
-    __slots__ = ("count", "deferred", "replies")
+    __slots__ = ("count", "deferred", "replies", "deadline")
 
-    def __init__(self, count: int, deferred: Deferred[list[Any]]) -> None:
+    def __init__(self, count: int, deferred: Deferred[list[Any]], deadline: float) -> None:
         self.count = count
         self.deferred = deferred
         self.replies: list[Any] = []
+        self.deadline = deadline
 
 
 class _RedisProtocol(Protocol):
     """
     One connection: batches of commands written at once, their replies matched in order.
+    A batch not answered within the client's timeout fails, and the connection is dropped
+    (the replies after it would be matched to the wrong commands): one reactor call per
+    connection keeps the time, not one per batch.
     """
 
     def __init__(self, client: _RedisClient) -> None:
         self._client = client
         self._decoder = RespDecoder(StoreError)
         self._waiting: deque[_Batch] = deque()
+        self._timer: Any = None
+        self._direct = False
+
+    def connectionMade(self) -> None:
+        # A plain socket connection with an empty buffer is written to at once, rather than
+        # on the reactor's next turn (which costs two epoll updates and a wake-up).
+        transport = self.transport
+        self._direct = (
+            isinstance(transport, FileDescriptor)
+            and not getattr(transport, "TLS", False)
+            and hasattr(transport, "_tempDataBuffer")
+        )
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         def abort(_: Deferred[list[Any]]) -> None:
@@ -153,9 +200,51 @@ class _RedisProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
         deferred: Deferred[list[Any]] = Deferred(abort)
-        self._waiting.append(_Batch(len(commands), deferred))
-        self.transport.write(encode_commands(commands))  # type: ignore[union-attr]
+        client = self._client
+        clock = client._reactor
+        self._waiting.append(_Batch(len(commands), deferred, clock.seconds() + client._timeout))
+        if self._timer is None:
+            self._timer = clock.callLater(client._timeout, self._late)
+        self._write(encode_commands(commands))
         return deferred
+
+    def _write(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if (
+            self._direct
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and transport.connected
+            and not transport.disconnecting
+        ):
+            sent = transport.writeSomeData(data)
+            if sent == len(data):
+                return
+            if isinstance(sent, int):
+                data = data[sent:]
+            # A lost connection (an exception, not a count): the write is left to the
+            # transport, which finds the loss and ends the connection.
+        transport.write(data)
+
+    def _late(self) -> None:
+        """
+        The timer: fail the first batch if it is late, else wait for when it would be.
+        """
+        self._timer = None
+        if not self._waiting:
+            return
+        client = self._client
+        clock = client._reactor
+        batch = self._waiting[0]
+        left = batch.deadline - clock.seconds()
+        if left > 0:
+            self._timer = clock.callLater(left, self._late)
+            return
+        self._waiting.popleft()
+        if not batch.deferred.called:
+            late = f"Redis at {client._url} did not answer within {client._timeout} s"
+            batch.deferred.errback(StoreUnavailable(late))
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def ready(self) -> None:
         """
@@ -184,6 +273,10 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self._client._lost(self)
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
         waiting, self._waiting = self._waiting, deque()
         for batch in waiting:
             if not batch.deferred.called:
@@ -291,9 +384,7 @@ class _RedisClient:
         if not self._setup:
             ready()
             return None
-        return (
-            protocol.send(self._setup).addTimeout(self._timeout, self._reactor).addCallback(ready)
-        )
+        return protocol.send(self._setup).addCallback(ready)
 
     def _ready(self, protocol: _RedisProtocol) -> None:
         self._protocol = protocol
@@ -341,13 +432,30 @@ class _RedisClient:
             sent = self._service.whenConnected(failAfterFailures=1).addCallback(
                 lambda _: self._sendConnected(commands)
             )
-        sent.addTimeout(self._timeout, self._reactor)
-        return sent.addCallbacks(self._replies, self._unavailable)
+            sent.addTimeout(self._timeout, self._reactor)
+        return sent.addCallbacks(self._scripted, self._unavailable, (commands,))
 
     def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if self._protocol is None:
             raise StoreUnavailable(f"the connection to Redis at {self._url} was lost")
         return self._protocol.send(commands)
+
+    def _scripted(self, replies: list[Any], commands: list[list[bytes]]) -> Any:
+        """
+        C{replies}, once the scripts the server did not know (NOSCRIPT: those commands did
+        not run) have run, sent again with their text.
+        """
+        again = [i for i, reply in enumerate(replies) if _noScript(reply)]
+        if not again:
+            return self._replies(replies)
+
+        def merge(more: list[Any]) -> list[Any]:
+            for i, reply in zip(again, more):
+                replies[i] = reply
+            return self._replies(replies)
+
+        retry = self.execute([_withText(commands[i]) for i in again])
+        return retry.addCallbacks(merge, self._unavailable)
 
     @staticmethod
     def _replies(replies: list[Any]) -> list[Any]:
@@ -469,7 +577,7 @@ class RedisStore:
         return self._client.execute(commands)
 
     def load(self, uids: list[bytes]) -> Deferred[list[dict[str, bytes] | bytes | None]]:
-        commands = [[b"EVAL", _LOAD, b"1", self.keyPrefix + uid] for uid in uids]
+        commands = [[b"EVALSHA", _LOAD_SHA, b"1", self.keyPrefix + uid] for uid in uids]
         return self._execute(commands).addCallback(lambda replies: [_loaded(r) for r in replies])
 
     def save(
@@ -488,8 +596,8 @@ class RedisStore:
         else:
             mode = b"rename"
         command = [
-            b"EVAL",
-            _SAVE,
+            b"EVALSHA",
+            _SAVE_SHA,
             b"2",
             key,
             key if storedAs is None else self.keyPrefix + storedAs,
@@ -505,7 +613,7 @@ class RedisStore:
 
     def delete(self, *uids: bytes) -> Deferred[None]:
         keys = [self.keyPrefix + uid for uid in uids]
-        command = [b"EVAL", _DELETE, str(len(keys)).encode(), *keys, self.keyPrefix]
+        command = [b"EVALSHA", _DELETE_SHA, str(len(keys)).encode(), *keys, self.keyPrefix]
         return self._execute([command]).addCallback(lambda _: None)
 
     def close(self) -> Deferred[None]:
