@@ -11,10 +11,11 @@ import os
 import re
 import weakref
 from binascii import hexlify
+from functools import partial
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -25,12 +26,15 @@ from zope.interface import classImplements
 from txsession import _txsession
 from txsession._session import Session
 from txsession._txsession import SessionLru, SharedTimer, session_id
+from txsession._users import UserIndex, endSessions
 from txsession.store import ISessionStore, SessionEnded, StoreError, StoreUnavailable
 from txsession.storeflow import RequestSessions, StoreFlow
 
 _log = Logger()
 
 DEFAULT_COOKIE_NAME = b"TWISTED_SESSION"
+# Browsers take a cookie so named only with Secure, Path=/ and no Domain (RFC 6265bis).
+_HOST_PREFIX = b"__Host-"
 _SAME_SITE = (b"lax", b"strict", b"none")
 # RFC 6265's cookie-name: a token, no control characters or separators.
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -55,11 +59,14 @@ def _cookieName(
     a L{SessionCookieMixin} (Twisted's C{getSession} hard-codes them), the site's otherwise,
     then joined with the site path as Twisted joins it.
     """
-    name = DEFAULT_COOKIE_NAME
     if isinstance(request, SessionCookieMixin):
         name = getattr(site, "cookieName", DEFAULT_COOKIE_NAME)
-    if secure:
-        name = secureCookieName(name)
+        if secure:
+            name = secureCookieName(name)
+            if getattr(site, "cookieHostPrefix", False):
+                name = _HOST_PREFIX + name
+    else:
+        name = secureCookieName(DEFAULT_COOKIE_NAME) if secure else DEFAULT_COOKIE_NAME
     return b"_".join([name] + (request.sitepath if sitepath is None else sitepath))
 
 
@@ -442,6 +449,18 @@ def _logExpiryFailure(exception: BaseException) -> None:
     )
 
 
+def _seconds(option: str, value: float) -> float:
+    """
+    C{value} for C{option}, a positive number of seconds: C{TypeError} unless a number (not
+    a bool), C{ValueError} unless positive and finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be a number of seconds, not {value!r}")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{option} must be a positive, finite number of seconds: {value!r}")
+    return float(value)
+
+
 def _wholeNumber(option: str, value: int, minimum: int) -> int:
     """
     C{value} for C{option}: C{TypeError} unless a whole number (not a bool), C{ValueError}
@@ -491,6 +510,12 @@ class Site(server.Site):
         read (and their idle timeouts restarted) before the resource renders, and what the
         request changed is written before its response starts. See README.md, "Several
         processes".
+    @param absoluteTimeout: Seconds after which a session ends, through C{expire()}, however
+        active it is (OWASP's absolute timeout); by default none. L{renewSession} keeps the
+        session's creation time.
+    @param cookieHostPrefix: Name the secure session cookie C{__Host-} plus its name: browsers
+        then take it only with C{Secure}, C{Path=/} and no C{Domain}, so a sibling subdomain
+        cannot plant or overwrite it. The insecure cookie is unchanged.
     """
 
     sessionFactory = Session
@@ -500,10 +525,17 @@ class Site(server.Site):
     cookieMaxAge: int | None = None
     _slidingExpiry = False
     maxSessions: int | None = None
+    absoluteTimeout: float | None = None
+    cookieHostPrefix = False
     store: Any = None
     _flow: StoreFlow | None = None
     _sharedTimer: SharedTimer | None = None
     _lru: SessionLru | None = None
+    # With absoluteTimeout: each live session's call that ends it, and the timer filing them.
+    _absolute: dict[Any, Any] | None = None
+    _absoluteTimer: SharedTimer | None = None
+    # Without a store: the sessions renewSession bound to each user, made at the first one.
+    _users: UserIndex | None = None
 
     def __init__(
         self,
@@ -519,6 +551,8 @@ class Site(server.Site):
         maxSessions: int | None = None,
         store: Any = None,
         storeEmptySessions: bool = False,
+        absoluteTimeout: float | None = None,
+        cookieHostPrefix: bool = False,
         **kwargs: Any,
     ) -> None:
         self.cookieName = _cookieNameBytes(cookieName)
@@ -531,6 +565,10 @@ class Site(server.Site):
         self.maxSessions = (
             None if maxSessions is None else _wholeNumber("maxSessions", maxSessions, 1)
         )
+        self.absoluteTimeout = (
+            None if absoluteTimeout is None else _seconds("absoluteTimeout", absoluteTimeout)
+        )
+        self.cookieHostPrefix = bool(cookieHostPrefix)
         if store is not None and not ISessionStore.providedBy(store):
             raise TypeError(f"store must provide txsession.store.ISessionStore: {store!r}")
         super().__init__(resource, requestFactory, *args, **kwargs)
@@ -543,6 +581,12 @@ class Site(server.Site):
         elif sharedTimer:
             self._sharedTimer = SharedTimer(self.reactor, _logExpiryFailure)
         self._lru = SessionLru() if self.maxSessions is not None else None
+        if self.absoluteTimeout is not None:
+            self._absolute = {}
+            if self._sharedTimer is not None:
+                # Its own timer: with a store, the shared timer only drops copies, and an
+                # absolute timeout ends the session everywhere.
+                self._absoluteTimer = SharedTimer(self.reactor, _logExpiryFailure)
         # Raises now, not at the first connection, when the options cannot be applied.
         self.requestFactory  # noqa: B018
 
@@ -552,6 +596,7 @@ class Site(server.Site):
             or self.cookieSameSite is not None
             or self.cookieMaxAge is not None
             or self.cookieName != DEFAULT_COOKIE_NAME
+            or self.cookieHostPrefix
             or self.store is not None
         )
 
@@ -618,9 +663,83 @@ class Site(server.Site):
         session = super().makeSession()
         if lru is not None:
             lru.add(session, self.sessions)
+        if self._absolute is not None:
+            self._endAt(session, self.reactor.seconds() + self.absoluteTimeout)  # type: ignore[operator]
         if self._flow is not None:
             self._flow.adopt(session, None)
         return session
+
+    def _endAt(self, session: Any, end: float) -> None:
+        """
+        End C{session} through its C{expire()} at reactor time C{end} (its absolute timeout),
+        unless it ends before.
+        """
+        left = max(0.0, end - self.reactor.seconds())
+        timer = self._absoluteTimer
+        call = (
+            timer.add(session, left)
+            if timer is not None
+            else self.reactor.callLater(left, session.expire)
+        )
+        self._absolute[session] = call  # type: ignore[index]
+        session.notifyOnExpire(partial(_absoluteEnded, weakref.ref(self), weakref.ref(session)))
+
+    def createdAt(self, session: Any) -> float | None:
+        """
+        The reactor time C{session} was made, when this site knows it: with
+        C{absoluteTimeout}, or with a store. C{renewSession} keeps it.
+        """
+        absolute = self._absolute
+        call = None if absolute is None else absolute.get(session)
+        if call is not None:
+            return call.getTime() - self.absoluteTimeout  # type: ignore[operator,no-any-return]
+        return None
+
+    # The sessions of a user.
+
+    def userSessions(self, user: str) -> Deferred[list[dict[str, Any]]]:
+        """
+        The live sessions that L{renewSession} bound to C{user}: a L{Deferred} firing with a
+        list of one dict per session, C{"id"} (opaque: not its cookie value), C{"created"}
+        and C{"lastUsed"} (reactor seconds). Without a store it has fired already.
+        """
+        user = _userName(user)
+        users = self._users
+        return succeed([] if users is None else users.records(user))
+
+    def logoutUser(self, user: str, keep: Any = None) -> Deferred[int]:
+        """
+        End every session of C{user} (through C{expire()}), except the session C{keep}: "log
+        out everywhere". A L{Deferred} firing with how many ended.
+        """
+        user = _userName(user)
+        users = self._users
+        if users is None:
+            return succeed(0)
+        sessions = [s for s in users.sessions(user).values() if s is not keep]
+        return succeed(endSessions(users, sessions))
+
+    def endUserSession(self, user: str, id: str) -> Deferred[bool]:
+        """
+        End the session of C{user} whose opaque id (from L{userSessions}) is C{id}. A
+        L{Deferred} firing with whether it did: C{False} for an id that is not one of the
+        user's live sessions.
+        """
+        user = _userName(user)
+        if not isinstance(id, str):
+            raise TypeError(f"a session's id from userSessions is a str, not {id!r}")
+        users = self._users
+        session = None if users is None else users.sessions(user).get(id)
+        if session is None:
+            return succeed(False)
+        return succeed(endSessions(users, [session]) == 1)  # type: ignore[arg-type]
+
+    def _bindUser(self, session: Any, user: str) -> None:
+        users = self._users
+        if users is None:
+            users = self._users = UserIndex()
+        created = self.createdAt(session)
+        users.bind(session, user, self.reactor.seconds() if created is None else created)
 
     def _makeRoom(self, lru: SessionLru) -> None:
         flow = self._flow
@@ -658,7 +777,7 @@ class Site(server.Site):
         # A store site's requests are SessionCookieMixins, named as the site says, and the
         # site path is empty until the resource is looked up.
         name = self.cookieName
-        names = (name, secureCookieName(name)) if request.isSecure() else (name,)
+        names = (name, self._secureCookieName()) if request.isSecure() else (name,)
         uids: list[bytes] = []
         for name in names:
             value = request.received_cookies.get(name)
@@ -673,8 +792,12 @@ class Site(server.Site):
         """
         return any(
             name == n or name.startswith(n + b"_")
-            for n in (self.cookieName, secureCookieName(self.cookieName))
+            for n in (self.cookieName, self._secureCookieName())
         )
+
+    def _secureCookieName(self) -> bytes:
+        name = secureCookieName(self.cookieName)
+        return _HOST_PREFIX + name if self.cookieHostPrefix else name
 
     def saveSession(self, session: Any) -> Deferred[None]:
         """
@@ -694,7 +817,7 @@ class Site(server.Site):
         return hexlify(entropy(32))
 
 
-def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
+def renewSession(request: Any, forceNotSecure: bool = False, user: str | None = None) -> Any:
     """
     Give C{request}'s session a new id, as at login, and return it.
 
@@ -707,7 +830,14 @@ def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
 
     @param forceNotSecure: As for C{getSession}: renew the session of the insecure cookie on
         an HTTPS request.
+    @param user: Bind the renewed session to this user (a str), in place of any user it was
+        bound to, so that the L{Site}'s C{userSessions}, C{logoutUser} and C{endUserSession}
+        find it.
     """
+    if user is not None:
+        user = _userName(user)
+        if not hasattr(request.site, "_bindUser"):
+            raise TypeError("renewSession(user=...) needs a txsession.Site")
     site = request.site
     secure = request.isSecure() and not forceNotSecure
     # The session this request already has, live, as is: getSession would touch it again.
@@ -727,7 +857,24 @@ def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
     prefix = cookiename + b"="
     request.cookies[:] = [c for c in request.cookies if not c.startswith(prefix)]
     _addSessionCookie(request, cookiename, new, secure)
+    if user is not None:
+        site._bindUser(session, user)
     return session
+
+
+def _userName(user: Any) -> str:
+    if not isinstance(user, str):
+        raise TypeError(f"a user is named by a str, not {user!r}")
+    return user
+
+
+def _absoluteEnded(siteRef: Any, sessionRef: Any) -> None:
+    site, session = siteRef(), sessionRef()
+    if site is None or session is None or site._absolute is None:
+        return
+    call = site._absolute.pop(session, None)
+    if call is not None and call.active():
+        call.cancel()
 
 
 _txsession.bind_site(Site)
