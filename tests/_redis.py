@@ -6,6 +6,7 @@ in CI (C{CI=true}), where that is an error: CI installs it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -132,3 +133,12 @@ def _complete(reply: bytes) -> bool:
         count = int(reply[1 : reply.index(b"\r\n")])
         return count <= 0 or reply.count(b"\r\n") >= 1 + 2 * count
     return True
+
+
+def sessionKey(uid: bytes | str, prefix: bytes = b"txsession:") -> bytes:
+    """
+    The Redis key of the session with id C{uid}: the prefix and the id's SHA-256 (hex).
+    """
+    if isinstance(uid, str):
+        uid = uid.encode()
+    return prefix + hashlib.sha256(uid).hexdigest().encode()

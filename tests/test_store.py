@@ -23,7 +23,7 @@ from twisted.web import resource
 from twisted.web.client import ResponseFailed
 
 import txsession
-from tests._redis import RedisServer
+from tests._redis import RedisServer, sessionKey
 from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_web import Client
@@ -92,7 +92,12 @@ class StoreTestCase(unittest.TestCase):
         return response.code, json.loads(body) if body.startswith((b"{", b"[", b'"')) else body
 
     def stored(self, uid):
-        return self.redis.hgetall(b"txsession:" + uid.encode())
+        """
+        The fields Redis holds for session C{uid}, but for the times it was made and last
+        used (m:c, m:l), which differ from run to run.
+        """
+        fields = self.redis.hgetall(sessionKey(uid))
+        return {k: v for k, v in fields.items() if k not in (b"m:c", b"m:l")}
 
 
 @defer.inlineCallbacks
@@ -171,7 +176,7 @@ class SharedTests(StoreTestCase):
         a = self.makeSite()
         client = Client(a.base)
         _, state = yield self.get(client, a, b"set?key=x&value=1")
-        key = b"txsession:" + state["session"].encode()
+        key = sessionKey(state["session"])
         pending = self.get(client, a, b"set?key=x&value=2&delay=0.2")
         yield sleep(0.05)
         self.redis.command(b"HSET", key, b"n:y", b"7")
@@ -234,8 +239,8 @@ class SharedTests(StoreTestCase):
         _, old = yield self.get(client, a, b"set?key=k&value=1")
         _, new = yield self.get(client, a, b"renew")
         self.assertNotEqual(old["session"], new["session"])
-        self.assertEqual(self.stored(old["session"]), {b"m:f": new["session"].encode()})
-        oldKey = b"txsession:" + old["session"].encode()
+        self.assertEqual(self.stored(old["session"]), {b"m:f": sessionKey(new["session"], b"")})
+        oldKey = sessionKey(old["session"])
         ttl = int(self.redis.command(b"PTTL", oldKey)[1:-2])
         self.assertTrue(0 < ttl <= 60000, ttl)
         oldClient = Client(b.base)
@@ -290,7 +295,7 @@ class TimeoutTests(StoreTestCase):
         a = self.makeSite(timeout=30)
         client = Client(a.base)
         _, state = yield self.get(client, a, b"set?key=k&value=1")
-        ttl = int(self.redis.command(b"PTTL", b"txsession:" + state["session"].encode())[1:-2])
+        ttl = int(self.redis.command(b"PTTL", sessionKey(state["session"]))[1:-2])
         self.assertTrue(29000 < ttl <= 30000, ttl)
 
 
@@ -753,8 +758,9 @@ class UnixSocketTests(StoreTestCase):
         saved = yield store.save(b"u", None, 5, {"k": b"1"}, [])
         self.assertIsNone(saved)
         inDatabase3 = b"redis.call('SELECT', 3) return redis.call('HGET', KEYS[1], 'n:k')"
-        self.assertEqual(server.command(b"EVAL", inDatabase3, b"1", b"txsession:u"), b"$1\r\n1\r\n")
-        self.assertEqual(server.command(b"EXISTS", b"txsession:u"), b":0\r\n")
+        key = sessionKey(b"u")
+        self.assertEqual(server.command(b"EVAL", inDatabase3, b"1", key), b"$1\r\n1\r\n")
+        self.assertEqual(server.command(b"EXISTS", key), b":0\r\n")
         loaded = yield store.load([b"u", b"v"])
         self.assertEqual(loaded, [{"k": b"1"}, None])
 
@@ -788,7 +794,7 @@ class ReadTests(StoreTestCase):
         a = self.makeSite()
         client = Client(a.base)
         _, state = yield self.get(client, a, b"set?key=k&value=1")
-        key = b"txsession:" + state["session"].encode()
+        key = sessionKey(state["session"])
         self.redis.command(b"HSET", key, b"n:k", b"2", b"n:other", b'"x"')
         _, here = yield self.get(client, a, b"get")
         self.assertEqual(here["values"], {"k": 2, "other": "x"})
@@ -899,7 +905,7 @@ class ClientTests(StoreTestCase):
         store = RedisStore(self.redis.url)
         store.bind(reactor)
         self.addCleanup(store.close)
-        self.redis.command(b"SET", b"txsession:s", b"a string, not a hash")
+        self.redis.command(b"SET", sessionKey(b"s"), b"a string, not a hash")
         with self.assertRaises(StoreError):
             yield store.load([b"s"])
         self.assertEqual((yield store.load([b"t"])), [None])

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import resource, server
 
+from tests._redis import sessionKey
 from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_store import StoreTestCase, sleep
@@ -269,7 +270,7 @@ class FailureTests(ConsistencyTestCase):
         a = self.makeSite()
         client = Client(a.base)
         _, state = yield self.get(client, a, b"set?key=k&value=1")
-        self.redis.command(b"SET", b"txsession:" + state["session"].encode(), b"x")
+        self.redis.command(b"SET", sessionKey(state["session"]), b"x")
         code, _ = yield self.get(client, a, b"get")
         self.assertEqual(code, 500)
         self.assertTrue(self.flushLoggedErrors(StoreError))
@@ -358,7 +359,7 @@ class RenameTests(ConsistencyTestCase):
         code, _ = yield writing
         self.assertEqual(code, 409)
         self.assertEqual(self.storedValues(new), {"k": 1})
-        self.assertEqual(self.stored(old), {b"m:f": new.encode()})
+        self.assertEqual(self.stored(old), {b"m:f": sessionKey(new, b"")})
         _, ended = yield self.get(Client(b.base), b, b"ended")
         self.assertEqual(ended, [])
         _, there = yield self.get(client, b, b"get")
@@ -392,7 +393,7 @@ class RenameTests(ConsistencyTestCase):
         self.assertEqual(code, 200)
         values = self.storedValues(new.decode())
         self.assertEqual(len(values), 6001)
-        self.assertEqual(self.stored(state["session"]), {b"m:f": new})
+        self.assertEqual(self.stored(state["session"]), {b"m:f": sessionKey(new, b"")})
 
 
 class BigSessionTests(ConsistencyTestCase):
@@ -423,12 +424,13 @@ class BigSessionTests(ConsistencyTestCase):
         a = self.makeSite()
         store = a.store
         yield store.save(b"u", None, 60, {"k": b"1"}, [])
-        self.redis.command(b"DEL", b"txsession:u")
-        self.redis.command(b"RPUSH", b"txsession:u", b"x")
+        key = sessionKey(b"u")
+        self.redis.command(b"DEL", key)
+        self.redis.command(b"RPUSH", key, b"x")
         with self.assertRaises(SessionEnded):
             yield store.save(b"v", b"u", 60, {"k": b"2"}, [])
-        self.assertEqual(sorted(self.redis.keys()), [b"txsession:u"])
-        self.assertEqual(self.redis.command(b"TYPE", b"txsession:u"), b"+list\r\n")
+        self.assertEqual(sorted(self.redis.keys()), [key])
+        self.assertEqual(self.redis.command(b"TYPE", key), b"+list\r\n")
 
 
 class InterleavedReadTests(ConsistencyTestCase):

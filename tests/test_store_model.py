@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import hashlib
 import json
 import os
 import queue
@@ -110,6 +111,7 @@ from twisted.web.http_headers import Headers
 
 import txsession
 from tests._proxy import BOTH, DOWNSTREAM, UPSTREAM, FaultProxy
+from tests._redis import sessionKey
 from tests.apps import store_app
 from tests.test_store import StoreTestCase
 from txsession.redis import RedisStore
@@ -807,7 +809,10 @@ def _bulks(reply: bytes) -> list[bytes]:
     return items
 
 
-def _uidOf(key: bytes) -> str | None:
+def _memberOf(key: bytes) -> str | None:
+    """
+    What a session key holds of its id (its SHA-256, hex), or C{None} for another key.
+    """
     prefix = b"txsession:"
     return key[len(prefix) :].decode() if key.startswith(prefix) else None
 
@@ -849,15 +854,18 @@ class _Checker:
             for uid in [r.carried, r.session, r.renamedFrom, r.ended, *r.setCookies]:
                 self.known(uid)
         # The ids some request or answer showed; a session in Redis under none of them was
-        # made by a request that failed indeterminately (an orphan nobody can use).
+        # made by a request that failed indeterminately (an orphan nobody can use). Redis
+        # names a session by its id's hash: an orphan goes by that hash.
         self.seen = set(self.uids)
+        self.ids = {hashlib.sha256(uid.encode()).hexdigest(): uid for uid in self.uids}
         for key, stored in state.items():
-            uid = _uidOf(key)
+            uid = self.uidOf(key)
             self.known(uid)
             target = stored.fields.get("m:f")
             if uid is not None and target is not None:
-                self.known(target.decode())
-                self.union(uid, target.decode())
+                target = self.ids.get(target.decode(), target.decode())
+                self.known(target)
+                self.union(uid, target)
         for r in self.records:
             if r.status != 200:
                 continue
@@ -940,6 +948,14 @@ class _Checker:
             return self.find(r.got)
         uid = r.setCookies[-1] if r.setCookies else r.carried
         return self.find(uid) if self.isUid(uid) else None
+
+    def uidOf(self, key: bytes) -> str | None:
+        """
+        The session id whose Redis key is C{key}, as far as the history shows it (else the
+        hash the key holds); C{None} for a key that is not a session's.
+        """
+        member = _memberOf(key)
+        return None if member is None else self.ids.get(member, member)
 
     def label(self, uid: str | None) -> str:
         if uid is None:
@@ -1119,7 +1135,7 @@ class _Checker:
         return [uid for uid in self.names(lineage) if "m:t" in self.stored(uid).fields]
 
     def stored(self, uid: str) -> _Key:
-        return self.state.get(b"txsession:" + uid.encode(), _Key("none", -2, {}))
+        return self.state.get(sessionKey(uid), _Key("none", -2, {}))
 
     def checkFinalState(self) -> None:
         lineages = list(dict.fromkeys(self.find(uid) for uid in self.uids))
@@ -1315,10 +1331,10 @@ class _Checker:
             for key, stored in state.items():
                 if stored.pttl == -1:
                     self.violation("no TTL", f"Redis key {key.decode()} has no TTL ({when})")
-                if _uidOf(key) is None or stored.type != "hash":
+                if self.uidOf(key) is None or stored.type != "hash":
                     self.violation("stray key", f"Redis holds {key!r}, a {stored.type} ({when})")
         for key, stored in self.state.items():
-            uid = _uidOf(key)
+            uid = self.uidOf(key)
             if uid is None or "m:t" not in stored.fields:
                 continue
             for name, raw in stored.fields.items():
@@ -1408,9 +1424,13 @@ def formatReport(run: _Run, checker: _Checker, violations: list[str], state) -> 
     lines += [text for _, text in sorted(entries, key=lambda e: e[0])]
     lines.append("Redis at the end:")
     for key, stored in sorted(state.items()):
-        uid = _uidOf(key)
+        uid = checker.uidOf(key)
         fields = {
-            f: (checker.label(v.decode()) if f == "m:f" else v.decode(errors="replace"))
+            f: (
+                checker.label(checker.ids.get(v.decode(), v.decode()))
+                if f == "m:f"
+                else v.decode(errors="replace")
+            )
             for f, v in sorted(stored.fields.items())
         }
         lines.append(f"  {checker.label(uid) if uid else key!r} pttl={stored.pttl} {fields}")
@@ -1755,20 +1775,20 @@ class CheckerTests(unittest.TestCase):
         ]
 
     def test_goodHistory(self):
-        state = {b"txsession:" + U.encode(): _hash(**{"m:t": 60000, "n:a": 2})}
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 2})}
         self.assertEqual(self.check(self.good(), state), [])
         # The indeterminate write may be there too.
-        state[b"txsession:" + U.encode()].fields["n:b"] = b"3"
+        state[sessionKey(U)].fields["n:b"] = b"3"
         self.assertEqual(self.check(self.good(), state), [])
 
     def test_lostWrite(self):
-        state = {b"txsession:" + U.encode(): _hash(**{"m:t": 60000, "n:a": 1})}
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 1})}
         violations = self.check(self.good(), state)
         self.assertTrue(any(v.startswith("[final]") and "r2" in v for v in violations), violations)
 
     def test_failedWriteKept(self):
         records = self.good() + [_record(5, "fail", 9, 10, 500, key="c", value=5, carried=U)]
-        state = {b"txsession:" + U.encode(): _hash(**{"m:t": 60000, "n:a": 2, "n:c": 5})}
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 2, "n:c": 5})}
         violations = self.check(records, state)
         self.assertTrue(any(v.startswith("[failed write kept]") for v in violations), violations)
 
@@ -1792,7 +1812,7 @@ class CheckerTests(unittest.TestCase):
         )
 
     def test_noTTL(self):
-        key = b"txsession:" + U.encode()
+        key = sessionKey(U)
         state = {key: _Key("hash", -1, {"m:t": b"60000", "n:a": b"2"})}
         violations = self.check(self.good(), state)
         self.assertTrue(any(v.startswith("[no TTL]") for v in violations), violations)
@@ -1800,7 +1820,7 @@ class CheckerTests(unittest.TestCase):
     def test_staleRead(self):
         records = self.good()
         records[3].body = {"session": U, "values": {"a": 1}}
-        state = {b"txsession:" + U.encode(): _hash(**{"m:t": 60000, "n:a": 2})}
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 2})}
         violations = self.check(records, state)
         self.assertTrue(any(v.startswith("[read]") and "r4" in v for v in violations), violations)
 
@@ -1812,7 +1832,7 @@ class CheckerTests(unittest.TestCase):
         records = self.good()
         records[3].body = {"session": V, "values": {}}
         records[3].setCookies = [V]
-        state = {b"txsession:" + U.encode(): _hash(**{"m:t": 60000, "n:a": 2})}
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 2})}
         violations = self.check(records, state)
         self.assertTrue(any(v.startswith("[lost session]") for v in violations), violations)
 
@@ -1859,8 +1879,8 @@ class CheckerTests(unittest.TestCase):
             _record(6, "get", 11, 12, 200, carried=U, body={"session": U, "values": {"a": 2}}),
         ]
         state = {
-            b"txsession:" + V.encode(): _hash(**{"m:t": 60000, "n:a": 2}),
-            b"txsession:" + U.encode(): _Key("hash", 60000, {"m:f": V.encode()}),
+            sessionKey(V): _hash(**{"m:t": 60000, "n:a": 2}),
+            sessionKey(U): _Key("hash", 60000, {"m:f": sessionKey(V, b"")}),
         }
         violations = self.check(records, state)
         self.assertTrue(

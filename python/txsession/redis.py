@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -40,6 +41,7 @@ from txsession.store import (
     ISessionStore,
     JSONSerializer,
     SessionEnded,
+    StoredFields,
     StoreError,
     StoreUnavailable,
     UnserializableValue,
@@ -57,74 +59,189 @@ _RENAMED_FIELD = b"m:f"
 # (about 8,000 values), so big writes go in slices of this many.
 _SLICE = 1000
 
-# KEYS[1]: the session. Restarts its timeout and returns its fields; for a renamed session's
-# old key, its one field m:f (without restarting anything); nil when it is gone.
-_LOAD = b"""
-local t = redis.call('HGET', KEYS[1], 'm:t')
-if not t then
-  local f = redis.call('HGET', KEYS[1], 'm:f')
-  if f then return {'m:f', f} end
-  return false
+# Each session is keyed by the SHA-256 of its id (its "member": hex), so no key, field or value
+# in Redis holds a raw session id. Fields beside the namespace entries (n:KEY): m:t, the idle
+# timeout (ms); m:c, when it was made, and m:l, when it was last read or written (ms of the
+# writing process's reactor clock); m:e, its absolute end (same clock), when it has one; m:u,
+# the SHA-256 of the user it is bound to. A user's sessions are the members of the set
+# keyPrefix + 'u:' + that hash, which lives at least as long as each of them. A renamed
+# session's old key keeps only m:f, the new member (a tombstone).
+_PRELUDE = b"""
+local function endSession(prefix, key)
+  local u = redis.call('HGET', key, 'm:u')
+  redis.call('DEL', key)
+  if u then redis.call('SREM', prefix .. 'u:' .. u, string.sub(key, #prefix + 1)) end
 end
-redis.call('PEXPIRE', KEYS[1], t)
-return redis.call('HGETALL', KEYS[1])
+local function cap(key, ms, e, now)
+  redis.call('PEXPIRE', key, ms)
+  if e then
+    local left = tonumber(e) - tonumber(now)
+    if left < tonumber(ms) then redis.call('PEXPIRE', key, math.max(1, left)) end
+  end
+end
+local function keepSet(prefix, u, key)
+  local set = prefix .. 'u:' .. u
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 and redis.call('PTTL', set) < ttl then redis.call('PEXPIRE', set, ttl) end
+end
 """
 
+# KEYS[1]: the session; ARGV[1]: now (ms); ARGV[2]: the key prefix. Restarts its timeout
+# (never past its absolute end), notes the use, and returns its fields; for a renamed
+# session's old key, its one field m:f (without restarting anything); nil when it is gone,
+# or past its absolute end (then it is deleted).
+_LOAD = (
+    _PRELUDE
+    + b"""
+local key = KEYS[1]
+local v = redis.call('HMGET', key, 'm:t', 'm:f', 'm:e', 'm:u')
+if not v[1] then
+  if v[2] then return {'m:f', v[2]} end
+  return false
+end
+if v[3] and tonumber(v[3]) <= tonumber(ARGV[1]) then
+  endSession(ARGV[2], key)
+  return false
+end
+cap(key, v[1], v[3], ARGV[1])
+redis.call('HSET', key, 'm:l', ARGV[1])
+if v[4] then keepSet(ARGV[2], v[4], key) end
+return redis.call('HGETALL', key)
+"""
+)
+
 # KEYS[1]: the key to write; KEYS[2]: the key the session is stored under (the same, or the
-# old key of a rename). ARGV: the timeout in ms; 'new' (create KEYS[1]), 'update' (KEYS[1]
-# must be a live session) or 'rename' (KEYS[2] must be, and becomes a tombstone naming
-# ARGV[3]); ARGV[3]: the id KEYS[1] stands for; ARGV[4]: how many fields to set; then those
-# fields and values, then the fields to delete.
-# Returns 1 when written, 0 when the session is gone, {'m:f', id} when it was renamed. Every
-# check comes before the first write, and no write command after it can fail, so the script
-# is applied whole or not at all, at any size.
-_SAVE = b"""
+# old key of a rename). ARGV[1]: the timeout in ms; ARGV[2]: 'new' (create KEYS[1]), 'update'
+# (KEYS[1] must be a live session) or 'rename' (KEYS[2] must be, and becomes a tombstone
+# naming ARGV[3]); ARGV[3]: the member KEYS[1] stands for; ARGV[4]: how many fields to set;
+# ARGV[5]: now (ms); ARGV[6] and ARGV[7]: for 'new', when it was made and its absolute end
+# (ms, or ''); ARGV[8]: the user to bind it to ('' to leave it); ARGV[9]: the key prefix;
+# then the fields and values to set, then the fields to delete.
+# Returns 1 when written, 0 when the session is gone (or past its absolute end), {'m:f',
+# member} when it was renamed. Every check comes before the first write, and no write command
+# after it can fail, so the script is applied whole or not at all, at any size.
+_SAVE = (
+    _PRELUDE
+    + b"""
 local ms = tonumber(ARGV[1])
 if not ms or ms < 1 or ms > MAXMS or ms ~= math.floor(ms) then
   return redis.error_reply('ERR bad session timeout')
 end
 local mode = ARGV[2]
+local key = KEYS[1]
+local prefix = ARGV[9]
 if mode ~= 'new' then
   local from = KEYS[2]
   if redis.call('TYPE', from).ok ~= 'hash' then return 0 end
-  if redis.call('HEXISTS', from, 'm:t') == 0 then
-    local f = redis.call('HGET', from, 'm:f')
-    if f then return {'m:f', f} end
+  local v = redis.call('HMGET', from, 'm:t', 'm:f', 'm:e')
+  if not v[1] then
+    if v[2] then return {'m:f', v[2]} end
+    return 0
+  end
+  if v[3] and tonumber(v[3]) <= tonumber(ARGV[5]) then
+    endSession(prefix, from)
     return 0
   end
   if mode == 'rename' then
-    redis.call('RENAME', from, KEYS[1])
+    redis.call('RENAME', from, key)
     redis.call('HSET', from, 'm:f', ARGV[3])
-    redis.call('PEXPIRE', from, ARGV[1])
+    cap(from, ARGV[1], v[3], ARGV[5])
+    local u = redis.call('HGET', key, 'm:u')
+    if u then
+      redis.call('SREM', prefix .. 'u:' .. u, string.sub(from, #prefix + 1))
+      redis.call('SADD', prefix .. 'u:' .. u, ARGV[3])
+    end
   end
-elseif redis.call('TYPE', KEYS[1]).ok ~= 'none' then
+elseif redis.call('TYPE', key).ok ~= 'none' then
   return redis.error_reply('session key exists already')
+else
+  redis.call('HSET', key, 'm:c', ARGV[6])
+  if ARGV[7] ~= '' then redis.call('HSET', key, 'm:e', ARGV[7]) end
 end
-redis.call('HSET', KEYS[1], 'm:t', ARGV[1])
-local first = 5
-local last = 4 + 2 * tonumber(ARGV[4])
+redis.call('HSET', key, 'm:t', ARGV[1], 'm:l', ARGV[5])
+local first = 10
+local last = 9 + 2 * tonumber(ARGV[4])
 for i = first, last, 2 * SLICE do
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 2 * SLICE - 1, last)))
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 2 * SLICE - 1, last)))
 end
 for i = last + 1, #ARGV, SLICE do
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV)))
+  redis.call('HDEL', key, unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV)))
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+cap(key, ARGV[1], redis.call('HGET', key, 'm:e'), ARGV[5])
+local u = redis.call('HGET', key, 'm:u')
+if ARGV[8] ~= '' and u ~= ARGV[8] then
+  if u then redis.call('SREM', prefix .. 'u:' .. u, ARGV[3]) end
+  u = ARGV[8]
+  redis.call('HSET', key, 'm:u', u)
+  local set = prefix .. 'u:' .. u
+  for _, m in ipairs(redis.call('SMEMBERS', set)) do
+    if redis.call('HEXISTS', prefix .. m, 'm:t') == 0 then redis.call('SREM', set, m) end
+  end
+  redis.call('SADD', set, ARGV[3])
+end
+if u then keepSet(prefix, u, key) end
 return 1
 """.replace(b"SLICE", str(_SLICE).encode()).replace(b"MAXMS", b"%d" % 2**53)
+)
 
 # KEYS: sessions to delete; ARGV[1]: the key prefix. A renamed session's old key leads to the
 # new one, which goes too: a logout that reaches the old name after a rename still ends it.
-_DELETE = b"""
+_DELETE = (
+    _PRELUDE
+    + b"""
 for _, key in ipairs(KEYS) do
   for _ = 1, 16 do
     local f = redis.call('HGET', key, 'm:f')
-    redis.call('DEL', key)
+    endSession(ARGV[1], key)
     if not f then break end
     key = ARGV[1] .. f
   end
 end
 return 1
+"""
+)
+
+# KEYS[1]: a user's set; ARGV[1]: the key prefix. Each live session of the user as {member,
+# m:c, m:l}; members whose session is gone leave the set.
+_USER_SESSIONS = b"""
+local out = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('HMGET', ARGV[1] .. m, 'm:t', 'm:c', 'm:l')
+  if v[1] then
+    table.insert(out, {m, v[2] or '', v[3] or ''})
+  else
+    redis.call('SREM', KEYS[1], m)
+  end
+end
+return out
+"""
+
+# KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2]: a member to keep (or ''). Deletes
+# every other session of the user; returns how many were live.
+_LOGOUT_USER = b"""
+local n = 0
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if m ~= ARGV[2] then
+    local key = ARGV[1] .. m
+    if redis.call('HEXISTS', key, 'm:t') == 1 then
+      redis.call('DEL', key)
+      n = n + 1
+    end
+    redis.call('SREM', KEYS[1], m)
+  end
+end
+return n
+"""
+
+# KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2]: a member. Deletes that session if
+# it is the user's; returns 1 when it was live.
+_END_USER_SESSION = b"""
+if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('SREM', KEYS[1], ARGV[2])
+local key = ARGV[1] .. ARGV[2]
+local live = redis.call('HEXISTS', key, 'm:t')
+redis.call('DEL', key)
+return live
 """
 
 
@@ -142,6 +259,9 @@ def _script(text: bytes) -> bytes:
 _LOAD_SHA = _script(_LOAD)
 _SAVE_SHA = _script(_SAVE)
 _DELETE_SHA = _script(_DELETE)
+_USER_SESSIONS_SHA = _script(_USER_SESSIONS)
+_LOGOUT_USER_SHA = _script(_LOGOUT_USER)
+_END_USER_SESSION_SHA = _script(_END_USER_SESSION)
 
 
 def _withText(command: list[bytes]) -> list[bytes]:
@@ -576,8 +696,24 @@ class RedisStore:
             raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
         return self._client.execute(commands)
 
-    def load(self, uids: list[bytes]) -> Deferred[list[dict[str, bytes] | bytes | None]]:
-        commands = [[b"EVALSHA", _LOAD_SHA, b"1", self.keyPrefix + uid] for uid in uids]
+    def _now(self) -> bytes:
+        """
+        Now, in whole milliseconds of the site's reactor clock: what the scripts compare a
+        session's absolute end with, and note as its last use.
+        """
+        return b"%d" % (self._client._reactor.seconds() * 1000)  # type: ignore[union-attr]
+
+    def _key(self, uid: bytes) -> bytes:
+        return self.keyPrefix + member(uid)
+
+    def _userKey(self, user: str) -> bytes:
+        return self.keyPrefix + b"u:" + _userHash(user)
+
+    def load(self, uids: list[bytes]) -> Deferred[list[StoredFields | bytes | None]]:
+        now = self._now() if self._client is not None else b"0"
+        commands = [
+            [b"EVALSHA", _LOAD_SHA, b"1", self._key(uid), now, self.keyPrefix] for uid in uids
+        ]
         return self._execute(commands).addCallback(lambda replies: [_loaded(r) for r in replies])
 
     def save(
@@ -587,24 +723,33 @@ class RedisStore:
         timeout: float,
         changed: dict[str, bytes],
         deleted: list[str],
+        created: float | None = None,
+        ends: float | None = None,
+        user: str | None = None,
     ) -> Deferred[None]:
-        key = self.keyPrefix + uid
+        key = self._key(uid)
         if storedAs is None:
             mode = b"new"
         elif storedAs == uid:
             mode = b"update"
         else:
             mode = b"rename"
+        now = self._now() if self._client is not None else b"0"
         command = [
             b"EVALSHA",
             _SAVE_SHA,
             b"2",
             key,
-            key if storedAs is None else self.keyPrefix + storedAs,
+            key if storedAs is None else self._key(storedAs),
             _milliseconds(timeout),
             mode,
-            uid,
+            member(uid),
             str(len(changed)).encode(),
+            now,
+            now if created is None else _clockMilliseconds(created),
+            b"" if ends is None else _clockMilliseconds(ends),
+            b"" if user is None else _userHash(user),
+            self.keyPrefix,
         ]
         for name, value in changed.items():
             command += [_FIELD + _fieldName(name), value]
@@ -612,9 +757,44 @@ class RedisStore:
         return self._execute([command]).addCallback(_saved)
 
     def delete(self, *uids: bytes) -> Deferred[None]:
-        keys = [self.keyPrefix + uid for uid in uids]
+        keys = [self._key(uid) for uid in uids]
         command = [b"EVALSHA", _DELETE_SHA, str(len(keys)).encode(), *keys, self.keyPrefix]
         return self._execute([command]).addCallback(lambda _: None)
+
+    def userSessions(self, user: str) -> Deferred[list[tuple[str, float | None, float | None]]]:
+        command = [b"EVALSHA", _USER_SESSIONS_SHA, b"1", self._userKey(user), self.keyPrefix]
+
+        def records(replies: list[Any]) -> list[tuple[str, float | None, float | None]]:
+            return [
+                (m.decode(), _clockSeconds(created), _clockSeconds(used))
+                for m, created, used in replies[0]
+            ]
+
+        return self._execute([command]).addCallback(records)
+
+    def logoutUser(self, user: str, keep: bytes | None = None) -> Deferred[int]:
+        command = [
+            b"EVALSHA",
+            _LOGOUT_USER_SHA,
+            b"1",
+            self._userKey(user),
+            self.keyPrefix,
+            b"" if keep is None else member(keep),
+        ]
+        return self._execute([command]).addCallback(lambda replies: int(replies[0]))
+
+    def endUserSession(self, user: str, id: str) -> Deferred[bool]:
+        if not _MEMBER.match(id):
+            return succeed(False)
+        command = [
+            b"EVALSHA",
+            _END_USER_SESSION_SHA,
+            b"1",
+            self._userKey(user),
+            self.keyPrefix,
+            id.encode(),
+        ]
+        return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
 
     def close(self) -> Deferred[None]:
         if self._client is None:
@@ -629,15 +809,44 @@ def _fieldName(name: str) -> bytes:
         raise UnserializableValue(f"a namespace key that is not valid UTF-8: {name!r}") from e
 
 
-def _loaded(reply: list[bytes] | None) -> dict[str, bytes] | bytes | None:
+def member(uid: bytes) -> bytes:
+    """
+    What the store keeps of session id C{uid}: its SHA-256, hex (the key is C{keyPrefix}
+    plus this). The session's opaque id in L{txsession.Site.userSessions} records.
+    """
+    return hashlib.sha256(uid).hexdigest().encode()
+
+
+_MEMBER = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _userHash(user: str) -> bytes:
+    return hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest().encode()
+
+
+def _clockMilliseconds(seconds: float) -> bytes:
+    return b"%d" % (seconds * 1000)
+
+
+def _clockSeconds(milliseconds: bytes | None) -> float | None:
+    return int(milliseconds) / 1000 if milliseconds else None
+
+
+def _loaded(reply: list[bytes] | None) -> StoredFields | bytes | None:
     if reply is None:
         return None
     if len(reply) == 2 and reply[0] == _RENAMED_FIELD:
         return reply[1]
-    fields: dict[str, bytes] = {}
+    fields = StoredFields()
     for name, value in zip(reply[::2], reply[1::2]):
         if name.startswith(_FIELD):
             fields[name[len(_FIELD) :].decode()] = value
+        elif name == b"m:c":
+            fields.created = _clockSeconds(value)
+        elif name == b"m:e":
+            fields.ends = _clockSeconds(value)
+        elif name == b"m:u":
+            fields.user = value
     return fields
 
 

@@ -83,6 +83,24 @@ class JSONSerializer:
         return json.loads(data)
 
 
+class StoredFields(dict):  # type: ignore[type-arg]
+    """
+    A stored session's fields, as L{ISessionStore.load} gives them: each namespace key
+    (C{str}) and its serialized value (C{bytes}); and what the store keeps beside them:
+    C{created} and C{ends}, the reactor times it was made and its absolute timeout runs out
+    (C{None} when unknown or none), and C{user}, an opaque name of the user it is bound to
+    (C{None} when none).
+    """
+
+    __slots__ = ("created", "ends", "user")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.created: float | None = None
+        self.ends: float | None = None
+        self.user: bytes | None = None
+
+
 class ISessionStore(Interface):
     """
     Where a L{txsession.Site} keeps its sessions, shared by every process that uses it.

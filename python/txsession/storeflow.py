@@ -70,11 +70,25 @@ class SessionCopy:
     first written), its fields as last read or written here, and the requests using it.
     """
 
-    __slots__ = ("storedAs", "fields", "users", "readers", "creating", "renaming", "uncertain")
+    __slots__ = (
+        "storedAs",
+        "fields",
+        "users",
+        "readers",
+        "creating",
+        "renaming",
+        "uncertain",
+        "created",
+        "ends",
+    )
 
     def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
         self.storedAs = storedAs
         self.fields = fields
+        # When the session was made and when its absolute timeout ends it (reactor times;
+        # None when unknown or none), as stored.
+        self.created: float | None = None
+        self.ends: float | None = None
         self.users: list[Change] = []
         # Requests that read (or found) this copy and are not over, whether or not they have
         # asked for it yet: while there are any, the copy is not evicted or timed out.
@@ -105,6 +119,7 @@ class Change:
         "endedHere",
         "own",
         "riding",
+        "user",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -131,6 +146,8 @@ class Change:
         # those keys is carried by them, so while one is in flight when the request ends,
         # the request answers as it does.
         self.riding: list[_Outcome] = []
+        # The user this request binds the session to (renewSession's user), until written.
+        self.user: str | None = None
 
 
 class RequestSessions:
@@ -291,7 +308,13 @@ class StoreFlow:
             lru.add(session, site.sessions)
         self.adopt(session, uid)
         session.sessionNamespaces.update(decoded)
-        self.copies[session].fields = dict(fields)
+        copy = self.copies[session]
+        copy.fields = dict(fields)
+        copy.created = getattr(fields, "created", None)
+        copy.ends = getattr(fields, "ends", None)
+        if copy.ends is not None:
+            # Every process ends it at its absolute timeout, whatever its own options.
+            site._endAt(session, copy.ends)
         return session
 
     def _merge(self, session: Any, copy: SessionCopy, fields: dict[str, bytes]) -> None:
@@ -529,10 +552,10 @@ class StoreFlow:
         if change.renamedFrom is not None and uid != copy.storedAs:
             # This request renewed the session: its write renames it, or makes it.
             source = copy.storedAs or copy.creating
-            if source is not None or changed or deleted or self.storeEmptySessions:
+            if source is not None or changed or deleted or change.user or self.storeEmptySessions:
                 return change, source, uid, changed, deleted
             return None
-        if not changed and not deleted:
+        if not changed and not deleted and change.user is None:
             if copy.storedAs is not None or copy.creating is not None:
                 return None
             if not (self.storeEmptySessions and change.made):
@@ -565,8 +588,19 @@ class StoreFlow:
             copy.creating = target
         elif source != target:
             copy.renaming = target
+        options = {}
+        if source is None:
+            options["created"], options["ends"] = copy.created, copy.ends
+        if change.user is not None:
+            options["user"] = change.user
         saving = maybeDeferred(
-            self.store.save, target, source, change.session.sessionTimeout, changed, deleted
+            self.store.save,
+            target,
+            source,
+            change.session.sessionTimeout,
+            changed,
+            deleted,
+            **options,
         )
         saving.addCallbacks(
             partial(self._saved, change, source, target),
@@ -609,6 +643,7 @@ class StoreFlow:
         change.priors.clear()
         copy.storedAs = target
         change.name = target
+        change.user = None
         if copy.creating == target:
             copy.creating = None
         if copy.renaming == target:
@@ -754,18 +789,29 @@ class StoreFlow:
             if call is not None and call.active():
                 call.cancel()
             session._expireCall = self.site._sharedTimer.add(session, session.sessionTimeout)
-        self.copies[session] = SessionCopy(storedAs, {})
+        copy = self.copies[session] = SessionCopy(storedAs, {})
+        if storedAs is None:
+            copy.created = self.site.reactor.seconds()
+            absolute = self.site.absoluteTimeout
+            copy.ends = None if absolute is None else copy.created + absolute
         session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
 
-    def renew(self, request: Any, session: Any, old: bytes) -> None:
+    def renew(self, request: Any, session: Any, old: bytes, user: str | None = None) -> None:
         """
-        C{request} gave C{session} a new id in place of C{old}: its write renames the stored
-        session, and C{old} is dead here from now on.
+        C{request} gave C{session} a new id in place of C{old} (and bound it to C{user}, when
+        given): its write renames the stored session (and binds it), and C{old} is dead here
+        from now on.
         """
         change = self.attach(request, session)
         if change.renamedFrom is None:
             change.renamedFrom = old
+        if user is not None:
+            change.user = user
         self.renamedAway[old] = session
+
+    def createdAt(self, session: Any) -> float | None:
+        copy = self.copies.get(session)
+        return None if copy is None else copy.created
 
     def ended(self, session: Any) -> None:
         """

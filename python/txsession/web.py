@@ -663,8 +663,8 @@ class Site(server.Site):
         session = super().makeSession()
         if lru is not None:
             lru.add(session, self.sessions)
-        if self._absolute is not None:
-            self._endAt(session, self.reactor.seconds() + self.absoluteTimeout)  # type: ignore[operator]
+        if self.absoluteTimeout is not None:
+            self._endAt(session, self.reactor.seconds() + self.absoluteTimeout)
         if self._flow is not None:
             self._flow.adopt(session, None)
         return session
@@ -674,6 +674,12 @@ class Site(server.Site):
         End C{session} through its C{expire()} at reactor time C{end} (its absolute timeout),
         unless it ends before.
         """
+        if self._absolute is None:
+            # A stored session with an absolute end, read by a site without the option: this
+            # process ends it then too.
+            self._absolute = {}
+            if self._sharedTimer is not None:
+                self._absoluteTimer = SharedTimer(self.reactor, _logExpiryFailure)
         left = max(0.0, end - self.reactor.seconds())
         timer = self._absoluteTimer
         call = (
@@ -689,10 +695,12 @@ class Site(server.Site):
         The reactor time C{session} was made, when this site knows it: with
         C{absoluteTimeout}, or with a store. C{renewSession} keeps it.
         """
+        if self._flow is not None:
+            return self._flow.createdAt(session)
         absolute = self._absolute
         call = None if absolute is None else absolute.get(session)
-        if call is not None:
-            return call.getTime() - self.absoluteTimeout  # type: ignore[operator,no-any-return]
+        if call is not None and self.absoluteTimeout is not None:
+            return call.getTime() - self.absoluteTimeout  # type: ignore[no-any-return]
         return None
 
     # The sessions of a user.
@@ -704,6 +712,10 @@ class Site(server.Site):
         and C{"lastUsed"} (reactor seconds). Without a store it has fired already.
         """
         user = _userName(user)
+        if self.store is not None:
+            return self.store.userSessions(user).addCallback(
+                lambda found: [{"id": i, "created": c, "lastUsed": u} for i, c, u in found]
+            )
         users = self._users
         return succeed([] if users is None else users.records(user))
 
@@ -713,6 +725,11 @@ class Site(server.Site):
         out everywhere". A L{Deferred} firing with how many ended.
         """
         user = _userName(user)
+        if self.store is not None:
+            kept = None
+            if keep is not None and self._flow.isLive(keep):  # type: ignore[union-attr]
+                kept = self._flow.copies[keep].storedAs  # type: ignore[union-attr]
+            return self.store.logoutUser(user, kept)
         users = self._users
         if users is None:
             return succeed(0)
@@ -728,6 +745,8 @@ class Site(server.Site):
         user = _userName(user)
         if not isinstance(id, str):
             raise TypeError(f"a session's id from userSessions is a str, not {id!r}")
+        if self.store is not None:
+            return self.store.endUserSession(user, id)
         users = self._users
         session = None if users is None else users.sessions(user).get(id)
         if session is None:
@@ -853,12 +872,12 @@ def renewSession(request: Any, forceNotSecure: bool = False, user: str | None = 
     site.sessions[new] = session
     flow = getattr(site, "_flow", None)
     if flow is not None and flow.isLive(session):
-        flow.renew(request, session, old)
+        flow.renew(request, session, old, user)
+    elif flow is None and user is not None:
+        site._bindUser(session, user)
     prefix = cookiename + b"="
     request.cookies[:] = [c for c in request.cookies if not c.startswith(prefix)]
     _addSessionCookie(request, cookiename, new, secure)
-    if user is not None:
-        site._bindUser(session, user)
     return session
 
 
