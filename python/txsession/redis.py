@@ -13,8 +13,8 @@ holding the serializer's bytes, and C{m:t}, the session's idle timeout in millis
 key's expiry is that timeout, restarted by every read and write, so Redis itself removes a
 session that no process used for that long. Writes run as one Lua script each, which checks
 that the session still exists: a write that arrives after a logout never brings it back.
-Commands name the scripts by their SHA1 (C{EVALSHA}); a script's text is sent only when the
-server answers C{NOSCRIPT}.
+Commands name the scripts by their SHA1 (C{EVALSHA}): each connection loads them once, when it
+is made.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsession._txsession import RespDecoder, encode_commands
@@ -189,12 +190,13 @@ return 1
 _DELETE = (
     _PRELUDE
     + b"""
+local seen = {}
 for _, key in ipairs(KEYS) do
-  for _ = 1, 16 do
+  while key and not seen[key] do
+    seen[key] = true
     local f = redis.call('HGET', key, 'm:f')
     endSession(ARGV[1], key)
-    if not f then break end
-    key = ARGV[1] .. f
+    key = f and (ARGV[1] .. f)
   end
 end
 return 1
@@ -245,8 +247,8 @@ return live
 """
 
 
-# Each script by its SHA1: commands name it with EVALSHA, and carry its text (EVAL) only when
-# the server answers NOSCRIPT (it has not seen it since it started, or its cache was flushed).
+# Each script by its SHA1: commands name it with EVALSHA; each connection loads them all (SCRIPT
+# LOAD) before it carries a command.
 _SCRIPTS: dict[bytes, bytes] = {}
 
 
@@ -262,13 +264,6 @@ _DELETE_SHA = _script(_DELETE)
 _USER_SESSIONS_SHA = _script(_USER_SESSIONS)
 _LOGOUT_USER_SHA = _script(_LOGOUT_USER)
 _END_USER_SESSION_SHA = _script(_END_USER_SESSION)
-
-
-def _withText(command: list[bytes]) -> list[bytes]:
-    """
-    An EVALSHA command as the EVAL of its script's text.
-    """
-    return [b"EVAL", _SCRIPTS[command[1]], *command[2:]]
 
 
 def _noScript(reply: Any) -> bool:
@@ -303,6 +298,8 @@ class _RedisProtocol(Protocol):
         self._waiting: deque[_Batch] = deque()
         self._timer: Any = None
         self._direct = False
+        # The set-up failed: nothing more is delivered.
+        self._broken = False
 
     def connectionMade(self) -> None:
         # A plain socket connection with an empty buffer is written to at once, rather than
@@ -313,6 +310,26 @@ class _RedisProtocol(Protocol):
             and not getattr(transport, "TLS", False)
             and hasattr(transport, "_tempDataBuffer")
         )
+        # The set-up (AUTH, SELECT, and loading every script) goes first; Redis runs a
+        # connection's commands in order, so commands can follow it at once. Set-up that
+        # fails drops the connection before any reply behind it is delivered.
+        client = self._client
+        setup = client._setup + [[b"SCRIPT", b"LOAD", text] for text in _SCRIPTS.values()]
+        self.send(setup).addCallbacks(self._setUp, self._setUpFailed)
+        client._ready(self)
+
+    def _setUp(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if isinstance(reply, StoreError):
+                self._setUpFailed(Failure(reply))
+                return
+
+    def _setUpFailed(self, reason: Failure) -> None:
+        if reason.check(CancelledError):
+            return
+        self._broken = True
+        self._client._down = reason.value
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         def abort(_: Deferred[list[Any]]) -> None:
@@ -366,12 +383,6 @@ class _RedisProtocol(Protocol):
             batch.deferred.errback(StoreUnavailable(late))
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def ready(self) -> None:
-        """
-        The connection is set up: commands go to it from now on.
-        """
-        self._client._ready(self)
-
     def dataReceived(self, data: bytes) -> None:
         try:
             replies = self._decoder.feed(data)
@@ -390,6 +401,8 @@ class _RedisProtocol(Protocol):
                 self._waiting.popleft()
                 if not batch.deferred.called:
                     batch.deferred.callback(batch.replies)
+                if self._broken:
+                    return
 
     def connectionLost(self, reason: Any = None) -> None:
         self._client._lost(self)
@@ -488,23 +501,11 @@ class _RedisClient:
             # Quick retries, so that the site recovers soon after Redis returns.
             retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, jitter=_jitter),
             clock=reactor,
-            prepareConnection=self._prepare,
         )
         self._protocol: _RedisProtocol | None = None
         # Why the last connection attempt failed, until one succeeds.
         self._down: BaseException | None = None
         self.roundTrips = 0
-
-    def _prepare(self, protocol: _RedisProtocol) -> Deferred[None] | None:
-        def ready(replies: list[Any] | None = None) -> None:
-            self._replies(replies or [])
-            # ClientService hands over a proxy of the protocol; the protocol registers itself.
-            protocol.ready()
-
-        if not self._setup:
-            ready()
-            return None
-        return protocol.send(self._setup).addCallback(ready)
 
     def _ready(self, protocol: _RedisProtocol) -> None:
         self._protocol = protocol
@@ -553,29 +554,30 @@ class _RedisClient:
                 lambda _: self._sendConnected(commands)
             )
             sent.addTimeout(self._timeout, self._reactor)
-        return sent.addCallbacks(self._scripted, self._unavailable, (commands,))
+        return sent.addCallbacks(self._scripted, self._unavailable, (protocol,))
 
     def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if self._protocol is None:
+            if isinstance(self._down, StoreUnavailable):
+                raise StoreUnavailable(str(self._down))
             raise StoreUnavailable(f"the connection to Redis at {self._url} was lost")
         return self._protocol.send(commands)
 
-    def _scripted(self, replies: list[Any], commands: list[list[bytes]]) -> Any:
+    def _scripted(self, replies: list[Any], protocol: _RedisProtocol | None) -> Any:
         """
-        C{replies}, once the scripts the server did not know (NOSCRIPT: those commands did
-        not run) have run, sent again with their text.
+        C{replies}; L{StoreUnavailable} when the server lost the scripts loaded on this
+        connection (a C{SCRIPT FLUSH}): the commands pipelined behind the one it refused
+        may have run, so the connection is dropped, and the next one loads them again.
         """
-        again = [i for i, reply in enumerate(replies) if _noScript(reply)]
-        if not again:
-            return self._replies(replies)
-
-        def merge(more: list[Any]) -> list[Any]:
-            for i, reply in zip(again, more):
-                replies[i] = reply
-            return self._replies(replies)
-
-        retry = self.execute([_withText(commands[i]) for i in again])
-        return retry.addCallbacks(merge, self._unavailable)
+        if any(_noScript(reply) for reply in replies):
+            protocol = protocol or self._protocol
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            raise StoreUnavailable(
+                f"Redis at {self._url} lost the session store's scripts (SCRIPT FLUSH); "
+                f"reconnecting"
+            )
+        return self._replies(replies)
 
     @staticmethod
     def _replies(replies: list[Any]) -> list[Any]:

@@ -45,6 +45,8 @@ _JSON_ATOMS = frozenset([str, int, float, bool, type(None)])
 
 # A key a session's namespaces do not hold (in a baseline, or in the store).
 _ABSENT: Any = object()
+# A key a request did not change while rendering.
+_NOT_OWN: Any = object()
 
 
 class _Unencodable:
@@ -93,9 +95,10 @@ class SessionCopy:
         # Requests that read (or found) this copy and are not over, whether or not they have
         # asked for it yet: while there are any, the copy is not evicted or timed out.
         self.readers = 0
-        # A write that would have made the session did not answer: it may be stored, so
-        # the next request reads it rather than trust this copy.
-        self.uncertain = False
+        # A write that would have made the session under this id did not answer: it may be
+        # stored, so the next request reads it rather than trust this copy, and a logout
+        # deletes it.
+        self.uncertain: bytes | None = None
         # The id a write that creates the session, or renames it, is taking it to.
         self.creating: bytes | None = None
         self.renaming: bytes | None = None
@@ -139,9 +142,10 @@ class Change:
         self.renamedFrom: bytes | None = None
         # This request logged the session out (called its expire() while rendering).
         self.endedHere = False
-        # Keys it had changed when its resource's render() returned: its own for certain
-        # (what changes later, from a callback, could be anyone's).
-        self.own: set[str] = set()
+        # Keys it had changed when its resource's render() returned, with their values then
+        # (encoded): its own for certain (what changes later, from a callback, could be
+        # anyone's).
+        self.own: dict[str, Any] = {}
         # Other requests' writes that moved this baseline: a change this request made to
         # those keys is carried by them, so while one is in flight when the request ends,
         # the request answers as it does.
@@ -155,7 +159,15 @@ class RequestSessions:
     What one request of a store site does with its sessions.
     """
 
-    __slots__ = ("confirmed", "changes", "readFailure", "settled", "watching", "pinned")
+    __slots__ = (
+        "confirmed",
+        "changes",
+        "readFailure",
+        "settled",
+        "watching",
+        "pinned",
+        "logouts",
+    )
 
     def __init__(self) -> None:
         # Each id read for this request from the store (or made here and not stored), and
@@ -168,6 +180,8 @@ class RequestSessions:
         self.watching = False
         # The copies this request counts as a reader of.
         self.pinned: list[SessionCopy] = []
+        # The deletions of the sessions it logged out while rendering: its answer waits.
+        self.logouts: list[_Outcome] = []
 
     def readFailed(self, reason: Failure) -> None:
         self.readFailure = reason
@@ -241,8 +255,10 @@ class StoreFlow:
 
     def _confirm(self, state: RequestSessions, uid: bytes, session: Any, copy: SessionCopy) -> None:
         state.confirmed[uid] = session
-        copy.readers += 1
-        state.pinned.append(copy)
+        if not state.settled:
+            # Not for a request already over (its client left while the read was out).
+            copy.readers += 1
+            state.pinned.append(copy)
 
     def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
         sessions = self.site.sessions
@@ -251,7 +267,7 @@ class StoreFlow:
             copy = None if session is None else self.copies.get(session)
             if copy is not None and copy.storedAs is None and copy.creating is None:
                 # Made here; its first write did not answer. Stored after all, or not.
-                copy.uncertain = False
+                copy.uncertain = None
                 if result is None:
                     self._confirm(state, uid, session, copy)
                     continue
@@ -525,6 +541,10 @@ class StoreFlow:
                 plans.append(plan)
         for plan in plans:
             waits.append(self._send(*plan))
+        for outcome in state.logouts:
+            waiting = outcome.wait()
+            if waiting is not None:
+                waits.append(waiting)
         for change in state.changes.values():
             if change.riding:
                 # Only the writes still in flight: one that failed already has had the
@@ -658,7 +678,7 @@ class StoreFlow:
         if copy.renaming == target:
             copy.renaming = None
         if source is None and reason.check(StoreUnavailable):
-            copy.uncertain = True
+            copy.uncertain = target
         ended = reason.check(SessionEnded)
         if ended and source is not None and copy.storedAs == source:
             if reason.value.renamedTo is None:
@@ -700,7 +720,14 @@ class StoreFlow:
         finishing = request._txsHeld is not None and request._txsFinishHeld
         for change in state.changes.values():
             # Finished while rendering: what it changed is what its last write carries.
-            change.own.update(change.inFlight if finishing else self._changedKeys(change))
+            if finishing:
+                keys: Any = change.inFlight
+                values = change.baseline
+            else:
+                keys = self._changedKeys(change)
+                namespaces = change.session.sessionNamespaces
+                values = {key: self.encoded(namespaces, key) for key in keys}
+            change.own.update((key, values.get(key, _ABSENT)) for key in keys)
 
     def _changedKeys(self, change: Change) -> list[str]:
         """
@@ -727,8 +754,13 @@ class StoreFlow:
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
             current = self.encoded(namespaces, key)
+            # This request's for certain: it set this value while rendering, it is still
+            # there, and no other request set the key while rendering.
+            mine = change.own.get(key, _NOT_OWN) == current and not any(
+                key in user.own for user in others
+            )
             # A value nobody can write is nobody's to keep: it goes back whoever else saw it.
-            theirs = not isinstance(current, _Unencodable) and (
+            theirs = not (mine or isinstance(current, _Unencodable)) and (
                 key in change.contested
                 or any(user.baseline.get(key, _ABSENT) != current for user in others)
             )
@@ -829,12 +861,16 @@ class StoreFlow:
             mine.endedHere = True
         names = [
             name
-            for name in dict.fromkeys([copy.storedAs, copy.creating, copy.renaming])
+            for name in dict.fromkeys([copy.storedAs, copy.creating, copy.renaming, copy.uncertain])
             if name is not None
         ]
         if names:
             deleting = self.store.delete(*names)
-            self.logouts[session] = _Outcome(deleting, "while deleting a session from the store")
+            outcome = self.logouts[session] = _Outcome(
+                deleting, "while deleting a session from the store"
+            )
+            if state is not None:
+                state.logouts.append(outcome)
 
     def dropLocally(self, session: Any) -> None:
         """
@@ -901,7 +937,7 @@ class StoreFlow:
         baseline = dict(copy.fields)
         namespaces = session.sessionNamespaces
         for user in copy.users:
-            for key in user.own.intersection(self._changedKeys(user)):
+            for key in user.own.keys() & set(self._changedKeys(user)):
                 _set(baseline, key, self.encoded(namespaces, key))
         change = Change(session, copy, baseline, made=False)
         copy.users.append(change)

@@ -107,6 +107,8 @@ class SessionCookieMixin:
     _txsPendingFailure: Failure | None = None
     # The request failed: nothing more is written, or answered.
     _txsFailed = False
+    # The store flow of the site this request reads its sessions from.
+    _txsFlow: StoreFlow | None = None
 
     def getSession(self, sessionInterface=None, forceNotSecure=False):
         # Twisted's Request.getSession, with the cookie's name and options from the site.
@@ -147,6 +149,8 @@ class SessionCookieMixin:
     def process(self):
         site = self.channel.site  # type: ignore[attr-defined]
         flow = getattr(site, "_flow", None)
+        if flow is not None:
+            self._txsFlow = flow
         reading = None if flow is None else flow.read(self, site._sessionCookieUids(self))
         if reading is None:
             return super().process()  # type: ignore[misc]
@@ -201,9 +205,10 @@ class SessionCookieMixin:
         if flow is None or self._txsFailed:
             return super().processingFailed(reason)  # type: ignore[misc]
         if self._txsHeld is not None:
-            # A session write is in flight for what the resource wrote before it failed: the
-            # failure is answered once that write has (whose changes are then the store's).
-            self._txsHeld = []
+            # A session write is in flight for what the resource wrote before it failed: once
+            # it has answered, what the resource wrote goes out, then the failure, as Twisted
+            # answers a page that fails after writing (the write's changes are the store's,
+            # so the response is not a clean error).
             self._txsFinishHeld = False
             self._txsPendingFailure = reason
             return reason
@@ -236,7 +241,11 @@ class SessionCookieMixin:
         The request is over (finished, or its connection lost): its session records go.
         """
         if self._txsStore is not None:
-            self.site._flow.release(self, reason)  # type: ignore[attr-defined]
+            # Through the channel's site: a request whose client left while its sessions
+            # were read has no site yet.
+            flow = self._txsFlow or getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
+            if flow is not None:
+                flow.release(self, reason)
 
     def _txsMustFlush(self) -> bool:
         state = self._txsStore
@@ -272,6 +281,9 @@ class SessionCookieMixin:
         finishing, self._txsFinishHeld = self._txsFinishHeld, False
         pending, self._txsPendingFailure = self._txsPendingFailure, None
         if pending is not None:
+            if not self._disconnected:  # type: ignore[attr-defined]
+                for chunk in held:
+                    super().write(chunk)  # type: ignore[misc]
             self.processingFailed(pending)
             return
         if self._disconnected:  # type: ignore[attr-defined]
@@ -879,6 +891,27 @@ def renewSession(request: Any, forceNotSecure: bool = False, user: str | None = 
     request.cookies[:] = [c for c in request.cookies if not c.startswith(prefix)]
     _addSessionCookie(request, cookiename, new, secure)
     return session
+
+
+def logout(request: Any, forceNotSecure: bool = False) -> None:
+    """
+    End C{request}'s session (its C{expire()}) as that request's own logout, also from a
+    callback after the resource's C{render()} returned (after asynchronous work). With a
+    store, a logout while the resource renders is known to be the request's own; from a
+    callback it is not, and a request that changed the session then answers 409 as for a
+    logout elsewhere. This makes it the request's: the request answers once the session is
+    deleted. Without a store it is C{request.getSession(forceNotSecure=...).expire()}.
+    """
+    session = request.getSession(forceNotSecure=forceNotSecure)
+    flow = getattr(request.site, "_flow", None)
+    if flow is None:
+        session.expire()
+        return
+    outer, flow.rendering = flow.rendering, request
+    try:
+        session.expire()
+    finally:
+        flow.rendering = outer
 
 
 def _userName(user: Any) -> str:
