@@ -91,30 +91,17 @@ fn plain_pair(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
         || ta == &raw mut ffi::PyLong_Type
 }
 
-/// Compares `key` with the key of `entry`, in slot `ix` and of an equal hash: `Found` when
-/// that needs no Python code and they are equal; the stored key is kept in `slow` when
-/// comparing needs Python code.
+/// Whether `entry`, of an equal hash, holds `key`, when telling needs no Python code (the
+/// same object, or two of one exact builtin type whose comparison is plain C); `None` when
+/// it needs Python code.
 #[inline(always)]
-fn consider(
-    py: Python<'_>,
-    ix: usize,
-    entry: &Entry,
-    key: &Bound<'_, PyAny>,
-    slow: &mut Vec<(usize, Py<PyAny>)>,
-) -> Option<Probe> {
+fn holds_plain(py: Python<'_>, entry: &Entry, key: &Bound<'_, PyAny>) -> Option<bool> {
     if entry.key.as_ptr() == key.as_ptr() {
-        return Some(Probe::Found(ix));
+        return Some(true);
     }
     let stored = entry.key.bind(py);
-    if plain_pair(stored, key) {
-        // No user code runs for these types, so comparing while borrowed is safe.
-        if stored.eq(key).unwrap_or(false) {
-            return Some(Probe::Found(ix));
-        }
-    } else {
-        slow.push((ix, entry.key.clone_ref(py)));
-    }
-    None
+    // No user code runs for these types, so comparing while borrowed is safe.
+    plain_pair(stored, key).then(|| stored.eq(key).unwrap_or(false))
 }
 
 impl MapCore {
@@ -159,32 +146,66 @@ impl MapCore {
         })
     }
 
-    /// Looks `key` up among the slots from `from` on.
+    /// Looks `key` up among the slots from `from` on. A key found without Python code is
+    /// found even when a candidate before it needs Python code to compare.
     #[inline]
     fn probe(&self, py: Python<'_>, key: &Bound<'_, PyAny>, hash: isize, from: usize) -> Probe {
-        let slots: &[Option<Entry>] = &self.slots;
-        let mut slow = Vec::new();
+        let mut compare = false;
+        let mut check = |ix: usize, entry: &Entry| match holds_plain(py, entry, key) {
+            Some(true) => Some(Probe::Found(ix)),
+            Some(false) => None,
+            None => {
+                compare = true;
+                None
+            }
+        };
         if self.indices.is_empty() {
             // A small map: a plain scan, which most session maps take.
-            for (ix, entry) in slots.iter().enumerate().skip(from) {
+            for (ix, entry) in self.slots.iter().enumerate().skip(from) {
                 if let Some(entry) = entry.as_ref().filter(|e| e.hash == hash) {
-                    if let Some(found) = consider(py, ix, entry, key, &mut slow) {
+                    if let Some(found) = check(ix, entry) {
                         return found;
                     }
                 }
             }
         } else {
             for ix in self.candidates(hash).filter(|&ix| ix >= from) {
-                let entry = slots[ix].as_ref().expect("candidate slots are live");
-                if let Some(found) = consider(py, ix, entry, key, &mut slow) {
+                let entry = self.slots[ix].as_ref().expect("candidate slots are live");
+                if let Some(found) = check(ix, entry) {
                     return found;
                 }
             }
         }
-        if slow.is_empty() {
-            Probe::Missing
+        if compare {
+            Probe::Compare(self.needing_python(py, key, hash, from))
         } else {
-            Probe::Compare(slow)
+            Probe::Missing
+        }
+    }
+
+    /// The candidates for `key` from slot `from` on whose comparison with it needs Python code,
+    /// in probe order, with their keys.
+    #[cold]
+    fn needing_python(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        hash: isize,
+        from: usize,
+    ) -> Vec<(usize, Py<PyAny>)> {
+        let pick = |ix: usize| {
+            let entry = self.slots[ix].as_ref()?;
+            let stored = entry.key.bind(py);
+            (entry.hash == hash && stored.as_ptr() != key.as_ptr() && !plain_pair(stored, key))
+                .then(|| (ix, entry.key.clone_ref(py)))
+        };
+        if self.indices.is_empty() {
+            (from..self.slots.len()).filter_map(pick).collect()
+        } else {
+            self.candidates(hash)
+                .filter(|&ix| ix >= from)
+                .filter_map(pick)
+                .collect()
         }
     }
 
@@ -395,8 +416,28 @@ impl Namespaces {
 
     /// Stores `value` under `key`, returning the value it replaced.
     pub fn set(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let py = key.py();
         let hash = key.hash()?;
-        let (mut guard, slot) = self.locate(key.py(), key, hash)?;
+        // Found or missing without running Python code, in one borrow: the usual case.
+        let probe = {
+            let mut guard = self.lock(py);
+            match guard.probe(py, key, hash, 0) {
+                Probe::Found(ix) => {
+                    guard.stored(key, value.bind(py));
+                    let entry = guard.slots[ix].as_mut().expect("found slots are live");
+                    return Ok(Some(std::mem::replace(&mut entry.value, value)));
+                }
+                Probe::Missing => {
+                    guard.stored(key, value.bind(py));
+                    guard.push(hash, key.clone().unbind(), value);
+                    return Ok(None);
+                }
+                compare => compare,
+            }
+        };
+        // Dropped after the borrow, as `locate` does.
+        drop(probe);
+        let (mut guard, slot) = self.locate(py, key, hash)?;
         guard.stored(key, value.bind(key.py()));
         match slot.and_then(|ix| guard.slots[ix].as_mut()) {
             Some(entry) => Ok(Some(std::mem::replace(&mut entry.value, value))),

@@ -159,6 +159,21 @@ fn learn(ty: &Bound<'_, PyType>) -> PyResult<ClassFacts> {
     })
 }
 
+/// `object.__getattribute__(obj, name)`, for a class whose facts say that is what reading an
+/// attribute runs: it skips `getattr`'s dispatch through the type's slot.
+fn get_plain<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: two live objects, with the GIL held; the result is a new reference or NULL.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            obj.py(),
+            ffi::PyObject_GenericGetAttr(obj.as_ptr(), name.as_ptr()),
+        )
+    }
+}
+
 /// `object.__setattr__(obj, name, value)`, for a class whose facts say that is what
 /// `setattr` runs: it skips `setattr`'s interning of a name that is already interned.
 fn set_plain(
@@ -193,7 +208,13 @@ fn bases(py: Python<'_>) -> PyResult<BoundBases<'_>> {
 fn init_componentized(slf: &Bound<'_, PyAny>, facts: ClassFacts) -> PyResult<()> {
     let py = slf.py();
     if facts.plain_componentized_init {
-        return slf.setattr(intern!(py, "_adapterCache"), PyDict::new(py));
+        let name = intern!(py, "_adapterCache");
+        let cache = PyDict::new(py);
+        return if facts.plain_attributes {
+            set_plain(slf, name, cache.as_any())
+        } else {
+            slf.setattr(name, cache)
+        };
     }
     let (twisted_session, _, _) = bases(py)?;
     let super_ = py
@@ -237,7 +258,7 @@ impl Session {
         // which only a subclass's `__init__` could have set before calling this one, is not
         // looked at.
         match (facts.own_touch, facts.plain_attributes) {
-            (true, true) => Session::touch_with(slf, &reactor)?,
+            (true, true) => Session::touch_with(slf, &reactor, true)?,
             (true, false) => Session::touch(slf)?,
             (false, _) => drop(this.call_method0(intern!(py, "touch"))?),
         }
@@ -282,19 +303,26 @@ impl Session {
     /// `txsession.Session.touch`, for `__init__`.
     fn touch(slf: &Bound<'_, Self>) -> PyResult<()> {
         let reactor = slf.getattr(intern!(slf.py(), "_reactor"))?;
-        Session::touch_with(slf, &reactor)
+        Session::touch_with(slf, &reactor, false)
     }
 
-    /// `touch` with `self._reactor` already read.
-    fn touch_with(slf: &Bound<'_, Self>, reactor: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// `touch` with `self._reactor` already read; `plain` when the class's facts say its
+    /// attributes are `object`'s own.
+    fn touch_with(slf: &Bound<'_, Self>, reactor: &Bound<'_, PyAny>, plain: bool) -> PyResult<()> {
         let py = slf.py();
+        let this = slf.as_any();
         let now = reactor.call_method0(intern!(py, "seconds"))?;
-        slf.setattr(intern!(py, "lastModified"), &now)?;
-        let call = slf.getattr(intern!(py, "_expireCall"))?;
+        let call = if plain {
+            set_plain(this, intern!(py, "lastModified"), &now)?;
+            get_plain(this, intern!(py, "_expireCall"))?
+        } else {
+            this.setattr(intern!(py, "lastModified"), &now)?;
+            this.getattr(intern!(py, "_expireCall"))?
+        };
         if call.is_none() {
             return Ok(());
         }
-        let timeout = slf.getattr(intern!(py, "sessionTimeout"))?;
+        let timeout = this.getattr(intern!(py, "sessionTimeout"))?;
         delayed_call::reset(&call, &timeout, &now, reactor)
     }
 }
