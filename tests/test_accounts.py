@@ -278,3 +278,35 @@ class HostPrefixTests(_Served, unittest.TestCase):
         site = Site(Pages(), cookieHostPrefix=True)
         response, _ = yield Client(self.serve(site)).get(b"whoami")
         self.assertTrue(self.setCookies(response)[0].startswith(b"TWISTED_SESSION="))
+
+
+class NoIdInLogsTests(unittest.TestCase):
+    def test_expiryFailureLogsATag(self):
+        """
+        A session whose site no longer holds it: its expire() on the shared timer raises
+        Twisted's KeyError(uid), which is logged with a salted tag in place of the id.
+        """
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = task.Clock()
+        site = Site(resource.Resource(), reactor=clock)
+        session = site.makeSession()
+        del site.sessions[session.uid]
+        clock.advance(session.sessionTimeout)
+        self.flushLoggedErrors(KeyError)
+        text = "\n".join(
+            formatEvent(e) + (e["log_failure"].getTraceback() if "log_failure" in e else "")
+            for e in events
+        )
+        self.assertIn("session#", text)
+        self.assertNotIn(session.uid.decode(), text)
+
+    def test_slidingGetSessionRaisesATag(self):
+        site = Site(resource.Resource(), slidingExpiry=True, reactor=task.Clock())
+        with self.assertRaises(KeyError) as raised:
+            site.getSession(b"f" * 64)
+        self.assertNotIn("f" * 64, str(raised.exception))
+        self.assertIn("session#", str(raised.exception))

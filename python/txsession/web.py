@@ -8,6 +8,7 @@ and L{renewSession}, which gives a request's session a fresh id at login.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import weakref
@@ -450,11 +451,28 @@ def _sameSiteBytes(value: bytes | str) -> bytes:
     return sameSite
 
 
+def sessionTag(uid: Any) -> str:
+    """
+    What a log line or an exception message says of session id C{uid}: a short hash, salted
+    per process, so that lines about one session can be matched and none gives its id away.
+    """
+    data = uid if isinstance(uid, bytes) else str(uid).encode("utf-8", "surrogatepass")
+    return "session#" + hashlib.blake2b(data, key=_TAG_SALT, digest_size=6).hexdigest()
+
+
+_TAG_SALT = os.urandom(16)
+
+
 def _logExpiryFailure(exception: BaseException) -> None:
     """
     How a failing C{expire} run by a shared timer is logged: as the reactor logs a failing
-    delayed call, through C{twisted.logger} with the failure.
+    delayed call, through C{twisted.logger} with the failure. Twisted's C{expire} raises
+    C{KeyError(uid)} for a session its site no longer holds: the id is logged as its tag.
     """
+    if isinstance(exception, KeyError) and len(exception.args) == 1:
+        (arg,) = exception.args
+        if isinstance(arg, bytes):
+            exception = KeyError(sessionTag(arg)).with_traceback(exception.__traceback__)
     _log.failure(
         "while handling timed call {call}",
         failure=Failure(exception, type(exception), exception.__traceback__),
@@ -651,11 +669,13 @@ class Site(server.Site):
         The session with id C{uid} (C{KeyError} when there is none), touched first. A session
         whose timer already ran out counts as none.
         """
-        session = self.sessions[uid]
+        session = self.sessions.get(uid)
+        if session is None:
+            raise KeyError(sessionTag(uid))
         try:
             session.touch()
         except (AlreadyCalled, AlreadyCancelled):
-            raise KeyError(uid) from None
+            raise KeyError(sessionTag(uid)) from None
         return session
 
     @property
