@@ -1,20 +1,27 @@
 """
-A small web site that uses everything txsession offers.
+A small web site that uses everything txsession offers, as the README recommends.
 
-    python -m txsession.demo [--port N] [--timeout S] [--redis URL]
+    python -m txsession.demo [--port N] [--timeout S] [--redis URL] [--https CERT KEY]
 
-- C{/}: counts your visits in C{session.sessionNamespaces} and shows your cart;
+- C{/}: counts your visits in C{session.sessionNamespaces}, shows your cart, and shows what
+  the session is: whether your browser sent a session cookie (never its value), who is
+  logged in, and when the session ends if left idle;
 - C{/add?item=NAME}: puts an item in your cart, a component made by C{registerAdapter};
-- C{/state}: the same as JSON (what the end-to-end tests read);
-- C{/login?user=NAME}: logs you in, giving your session a fresh id (L{txsession.renewSession});
-- C{/logout}: expires your session; C{notifyOnExpire} logs a line when a session ends.
+- C{/state}: the same as JSON, with the session id (what the end-to-end tests read);
+- C{POST /login} (C{user=NAME}): logs you in, giving your session a fresh id
+  (L{txsession.renewSession});
+- C{POST /logout}: expires your session; C{notifyOnExpire} logs a line when a session ends.
+
+Login and logout are POST forms: C{SameSite=Lax} keeps the session cookie off a POST that
+another site starts, but not off a GET link, so a GET must change nothing.
 
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
-session cookie is C{HttpOnly} and C{SameSite=Lax}, with sliding expiry: the timeout counts
-from each session's last use. Its sessions expire through the site's shared timer, one
-reactor call for all of them, which C{txsession.Site} has by default. With C{--redis URL},
-sessions are kept in that Redis server (L{txsession.redis.RedisStore}), so demos run side by
-side on two ports share them.
+session cookie is C{HttpOnly} and C{SameSite=Lax} (L{SITE_OPTIONS}), with sliding expiry: the
+timeout counts from each session's last use. Its sessions expire through the site's shared
+timer, one reactor call for all of them, which C{txsession.Site} has by default. With
+C{--https CERT KEY} it serves over TLS, where the session cookie is the C{Secure} one. With
+C{--redis URL}, sessions are kept in that Redis server (L{txsession.redis.RedisStore}), so
+demos run side by side on two ports share them.
 """
 
 from __future__ import annotations
@@ -23,13 +30,25 @@ import argparse
 import html
 import json
 import sys
+from datetime import datetime, timezone
+from typing import Any
 
+from twisted.internet import ssl
 from twisted.python import components, log
+from twisted.python.filepath import FilePath
 from twisted.web import resource
+from twisted.web.error import UnsupportedMethod
 from zope.interface import Attribute, Interface, implementer
 
 import txsession
 from txsession.web import Site
+
+# The session options the README recommends for a site behind TLS, which every demo site has.
+SITE_OPTIONS: dict[str, Any] = {
+    "cookieHttpOnly": True,
+    "cookieSameSite": b"Lax",
+    "slidingExpiry": True,
+}
 
 
 class ICart(Interface):
@@ -73,24 +92,61 @@ def _state(request):
     }
 
 
+def _cookieSent(request) -> bool:
+    """
+    Whether C{request} carries a session cookie of its site, live or not.
+    """
+    return bool(request.site._sessionCookieUids(request))
+
+
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _facts(request, session) -> list[tuple[str, str, str]]:
+    """
+    What the home page shows of C{session}: (element id, label, value) rows. The id itself
+    is never shown, only whether the browser sent one.
+    """
+    return [
+        ("cookie", "Your browser sent a session cookie", "yes" if _cookieSent(request) else "no"),
+        ("user", "Logged in as", session.sessionNamespaces.get("user") or "(nobody)"),
+        ("visits", "Visits this session", str(session.sessionNamespaces.get("visits", 0))),
+        (
+            "idle-end",
+            "The session ends, if left idle, at",
+            _time(session.lastModified + session.sessionTimeout),
+        ),
+    ]
+
+
+def _page(request, title: str, body: str) -> bytes:
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    return f"<!doctype html><title>{html.escape(title)}</title>{body}".encode()
+
+
 class Home(resource.Resource):
     isLeaf = True
 
     def render_GET(self, request):
         session = request.getSession()
         session.sessionNamespaces["visits"] = session.sessionNamespaces.get("visits", 0) + 1
-        state = _state(request)
-        items = "".join(f"<li>{html.escape(item)}</li>" for item in state["cart"])
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return (
-            "<!doctype html><title>txsession demo</title>"
-            f"<p>Visits this session: {state['visits']}</p>"
-            f"<p>Logged in as: {html.escape(state['user'] or '(nobody)')}</p>"
-            '<form action="/login"><input name="user"><button>Log in</button></form>'
-            f"<p>Cart:</p><ul>{items}</ul>"
-            '<form action="/add"><input name="item"><button>Add</button></form>'
-            '<p><a href="/logout">Log out</a></p>'
-        ).encode()
+        facts = "".join(
+            f"<dt>{html.escape(label)}</dt><dd id={key}>{html.escape(value)}</dd>"
+            for key, label, value in _facts(request, session)
+        )
+        items = "".join(f"<li>{html.escape(item)}</li>" for item in ICart(session).items)
+        return _page(
+            request,
+            "txsession demo",
+            f"<dl>{facts}</dl>"
+            '<form id=login method=post action="/login">'
+            '<input name=user aria-label="user name"><button>Log in</button></form>'
+            '<form id=logout method=post action="/logout"><button>Log out</button></form>'
+            f"<p>Cart:</p><ul id=cart>{items}</ul>"
+            '<form id=add action="/add"><input name=item aria-label=item><button>Add</button>'
+            "</form>",
+        )
 
 
 class Add(resource.Resource):
@@ -112,10 +168,23 @@ class State(resource.Resource):
         return json.dumps(_state(request)).encode("utf-8")
 
 
-class Login(resource.Resource):
+class _PostOnly(resource.Resource):
+    """
+    A resource that changes the session: browsers reach it by POST only. A GET from a client
+    that is not a browser (one that sends no C{Sec-Fetch-Site}, as browsers do to this
+    loopback address) is still served as a POST, for tests/test_web.py's client.
+    """
+
     isLeaf = True
 
     def render_GET(self, request):
+        if request.getHeader(b"sec-fetch-site") is not None:
+            raise UnsupportedMethod([b"POST"])
+        return self.render_POST(request)
+
+
+class Login(_PostOnly):
+    def render_POST(self, request):
         user = request.args.get(b"user", [b""])[0].decode("utf-8", "replace")
         if user:
             # A fresh id at login: an id planted or learned before it is worth nothing now.
@@ -124,10 +193,16 @@ class Login(resource.Resource):
         return b""
 
 
-class Logout(resource.Resource):
-    isLeaf = True
-
-    def render_GET(self, request):
+class Logout(_PostOnly):
+    def render_POST(self, request):
+        if not _cookieSent(request):
+            # getSession() would make a session only to end it, and its cookie would replace
+            # any the browser kept back (a cross-site POST, with SameSite).
+            return _page(
+                request,
+                "Log out",
+                "<p id=no-session>Your browser sent no session cookie: no session ended.</p>",
+            )
         request.getSession().expire()
         request.redirect(b"/")
         return b""
@@ -150,17 +225,11 @@ def makeSite(timeout: float = 300, reactor=None, store=None) -> Site:
     class LoggingSite(Site):
         def makeSession(self):
             session = super().makeSession()
-            session.notifyOnExpire(lambda: log.msg(f"session {session.uid.decode()} ended"))
+            # Never the id in a log line: it is the login.
+            session.notifyOnExpire(lambda: log.msg("a session ended"))
             return session
 
-    site = LoggingSite(
-        root,
-        cookieHttpOnly=True,
-        cookieSameSite=b"Lax",
-        slidingExpiry=True,
-        reactor=reactor,
-        store=store,
-    )
+    site = LoggingSite(root, reactor=reactor, store=store, **SITE_OPTIONS)
     site.sessionFactory = sessionClass
     return site
 
@@ -172,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis", metavar="URL", help="keep sessions in Redis, e.g. redis://127.0.0.1:6379/0"
     )
+    parser.add_argument(
+        "--https",
+        nargs=2,
+        metavar=("CERT", "KEY"),
+        help="serve over TLS with this certificate and private key (PEM files)",
+    )
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -181,8 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     store = RedisStore(args.redis) if args.redis else None
     log.startLogging(sys.stdout)
     site = makeSite(args.timeout, store=store)
-    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
-    print(f"txsession demo at http://127.0.0.1:{port.getHost().port}/", flush=True)
+    if args.https:
+        cert, key = (FilePath(path).getContent() for path in args.https)
+        options = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key).options()
+        port = reactor.listenSSL(args.port, site, options, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
+    scheme = "https" if args.https else "http"
+    print(f"txsession demo at {scheme}://127.0.0.1:{port.getHost().port}/", flush=True)
     reactor.run()
     return 0
 

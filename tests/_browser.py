@@ -1,0 +1,334 @@
+"""
+What the browser tests share: headless Chromium driven by selenium through Debian's
+C{chromedriver}; a certificate authority made for each test and trusted the way a user or an
+administrator trusts one, in the NSS database of the browser's home directory; the demo run
+as a subprocess; and another site, on C{127.0.0.2}, to start cross-site requests from.
+
+Where Chromium, its driver, C{certutil} or selenium is missing the tests skip, except in CI
+(C{CI=true}), where that is an error: CI installs them (Debian's C{chromium},
+C{chromium-driver} and C{libnss3-tools}, and selenium from PyPI).
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, NoReturn
+
+from twisted.trial import unittest
+
+# A guard against a hang, never a measure: nothing here should take a tenth of it.
+DEADLINE = 60
+
+
+def _missing(what: str, install: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{what} is not installed: CI installs it ({install})")
+    raise unittest.SkipTest(f"no {what} installed ({install})")
+
+
+def requireBrowser() -> tuple[str, str]:
+    """
+    The Chromium and chromedriver to run; C{SkipTest} without them or selenium (outside CI).
+    """
+    chromium = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        _missing("chromium and chromedriver", "apt-get install chromium chromium-driver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("selenium", "pip install selenium")
+    return chromium, driver
+
+
+def requireCertutil() -> str:
+    path = shutil.which("certutil")
+    if path is None:
+        _missing("certutil", "apt-get install libnss3-tools")
+    return path
+
+
+class Certificates:
+    """
+    A certificate authority and a server certificate it issued for C{127.0.0.1} and
+    C{localhost}, as PEM files in C{directory}: C{ca}, C{cert} and C{key} (the server's).
+    """
+
+    def __init__(self, directory: str) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def builder(subject: str, issuer: str, key: Any) -> x509.CertificateBuilder:
+            return (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+            )
+
+        caName = "txsession test CA"
+        caKey = ec.generate_private_key(ec.SECP256R1())
+        ca = (
+            builder(caName, caName, caKey)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False
+            )
+            .sign(caKey, hashes.SHA256())
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        cert = (
+            builder("127.0.0.1", caName, key)
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()),
+                critical=False,
+            )
+            .sign(caKey, hashes.SHA256())
+        )
+        self.ca = os.path.join(directory, "ca.pem")
+        self.cert = os.path.join(directory, "cert.pem")
+        self.key = os.path.join(directory, "key.pem")
+        for path, data in [
+            (self.ca, ca.public_bytes(serialization.Encoding.PEM)),
+            (self.cert, cert.public_bytes(serialization.Encoding.PEM)),
+            (
+                self.key,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            ),
+        ]:
+            with open(path, "wb") as f:
+                f.write(data)
+
+
+def makeHome(directory: str, trust: str | None = None) -> str:
+    """
+    A home directory for the browser, made in C{directory}, so that nothing of the user's
+    own reaches it. With C{trust} (a CA certificate's PEM file), its NSS database, where
+    Chromium on Linux reads the trust anchors a user added, trusts that CA to identify TLS
+    servers.
+    """
+    home = tempfile.mkdtemp(prefix="home-", dir=directory)
+    if trust is not None:
+        certutil = requireCertutil()
+        nssdb = "sql:" + os.path.join(home, ".pki", "nssdb")
+        os.makedirs(nssdb[4:])
+        for args in [
+            ["-N", "--empty-password"],
+            ["-A", "-t", "C,,", "-n", "txsession test CA", "-i", trust],
+        ]:
+            subprocess.run([certutil, "-d", nssdb, *args], check=True, capture_output=True)
+    return home
+
+
+class Browser:
+    """
+    A headless Chromium, with a profile of its own (a separate browser context: its own
+    cookies), started with C{home} as its home directory.
+    """
+
+    def __init__(self, directory: str, home: str) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        chromium, driver = requireBrowser()
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for argument in [
+            "--headless",
+            # Chromium's sandbox cannot start as root, which CI's containers run as.
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--user-data-dir=" + os.path.join(directory, "profile"),
+        ]:
+            options.add_argument(argument)
+        # A driver path skips Selenium Manager, which would look for a browser online.
+        service = Service(driver, env={**os.environ, "HOME": home})
+        self.driver = webdriver.Chrome(options=options, service=service)
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+    @property
+    def url(self) -> str:
+        return str(self.driver.current_url)
+
+    @property
+    def title(self) -> str:
+        return str(self.driver.title)
+
+    def open(self, url: str) -> None:
+        self.driver.get(url)
+
+    def fact(self, key: str) -> str:
+        """
+        The text of the element with id C{key}, as the demo names what its pages show.
+        """
+        from selenium.webdriver.common.by import By
+
+        return str(self.driver.find_element(By.ID, key).text)
+
+    def has(self, key: str) -> bool:
+        from selenium.webdriver.common.by import By
+
+        return bool(self.driver.find_elements(By.ID, key))
+
+    def submit(self, form: str, **fields: str) -> None:
+        """
+        Fill in the form with id C{form} and press its button, as a user does, then wait for
+        the page it leads to.
+        """
+        from selenium.webdriver.common.by import By
+
+        element = self.driver.find_element(By.ID, form)
+        for name, value in fields.items():
+            field = element.find_element(By.NAME, name)
+            field.clear()
+            field.send_keys(value)
+        self._navigating(element.find_element(By.TAG_NAME, "button").click)
+
+    def follow(self, link: str) -> None:
+        """
+        Click the link with id C{link}, then wait for the page it leads to.
+        """
+        from selenium.webdriver.common.by import By
+
+        self._navigating(self.driver.find_element(By.ID, link).click)
+
+    def _navigating(self, action: Callable[[], None]) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.expected_conditions import staleness_of
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        page = self.driver.find_element(By.TAG_NAME, "html")
+        action()
+        wait = WebDriverWait(self.driver, DEADLINE)
+        wait.until(staleness_of(page))
+        wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def script(self, source: str) -> Any:
+        """
+        Run C{source} in the page, as one of its own scripts would; what it returns.
+        """
+        return self.driver.execute_script(source)
+
+    def cookies(self, url: str) -> dict[str, dict[str, Any]]:
+        """
+        The cookies the browser would send to C{url}, by name, each with its attributes as the
+        browser keeps them (C{value}, C{secure}, C{httpOnly}, C{sameSite}, ...), HttpOnly ones
+        included.
+        """
+        reply = self.driver.execute_cdp_cmd("Network.getCookies", {"urls": [url]})
+        return {c["name"]: c for c in reply["cookies"]}
+
+    def setCookie(self, url: str, name: str, value: str) -> None:
+        """
+        Put a cookie in this browser's jar for C{url}, as a session cookie the demo sets
+        (C{HttpOnly}, C{SameSite=Lax}, C{Secure} for https).
+        """
+        cookie = {"url": url, "name": name, "value": value, "path": "/", "httpOnly": True}
+        cookie.update(sameSite="Lax", secure=url.startswith("https:"))
+        self.driver.execute_cdp_cmd("Network.setCookie", cookie)
+
+
+class Demo:
+    """
+    C{python -m txsession.demo} in a subprocess on a free port, its output in a file in
+    C{directory}.
+    """
+
+    def __init__(self, directory: str, *arguments: str) -> None:
+        self.log = os.path.join(directory, f"demo-{len(os.listdir(directory))}.log")
+        command = [sys.executable, "-m", "txsession.demo", "--port", "0", *arguments]
+        with open(self.log, "wb") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            found = re.search(r"txsession demo at (\S+)", self.output())
+            if found:
+                self.url = found.group(1)
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the demo did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        with open(self.log, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(DEADLINE)
+
+
+class OtherSite:
+    """
+    Another site, serving C{page} at its root over HTTP. On C{127.0.0.2}, it is another site
+    than the demo's C{127.0.0.1} to the browser, whatever the ports (a site is the scheme and
+    host, not the port).
+    """
+
+    def __init__(self, page: str) -> None:
+        body = page.encode("utf-8")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/html; charset=utf-8")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.url = f"http://127.0.0.2:{self.server.server_address[1]}/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
