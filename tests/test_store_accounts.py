@@ -143,3 +143,33 @@ class UserSessionStoreTests(_Site):
             b"txsession:u:" + hashlib.sha256(b"bob").hexdigest().encode(), self.redis.keys()
         )
         self.assertNotIn(alice, self.redis.keys())
+
+
+class HostPrefixStoreTests(_Site):
+    @defer.inlineCallbacks
+    def test_hostPrefixedCookie(self):
+        """
+        With a store and cookieHostPrefix, over HTTPS: the session is under the __Host-
+        cookie and found through it by another site; the same id under the plain secure
+        name is not honoured.
+        """
+        from tests.test_security import TLSClient, _cookie
+
+        a, b = (
+            self.serve(
+                store_app.makeSite(RedisStore(self.redis.url), cookieHostPrefix=True),
+                secure=True,
+            )
+            for _ in range(2)
+        )
+        client = TLSClient(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        self.assertEqual([c.name for c in client.jar], ["__Host-TWISTED_SECURE_SESSION"])
+        _, there = yield self.get(client, b, b"get")
+        self.assertEqual(there, {"session": state["session"], "values": {"k": 1}})
+        plain = TLSClient(b.base)
+        cookie = _cookie("TWISTED_SECURE_SESSION", state["session"])
+        cookie.domain = "localhost"
+        plain.jar.set_cookie(cookie)
+        _, other = yield self.get(plain, b, b"get")
+        self.assertNotEqual(other["session"], state["session"])

@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
@@ -63,27 +62,28 @@ _SLICE = 1000
 # Each session is keyed by the SHA-256 of its id (its "member": hex), so no key, field or value
 # in Redis holds a raw session id. Fields beside the namespace entries (n:KEY): m:t, the idle
 # timeout (ms); m:c, when it was made, and m:l, when it was last read or written (ms of the
-# writing process's reactor clock); m:e, its absolute end (same clock), when it has one; m:u,
+# writing process's reactor clock; m:l only for a session bound to a user, whose sessions are
+# listed with it); m:e, its absolute end (same clock), when it has one; m:u,
 # the SHA-256 of the user it is bound to. A user's sessions are the members of the set
 # keyPrefix + 'u:' + that hash, which lives at least as long as each of them. A renamed
 # session's old key keeps only m:f, the new member (a tombstone).
 _PRELUDE = b"""
-local function endSession(prefix, key)
-  local u = redis.call('HGET', key, 'm:u')
+local function endSession(prefix, key, u)
+  if u == nil then u = redis.call('HGET', key, 'm:u') end
   redis.call('DEL', key)
   if u then redis.call('SREM', prefix .. 'u:' .. u, string.sub(key, #prefix + 1)) end
 end
-local function cap(key, ms, e, now)
-  redis.call('PEXPIRE', key, ms)
+local function ttl(ms, e, now)
+  ms = tonumber(ms)
   if e then
     local left = tonumber(e) - tonumber(now)
-    if left < tonumber(ms) then redis.call('PEXPIRE', key, math.max(1, left)) end
+    if left < ms then return math.max(1, left) end
   end
+  return ms
 end
-local function keepSet(prefix, u, key)
+local function keepSet(prefix, u, t)
   local set = prefix .. 'u:' .. u
-  local ttl = redis.call('PTTL', key)
-  if ttl > 0 and redis.call('PTTL', set) < ttl then redis.call('PEXPIRE', set, ttl) end
+  if redis.call('PTTL', set) < t then redis.call('PEXPIRE', set, t) end
 end
 """
 
@@ -101,12 +101,15 @@ if not v[1] then
   return false
 end
 if v[3] and tonumber(v[3]) <= tonumber(ARGV[1]) then
-  endSession(ARGV[2], key)
+  endSession(ARGV[2], key, v[4])
   return false
 end
-cap(key, v[1], v[3], ARGV[1])
-redis.call('HSET', key, 'm:l', ARGV[1])
-if v[4] then keepSet(ARGV[2], v[4], key) end
+local t = ttl(v[1], v[3], ARGV[1])
+redis.call('PEXPIRE', key, t)
+if v[4] then
+  redis.call('HSET', key, 'm:l', ARGV[1])
+  keepSet(ARGV[2], v[4], t)
+end
 return redis.call('HGETALL', key)
 """
 )
@@ -131,23 +134,24 @@ end
 local mode = ARGV[2]
 local key = KEYS[1]
 local prefix = ARGV[9]
+local e, u
 if mode ~= 'new' then
   local from = KEYS[2]
   if redis.call('TYPE', from).ok ~= 'hash' then return 0 end
-  local v = redis.call('HMGET', from, 'm:t', 'm:f', 'm:e')
+  local v = redis.call('HMGET', from, 'm:t', 'm:f', 'm:e', 'm:u')
   if not v[1] then
     if v[2] then return {'m:f', v[2]} end
     return 0
   end
-  if v[3] and tonumber(v[3]) <= tonumber(ARGV[5]) then
-    endSession(prefix, from)
+  e, u = v[3], v[4]
+  if e and tonumber(e) <= tonumber(ARGV[5]) then
+    endSession(prefix, from, u)
     return 0
   end
   if mode == 'rename' then
     redis.call('RENAME', from, key)
     redis.call('HSET', from, 'm:f', ARGV[3])
-    cap(from, ARGV[1], v[3], ARGV[5])
-    local u = redis.call('HGET', key, 'm:u')
+    redis.call('PEXPIRE', from, ttl(ARGV[1], e, ARGV[5]))
     if u then
       redis.call('SREM', prefix .. 'u:' .. u, string.sub(from, #prefix + 1))
       redis.call('SADD', prefix .. 'u:' .. u, ARGV[3])
@@ -156,10 +160,15 @@ if mode ~= 'new' then
 elseif redis.call('TYPE', key).ok ~= 'none' then
   return redis.error_reply('session key exists already')
 else
+  if ARGV[7] ~= '' then e = ARGV[7] end
   redis.call('HSET', key, 'm:c', ARGV[6])
-  if ARGV[7] ~= '' then redis.call('HSET', key, 'm:e', ARGV[7]) end
+  if e then redis.call('HSET', key, 'm:e', e) end
 end
-redis.call('HSET', key, 'm:t', ARGV[1], 'm:l', ARGV[5])
+if u or ARGV[8] ~= '' then
+  redis.call('HSET', key, 'm:t', ARGV[1], 'm:l', ARGV[5])
+else
+  redis.call('HSET', key, 'm:t', ARGV[1])
+end
 local first = 10
 local last = 9 + 2 * tonumber(ARGV[4])
 for i = first, last, 2 * SLICE do
@@ -168,8 +177,8 @@ end
 for i = last + 1, #ARGV, SLICE do
   redis.call('HDEL', key, unpack(ARGV, i, math.min(i + SLICE - 1, #ARGV)))
 end
-cap(key, ARGV[1], redis.call('HGET', key, 'm:e'), ARGV[5])
-local u = redis.call('HGET', key, 'm:u')
+local t = ttl(ARGV[1], e, ARGV[5])
+redis.call('PEXPIRE', key, t)
 if ARGV[8] ~= '' and u ~= ARGV[8] then
   if u then redis.call('SREM', prefix .. 'u:' .. u, ARGV[3]) end
   u = ARGV[8]
@@ -180,7 +189,7 @@ if ARGV[8] ~= '' and u ~= ARGV[8] then
   end
   redis.call('SADD', set, ARGV[3])
 end
-if u then keepSet(prefix, u, key) end
+if u then keepSet(prefix, u, t) end
 return 1
 """.replace(b"SLICE", str(_SLICE).encode()).replace(b"MAXMS", b"%d" % 2**53)
 )
@@ -297,19 +306,10 @@ class _RedisProtocol(Protocol):
         self._decoder = RespDecoder(StoreError)
         self._waiting: deque[_Batch] = deque()
         self._timer: Any = None
-        self._direct = False
         # The set-up failed: nothing more is delivered.
         self._broken = False
 
     def connectionMade(self) -> None:
-        # A plain socket connection with an empty buffer is written to at once, rather than
-        # on the reactor's next turn (which costs two epoll updates and a wake-up).
-        transport = self.transport
-        self._direct = (
-            isinstance(transport, FileDescriptor)
-            and not getattr(transport, "TLS", False)
-            and hasattr(transport, "_tempDataBuffer")
-        )
         # The set-up (AUTH, SELECT, and loading every script) goes first; Redis runs a
         # connection's commands in order, so commands can follow it at once. Set-up that
         # fails drops the connection before any reply behind it is delivered.
@@ -342,26 +342,10 @@ class _RedisProtocol(Protocol):
         self._waiting.append(_Batch(len(commands), deferred, clock.seconds() + client._timeout))
         if self._timer is None:
             self._timer = clock.callLater(client._timeout, self._late)
-        self._write(encode_commands(commands))
+        # The transport writes on the reactor's next turn: the commands of every request
+        # handled in this turn go out in one system call.
+        self.transport.write(encode_commands(commands))  # type: ignore[union-attr]
         return deferred
-
-    def _write(self, data: bytes) -> None:
-        transport: Any = self.transport
-        if (
-            self._direct
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-            and transport.connected
-            and not transport.disconnecting
-        ):
-            sent = transport.writeSomeData(data)
-            if sent == len(data):
-                return
-            if isinstance(sent, int):
-                data = data[sent:]
-            # A lost connection (an exception, not a count): the write is left to the
-            # transport, which finds the loss and ends the connection.
-        transport.write(data)
 
     def _late(self) -> None:
         """
