@@ -715,8 +715,12 @@ def renewSession(request: Any, forceNotSecure: bool = False) -> Any:
     if session is None or site.sessions.get(session.uid) is not session:
         session = request.getSession(forceNotSecure=forceNotSecure)
     cookiename = _cookieName(site, request, secure)
-    new = site._mkuid()
     old = session.uid
+    new = site._mkuid()
+    renewedId = getattr(getattr(site, "store", None), "renewedId", None)
+    if renewedId is not None:
+        # A store may need the new id to keep part of the old (Cluster: its hash tag).
+        new = renewedId(old, new)
     if site.sessions.get(old) is session:
         del site.sessions[old]
     session.uid = new
