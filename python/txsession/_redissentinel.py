@@ -186,7 +186,7 @@ class SentinelClient(_RedisClient):
             # Retried often: after a failover the new primary is reached soon.
             maxDelay=0.25,
         )
-        self._service_name = url.service or ""
+        self._serviceName = url.service or ""
         self._subscriptions = [
             ClientService(
                 _endpoint(connector, host, port, timeout, tls),
@@ -209,7 +209,7 @@ class SentinelClient(_RedisClient):
         A sentinel's C{+switch-master}: C{name old-ip old-port new-ip new-port}.
         """
         parts = message.split()
-        if len(parts) != 5 or parts[0].decode(errors="replace") != self._service_name:
+        if len(parts) != 5 or parts[0].decode(errors="replace") != self._serviceName:
             return
         self._follow((parts[3].decode(), int(parts[4])))
 
