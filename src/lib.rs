@@ -39,7 +39,7 @@ mod _txsession {
     #[pymodule_export]
     use crate::lru::SessionLru;
     #[pymodule_export]
-    use crate::resp::{encode_commands, RespDecoder};
+    use crate::resp::{encode_commands, key_slot, RespDecoder};
     #[pymodule_export]
     use crate::session::bind_twisted_session;
     #[pymodule_export]

@@ -35,6 +35,12 @@ pub fn encode_commands<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// The Redis Cluster hash slot of `key` (CRC16 of the key, or of its `{hash tag}`, mod 16384).
+#[pyfunction]
+pub fn key_slot(key: &[u8]) -> u16 {
+    redis_protocol::redis_keyslot(key)
+}
+
 /// The Python value of a reply: `bytes` for bulk strings, `str` for simple strings, `int`,
 /// `None` for null, lists for arrays, and for an error reply an instance of `error_type`
 /// made with its message.

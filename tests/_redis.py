@@ -142,3 +142,54 @@ def sessionKey(uid: bytes | str, prefix: bytes = b"txsession:") -> bytes:
     if isinstance(uid, str):
         uid = uid.encode()
     return prefix + hashlib.sha256(uid).hexdigest().encode()
+
+
+def decoded(raw: bytes):
+    """
+    The reply C{raw} (from L{RedisServer.command}) as Python values: C{bytes}, C{str},
+    C{int}, C{None}, lists, or an C{Exception} for an error reply.
+    """
+    from txsession._txsession import RespDecoder
+
+    return RespDecoder(Exception).feed(raw)[0]
+
+
+class SentinelServer(RedisServer):
+    """
+    A C{redis-server --sentinel} on C{127.0.0.1:port}, watching the primary C{service} at
+    C{primaryPort}, with short failure detection (C{down-after-milliseconds}).
+    """
+
+    def __init__(self, service: str, primaryPort: int, downAfter: int = 500) -> None:
+        super().__init__()
+        self.config = os.path.join(self.dir, "sentinel.conf")
+        with open(self.config, "w") as f:
+            f.write(
+                f"port {self.port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.dir}\n"
+                f"sentinel monitor {service} 127.0.0.1 {primaryPort} 2\n"
+                f"sentinel down-after-milliseconds {service} {downAfter}\n"
+                f"sentinel failover-timeout {service} 5000\n"
+                f"sentinel parallel-syncs {service} 1\n"
+            )
+
+    def start(self, *options: bytes) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = subprocess.Popen(
+            [self.path, self.config, "--sentinel", *options],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.command(b"PING") == b"+PONG\r\n":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
+            time.sleep(0.02)

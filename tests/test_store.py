@@ -728,7 +728,7 @@ class ConfigurationTests(unittest.TestCase):
         self.assertTrue(verifyObject(ISessionStore, RedisStore()))
 
     def test_badURLs(self):
-        for url in ("http://x", "redis://h/zero", "unix://", "rediss://h"):
+        for url in ("http://x", "redis://h/zero", "unix://", "redis-sentinel://h/0", "redis://a,b"):
             self.assertRaises(ValueError, RedisStore, url)
 
     def test_badOptions(self):

@@ -14,7 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web import resource, server
 
-from tests._redis import sessionKey
+from tests._redis import freePort, sessionKey
 from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_store import StoreTestCase, sleep
@@ -541,7 +541,8 @@ class SecretTests(ConsistencyTestCase):
         The password of the store's URL is not in its repr, its url, its error messages or
         the log of a 503.
         """
-        url = "redis://user:s3cr3t-pw@127.0.0.1:1/0"
+        # A port nothing listens on (on some machines something does on port 1).
+        url = f"redis://user:s3cr3t-pw@127.0.0.1:{freePort()}/0"
         store = RedisStore(url, timeout=0.5)
         self.assertNotIn("s3cr3t", repr(store))
         self.assertNotIn("s3cr3t", store.url)

@@ -20,6 +20,7 @@ __all__ = [
     "bind_site",
     "bind_twisted_session",
     "encode_commands",
+    "key_slot",
     "reseed_after_fork",
     "session_id",
 ]
@@ -259,3 +260,9 @@ class RespDecoder:
 
 def encode_commands(commands: list[list[bytes]]) -> bytes:
     """Each command (its arguments, as C{bytes}) as a RESP2 array, one after the other."""
+
+def key_slot(key: bytes) -> int:
+    """
+    The Redis Cluster hash slot of C{key}: CRC16 of the key, or of its first non-empty
+    C{{...}} hash tag, modulo 16384.
+    """

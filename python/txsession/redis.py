@@ -24,7 +24,6 @@ import random
 import re
 from collections import deque
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
@@ -32,9 +31,9 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txsession import _redisurl
 from txsession._txsession import RespDecoder, encode_commands
 from txsession.store import (
     ISerializer,
@@ -306,30 +305,12 @@ class _RedisProtocol(Protocol):
         self._decoder = RespDecoder(StoreError)
         self._waiting: deque[_Batch] = deque()
         self._timer: Any = None
-        # The set-up failed: nothing more is delivered.
-        self._broken = False
 
-    def connectionMade(self) -> None:
-        # The set-up (AUTH, SELECT, and loading every script) goes first; Redis runs a
-        # connection's commands in order, so commands can follow it at once. Set-up that
-        # fails drops the connection before any reply behind it is delivered.
-        client = self._client
-        setup = client._setup + [[b"SCRIPT", b"LOAD", text] for text in _SCRIPTS.values()]
-        self.send(setup).addCallbacks(self._setUp, self._setUpFailed)
-        client._ready(self)
-
-    def _setUp(self, replies: list[Any]) -> None:
-        for reply in replies:
-            if isinstance(reply, StoreError):
-                self._setUpFailed(Failure(reply))
-                return
-
-    def _setUpFailed(self, reason: Failure) -> None:
-        if reason.check(CancelledError):
-            return
-        self._broken = True
-        self._client._down = reason.value
-        self.transport.abortConnection()  # type: ignore[union-attr]
+    def ready(self) -> None:
+        """
+        The connection is set up: commands go to it from now on.
+        """
+        self._client._ready(self)
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         def abort(_: Deferred[list[Any]]) -> None:
@@ -385,8 +366,6 @@ class _RedisProtocol(Protocol):
                 self._waiting.popleft()
                 if not batch.deferred.called:
                     batch.deferred.callback(batch.replies)
-                if self._broken:
-                    return
 
     def connectionLost(self, reason: Any = None) -> None:
         self._client._lost(self)
@@ -397,8 +376,11 @@ class _RedisProtocol(Protocol):
         waiting, self._waiting = self._waiting, deque()
         for batch in waiting:
             if not batch.deferred.called:
+                why = _redisurl.lostReason(reason.value)
                 batch.deferred.errback(
-                    StoreUnavailable(f"the connection to Redis was lost: {reason.value}")
+                    StoreUnavailable(
+                        f"the connection to Redis at {self._client._url} was lost: {why}"
+                    )
                 )
 
 
@@ -410,58 +392,35 @@ class _RedisFactory(Factory):
         return _RedisProtocol(self._client)
 
 
-class _Address:
+def _connector(reactor: Any, unix: bool = False) -> Any:
     """
-    Where a Redis URL points, and the commands that set up each connection (C{AUTH},
-    C{SELECT}). C{ValueError} for a URL that is not a Redis one.
+    C{reactor}, or the global reactor when C{reactor} cannot make such connections (a
+    L{Clock}, in tests that drive time by hand).
     """
+    if (IReactorUNIX if unix else IReactorTCP).providedBy(reactor):
+        return reactor
+    from twisted.internet import reactor as running
 
-    def __init__(self, url: str) -> None:
-        if not isinstance(url, str):
-            raise TypeError(f"a Redis URL is a str, not {type(url).__name__}")
-        parts = urlsplit(url)
-        self.display = _redacted(url)
-        self.setup: list[list[bytes]] = []
-        if parts.password is not None:
-            auth = [b"AUTH"]
-            if parts.username:
-                auth.append(unquote(parts.username).encode())
-            self.setup.append(auth + [unquote(parts.password).encode()])
-        self.path: str | None = None
-        if parts.scheme == "redis":
-            db = parts.path.lstrip("/") or "0"
-            self.host = parts.hostname or "127.0.0.1"
-            self.port = parts.port or 6379
-        elif parts.scheme == "unix":
-            db = parse_qs(parts.query).get("db", ["0"])[0]
-            if not parts.path:
-                raise ValueError(f"no socket path in the Redis URL {self.display!r}")
-            self.path = parts.path
-        else:
-            raise ValueError(
-                f"a Redis URL is redis://[[user]:password@]host[:port][/db] or "
-                f"unix://path[?db=N], not {self.display!r}"
-            )
-        if not db.isdigit():
-            raise ValueError(f"the database in the Redis URL {self.display!r} is not a number")
-        if db != "0":
-            self.setup.append([b"SELECT", db.encode()])
+    return running
 
-    def connector(self, reactor: Any) -> Any:
-        """
-        C{reactor}, or the global reactor when C{reactor} cannot make such connections (a
-        L{Clock}, in tests that drive time by hand).
-        """
-        if (IReactorUNIX if self.path is not None else IReactorTCP).providedBy(reactor):
-            return reactor
-        from twisted.internet import reactor as running
 
-        return running
+def _endpoint(connector: Any, host: str, port: int, timeout: float, tls: Any) -> Any:
+    """
+    A client endpoint to C{host:port}, over TLS when C{tls} is not C{False} (C{tls} is then
+    the store's C{tls=} option: see L{_redisurl.tlsCreator}).
+    """
+    plain = HostnameEndpoint(connector, host, port, timeout=timeout)
+    if tls is False:
+        return plain
+    from twisted.internet.endpoints import wrapClientTLS
 
-    def endpoint(self, connector: Any, timeout: float) -> Any:
-        if self.path is not None:
-            return UNIXClientEndpoint(connector, self.path, timeout=timeout)
-        return HostnameEndpoint(connector, self.host, self.port, timeout=timeout)
+    return wrapClientTLS(_redisurl.tlsCreator(tls, host), plain)
+
+
+def _readOnly(reply: Any) -> bool:
+    # A script stopped at its first write on a replica: "READONLY You can't write against a
+    # read only replica. script: ...".
+    return isinstance(reply, StoreError) and str(reply).startswith("READONLY")
 
 
 class _RedisClient:
@@ -469,27 +428,76 @@ class _RedisClient:
     Commands to one Redis server, pipelined, over a connection that L{ClientService} keeps up.
     When the server cannot be reached, commands fail at once with L{StoreUnavailable}; while
     a connection is being made they wait for it, at most C{timeout} seconds in all.
+
+    @param endpoint: Where to connect, at each attempt (Sentinel's endpoint asks the
+        sentinels each time).
+    @param display: The server as messages name it (no password).
+    @param setup: Commands sent on each new connection before any other (C{AUTH},
+        C{SELECT}, C{ROLE}); C{check}, when given, is called with their replies and raises
+        to refuse the connection.
+    @param scripts: Load the store's scripts on each new connection, behind C{setup} (not
+        for a connection to a sentinel).
     """
 
-    def __init__(self, reactor: Any, url: str, timeout: float) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        connector: Any,
+        endpoint: Any,
+        display: str,
+        setup: list[list[bytes]],
+        timeout: float,
+        check: Any = None,
+        maxDelay: float = 1.0,
+        scripts: bool = True,
+    ) -> None:
         self._reactor = reactor
         self._timeout = timeout
-        address = _Address(url)
-        # For messages: the URL without its password.
-        self._url = address.display
-        self._setup = address.setup
-        self._connector = address.connector(reactor)
+        self._url = display
+        self._setup = setup
+        self._check = check
+        self._scripts = scripts
+        self._connector = connector
         self._service = ClientService(
-            address.endpoint(self._connector, timeout),
+            endpoint,
             _RedisFactory(self),
             # Quick retries, so that the site recovers soon after Redis returns.
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, jitter=_jitter),
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=maxDelay, jitter=_jitter),
             clock=reactor,
+            prepareConnection=self._prepare,
         )
         self._protocol: _RedisProtocol | None = None
         # Why the last connection attempt failed, until one succeeds.
         self._down: BaseException | None = None
         self.roundTrips = 0
+
+    def _prepare(self, protocol: _RedisProtocol) -> Deferred[None] | None:
+        def ready(replies: list[Any]) -> None:
+            self._replies(replies)
+            if self._check is not None:
+                self._check(replies[: len(self._setup)])
+            # ClientService hands over a proxy of the protocol; the protocol registers itself.
+            protocol.ready()
+
+        def refused(reason: Any) -> Any:
+            # ClientService leaves a refused connection open, and has already counted the
+            # attempt as failed when it ends: it must not hear of the end as well (it has no
+            # transition for that, and would log an error).
+            if hasattr(protocol, "_lostNotification"):
+                protocol._lostNotification = lambda reason: None
+            protocol.transport.abortConnection()
+            return reason
+
+        # Every script is loaded before the connection carries a command: a script the
+        # server does not know (NOSCRIPT) could otherwise only be sent again after the
+        # commands pipelined behind it, out of order.
+        setup = list(self._setup)
+        if self._scripts:
+            setup += [[b"SCRIPT", b"LOAD", text] for text in _SCRIPTS.values()]
+        if not setup:
+            ready([])
+            return None
+        return protocol.send(setup).addCallback(ready).addErrback(refused)
 
     def _ready(self, protocol: _RedisProtocol) -> None:
         self._protocol = protocol
@@ -518,10 +526,20 @@ class _RedisClient:
 
         self._service.whenConnected(failAfterFailures=1).addErrback(failed)
 
-    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def drop(self) -> None:
         """
-        Send C{commands} in one write; fires with their replies, or fails with
-        L{StoreError} (an error reply) or L{StoreUnavailable}.
+        End the current connection, if any: the next command waits for a new one (to the
+        server the endpoint names then).
+        """
+        protocol = self._protocol
+        if protocol is not None:
+            self._protocol = None
+            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        Send C{commands} in one write; fires with their replies as they are (an error reply
+        is a L{StoreError} in the list), or fails with L{StoreUnavailable}.
         """
         if not self._service.running:
             self._down = None
@@ -529,8 +547,10 @@ class _RedisClient:
             self._watch()
         protocol = self._protocol
         if protocol is None and self._down is not None:
-            return fail(StoreUnavailable(f"Redis at {self._url} cannot be reached: {self._down}"))
-        self.roundTrips += 1
+            down = self._down
+            if not isinstance(down, StoreUnavailable):
+                down = StoreUnavailable(f"Redis at {self._url} cannot be reached: {down}")
+            return fail(down)
         if protocol is not None:
             sent = protocol.send(commands)
         else:
@@ -538,7 +558,15 @@ class _RedisClient:
                 lambda _: self._sendConnected(commands)
             )
             sent.addTimeout(self._timeout, self._reactor)
-        return sent.addCallbacks(self._scripted, self._unavailable, (protocol,))
+        return sent.addErrback(self._unavailable)
+
+    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        Send C{commands} in one write; fires with their replies, or fails with
+        L{StoreError} (an error reply) or L{StoreUnavailable}.
+        """
+        self.roundTrips += 1
+        return self.send(commands).addCallback(self._scripted)
 
     def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if self._protocol is None:
@@ -547,24 +575,29 @@ class _RedisClient:
             raise StoreUnavailable(f"the connection to Redis at {self._url} was lost")
         return self._protocol.send(commands)
 
-    def _scripted(self, replies: list[Any], protocol: _RedisProtocol | None) -> Any:
+    def _scripted(self, replies: list[Any]) -> Any:
         """
         C{replies}; L{StoreUnavailable} when the server lost the scripts loaded on this
         connection (a C{SCRIPT FLUSH}): the commands pipelined behind the one it refused
         may have run, so the connection is dropped, and the next one loads them again.
         """
         if any(_noScript(reply) for reply in replies):
-            protocol = protocol or self._protocol
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            self.drop()
             raise StoreUnavailable(
                 f"Redis at {self._url} lost the session store's scripts (SCRIPT FLUSH); "
                 f"reconnecting"
             )
         return self._replies(replies)
 
-    @staticmethod
-    def _replies(replies: list[Any]) -> list[Any]:
+    def _replies(self, replies: list[Any]) -> list[Any]:
+        for reply in replies:
+            if _readOnly(reply):
+                # The server became a replica (a failover): nothing was written. A new
+                # connection finds the primary (through the sentinels, with Sentinel).
+                self.drop()
+                raise StoreUnavailable(
+                    f"Redis at {self._url} is a read-only replica now (a failover?)"
+                )
         for reply in replies:
             if isinstance(reply, StoreError):
                 raise reply
@@ -575,7 +608,8 @@ class _RedisClient:
             return reason
         if reason.check(TimeoutError, CancelledError):
             raise StoreUnavailable(f"Redis at {self._url} did not answer within {self._timeout} s")
-        raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {reason.value}")
+        why = _redisurl.lostReason(reason.value)
+        raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {why}")
 
     def close(self) -> Deferred[None]:
         if not self._service.running:
@@ -587,18 +621,6 @@ class _RedisClient:
             lambda result: self._connector.callLater(0, closed.callback, None)
         )
         return closed
-
-
-def _redacted(url: str) -> str:
-    """
-    C{url} with its password, if any, replaced by C{***}: what messages and C{repr} show.
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def _jitter() -> float:
@@ -622,16 +644,33 @@ def _milliseconds(timeout: float) -> bytes:
     return str(max(1, round(timeout * 1000))).encode()
 
 
+# In cluster mode, how many bytes of a session's id make the hash tag of its key: a renamed
+# session's new id starts with the same bytes (L{RedisStore.renewedId}), so its old and new
+# keys share a slot. 4 hex digits are 65,536 tags over the 16,384 slots.
+_TAG = 4
+
+
 @implementer(ISessionStore)
 class RedisStore:
     """
     Sessions in Redis: give one to L{txsession.Site} as C{store}.
 
-    @param url: C{redis://[[user]:password@]host[:port][/db]} or C{unix://path[?db=N]}.
+    @param url: C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS),
+        C{unix://path[?db=N]}, C{redis-sentinel://[[user]:password@]host[:port][,host[:port]
+        ...][/db][?sentinelPassword=...]#service} (and C{rediss-sentinel://}), or with
+        C{cluster=True} C{redis://host:port,host:port,...} (seed nodes of a Redis Cluster).
     @param keyPrefix: Put before each session id to make its key.
     @param serializer: An L{ISerializer} for namespace values; L{JSONSerializer} by default.
     @param timeout: Seconds to wait for Redis (connecting and each round trip) before a
         request that needs its session gets a 503.
+    @param tls: For a TLS URL: a Twisted client TLS creator (C{ssl.optionsForClientTLS(host,
+        trustRoot=..., clientCertificate=...)}), used for every connection, or a callable
+        from a host name to one. By default, the platform's trust roots and each server's
+        host name (as the URL, the sentinels or the cluster name it) are checked.
+    @param cluster: The URL's hosts are seed nodes of a Redis Cluster.
+    @param replicas: Each write also waits (C{WAIT}) until this many replicas have it; when
+        fewer confirm it within half the timeout, the request gets a 503 (the write is on
+        the primary, its outcome unknown).
     """
 
     def __init__(
@@ -641,6 +680,9 @@ class RedisStore:
         keyPrefix: bytes | str = b"txsession:",
         serializer: Any = None,
         timeout: float = 2.0,
+        tls: Any = None,
+        cluster: bool = False,
+        replicas: int = 0,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
@@ -656,18 +698,64 @@ class RedisStore:
         self.timeout = float(timeout)
         # A bad URL raises now. The URL with its password stays private: the url attribute,
         # repr and every message show it without.
-        self.url = _Address(url).display
-        self._url = url
-        self._client: _RedisClient | None = None
+        address = _redisurl.RedisURL(url)
+        self.url = address.display
+        _redisurl.checkTLSOption(tls, address)
+        self.cluster = bool(cluster)
+        if self.cluster:
+            if address.kind not in ("tcp", "seeds"):
+                raise ValueError(
+                    f"cluster=True takes redis:// or rediss:// seeds, not {self.url!r}"
+                )
+            if address.db:
+                raise ValueError(f"a Redis Cluster has only database 0, not {self.url!r}")
+            if b"{" in self.keyPrefix or b"}" in self.keyPrefix:
+                raise ValueError("with cluster=True the keyPrefix cannot hold '{' or '}'")
+        elif address.kind == "seeds":
+            raise ValueError(
+                f"several hosts are a cluster's seeds (cluster=True) or sentinels "
+                f"(redis-sentinel://...): {self.url!r}"
+            )
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas must be a whole number, not {replicas!r}")
+        if replicas and self.cluster:
+            raise ValueError("replicas= is not supported with cluster=True")
+        self.replicas = replicas
+        self._address = address
+        self._tls: Any = tls if address.tls else False
+        self._client: Any = None
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, keyPrefix={self.keyPrefix!r})"
 
     def bind(self, reactor: Any) -> None:
         if self._client is None:
-            self._client = _RedisClient(reactor, self._url, self.timeout)
+            self._client = self._connect(reactor)
         elif self._client._reactor is not reactor:
             raise ValueError(f"{self!r} is already used on another reactor")
+
+    def _connect(self, reactor: Any) -> Any:
+        address = self._address
+        if self.cluster:
+            from txsession._rediscluster import ClusterClient
+
+            return ClusterClient(reactor, address, self._tls, self.timeout)
+        if address.kind == "sentinel":
+            from txsession._redissentinel import sentinelClient
+
+            return sentinelClient(reactor, address, self._tls, self.timeout)
+        if address.kind == "unix":
+            connector = _connector(reactor, unix=True)
+            endpoint = UNIXClientEndpoint(connector, address.path, timeout=self.timeout)
+        else:
+            connector = _connector(reactor)
+            host, port = address.nodes[0]
+            endpoint = _endpoint(connector, host, port, self.timeout, self._tls)
+        setup = list(address.setup)
+        if address.tls and not setup:
+            # The handshake (and the certificate checks) done before the connection is used.
+            setup.append([b"PING"])
+        return _RedisClient(reactor, connector, endpoint, self.url, setup, self.timeout)
 
     @property
     def roundTrips(self) -> int:
@@ -680,7 +768,19 @@ class RedisStore:
     def _execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if self._client is None:
             raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
+        if self.replicas and commands[0][1] != _LOAD_SHA:
+            wait = max(1, round(self.timeout * 500))
+            commands = [*commands, [b"WAIT", b"%d" % self.replicas, b"%d" % wait]]
+            return self._client.execute(commands).addCallback(self._replicated)
         return self._client.execute(commands)
+
+    def _replicated(self, replies: list[Any]) -> list[Any]:
+        if replies[-1] < self.replicas:
+            raise StoreUnavailable(
+                f"a write to Redis at {self.url} reached {replies[-1]} of {self.replicas} "
+                f"replicas within {self.timeout / 2} s"
+            )
+        return replies[:-1]
 
     def _now(self) -> bytes:
         """
@@ -689,11 +789,42 @@ class RedisStore:
         """
         return b"%d" % (self._client._reactor.seconds() * 1000)  # type: ignore[union-attr]
 
+    def _member(self, uid: bytes) -> bytes:
+        """
+        What the store keeps of session id C{uid}, after C{keyPrefix} in its key: the one
+        place keys are derived. The id's SHA-256 (hex); in cluster mode, after the hash tag
+        C{{...}} of the id's first bytes (hashed too), which L{renewedId} keeps, so that a
+        renamed session's old and new keys share a slot. A renamed session's tombstone
+        names the new member, and the scripts find its key as C{keyPrefix} plus a member.
+        """
+        hashed = member(uid)
+        if self.cluster:
+            tag = hashlib.sha256(uid[:_TAG]).hexdigest()[:8].encode()
+            return b"{" + tag + b"}" + hashed
+        return hashed
+
     def _key(self, uid: bytes) -> bytes:
-        return self.keyPrefix + member(uid)
+        return self.keyPrefix + self._member(uid)
 
     def _userKey(self, user: str) -> bytes:
+        if self.cluster:
+            raise NotImplementedError(
+                "the sessions of a user (renewSession(user=...), userSessions, logoutUser, "
+                "endUserSession) need a Redis that is not a Cluster: a user's set and the "
+                "sessions in it would be in different slots"
+            )
         return self.keyPrefix + b"u:" + _userHash(user)
+
+    def renewedId(self, uid: bytes, fresh: bytes) -> bytes:
+        """
+        The new id to give the session C{uid} when it is renamed, made from the fresh random
+        id C{fresh}: C{fresh} itself, but in cluster mode the first bytes of C{uid} (its
+        hash tag) followed by the rest of C{fresh}, so that the old and the new key share a
+        slot and the rename stays one script on one node.
+        """
+        if not self.cluster:
+            return fresh
+        return uid[:_TAG] + fresh[_TAG:]
 
     def load(self, uids: list[bytes]) -> Deferred[list[StoredFields | bytes | None]]:
         now = self._now() if self._client is not None else b"0"
@@ -729,12 +860,12 @@ class RedisStore:
             key if storedAs is None else self._key(storedAs),
             _milliseconds(timeout),
             mode,
-            member(uid),
+            self._member(uid),
             str(len(changed)).encode(),
             now,
             now if created is None else _clockMilliseconds(created),
             b"" if ends is None else _clockMilliseconds(ends),
-            b"" if user is None else _userHash(user),
+            b"" if user is None else self._userKey(user)[len(self.keyPrefix) + 2 :],
             self.keyPrefix,
         ]
         for name, value in changed.items():
@@ -744,8 +875,12 @@ class RedisStore:
 
     def delete(self, *uids: bytes) -> Deferred[None]:
         keys = [self._key(uid) for uid in uids]
-        command = [b"EVALSHA", _DELETE_SHA, str(len(keys)).encode(), *keys, self.keyPrefix]
-        return self._execute([command]).addCallback(lambda _: None)
+        if self.cluster:
+            # One script per key: each runs on the node that owns it.
+            commands = [[b"EVALSHA", _DELETE_SHA, b"1", key, self.keyPrefix] for key in keys]
+        else:
+            commands = [[b"EVALSHA", _DELETE_SHA, b"%d" % len(keys), *keys, self.keyPrefix]]
+        return self._execute(commands).addCallback(lambda _: None)
 
     def userSessions(self, user: str) -> Deferred[list[tuple[str, float | None, float | None]]]:
         command = [b"EVALSHA", _USER_SESSIONS_SHA, b"1", self._userKey(user), self.keyPrefix]
@@ -765,7 +900,7 @@ class RedisStore:
             b"1",
             self._userKey(user),
             self.keyPrefix,
-            b"" if keep is None else member(keep),
+            b"" if keep is None else self._member(keep),
         ]
         return self._execute([command]).addCallback(lambda replies: int(replies[0]))
 
@@ -803,7 +938,7 @@ def member(uid: bytes) -> bytes:
     return hashlib.sha256(uid).hexdigest().encode()
 
 
-_MEMBER = re.compile(r"^[0-9a-f]{64}$")
+_MEMBER = re.compile(r"^(\{[0-9a-f]{8}\})?[0-9a-f]{64}$")
 
 
 def _userHash(user: str) -> bytes:

@@ -157,3 +157,8 @@ class ISessionStore(Interface):
         """
         Disconnect and stop reconnecting. Fires when done.
         """
+
+    # Optional: renewedId(uid, fresh) -> bytes. When a store has it, renewSession gives a
+    # renamed session the id it returns (made from the fresh random id) instead of the fresh
+    # id itself: RedisStore with cluster=True keeps the old id's hash tag, so that the rename
+    # stays on one node.

@@ -900,6 +900,9 @@ def renewSession(request: Any, forceNotSecure: bool = False, user: str | None = 
         user = _userName(user)
         if not hasattr(request.site, "_bindUser"):
             raise TypeError("renewSession(user=...) needs a txsession.Site")
+        if getattr(request.site.store, "cluster", False):
+            # The store says why (a user's set and its sessions would be in different slots).
+            request.site.store._userKey(user)
     site = request.site
     secure = request.isSecure() and not forceNotSecure
     # The session this request already has, live, as is: getSession would touch it again.
@@ -907,8 +910,12 @@ def renewSession(request: Any, forceNotSecure: bool = False, user: str | None = 
     if session is None or site.sessions.get(session.uid) is not session:
         session = request.getSession(forceNotSecure=forceNotSecure)
     cookiename = _cookieName(site, request, secure)
-    new = site._mkuid()
     old = session.uid
+    new = site._mkuid()
+    renewedId = getattr(getattr(site, "store", None), "renewedId", None)
+    if renewedId is not None:
+        # A store may need the new id to keep part of the old (Cluster: its hash tag).
+        new = renewedId(old, new)
     if site.sessions.get(old) is session:
         del site.sessions[old]
     session.uid = new
