@@ -869,9 +869,13 @@ class StreamingTests(StoreTestCase):
 
             def render_GET(self, request):
                 session = request.getSession()
-                request.write(b"started")
-                session.sessionNamespaces["k"] = {1}
-                request.finish()
+
+                def stream():
+                    request.write(b"started")
+                    session.sessionNamespaces["k"] = {1}
+                    request.finish()
+
+                reactor.callLater(0, stream)
                 return server.NOT_DONE_YET
 
         from twisted.web import server
@@ -880,6 +884,38 @@ class StreamingTests(StoreTestCase):
         with self.assertRaises(ResponseFailed):
             yield client.agent.request(b"GET", a.base + b"stream").addCallback(_read)
         self.assertTrue(self.flushLoggedErrors())
+        self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
+        _, here = yield self.get(client, a, b"get")
+        self.assertEqual(here["values"], {"k": 1})
+
+    @defer.inlineCallbacks
+    def test_unserializableWhileRendering(self):
+        """
+        The same within render(): what the resource wrote is held until render() returns
+        and written with its session changes, so the request fails whole: a 500, nothing
+        of it sent or stored.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+
+        class Streaming(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                session = request.getSession()
+                request.write(b"started")
+                session.sessionNamespaces["k"] = {1}
+                request.finish()
+                return server.NOT_DONE_YET
+
+        from twisted.web import server
+
+        a.resource.putChild(b"stream", Streaming())
+        code, body = yield self.get(client, a, b"stream")
+        self.assertEqual(code, 500)
+        self.assertNotIn(b"started", body)
+        self.flushLoggedErrors()
         self.assertEqual(self.stored(state["session"])[b"n:k"], b"1")
         _, here = yield self.get(client, a, b"get")
         self.assertEqual(here["values"], {"k": 1})

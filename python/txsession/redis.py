@@ -19,6 +19,7 @@ is made.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -930,10 +931,12 @@ def _fieldName(name: str) -> bytes:
         raise UnserializableValue(f"a namespace key that is not valid UTF-8: {name!r}") from e
 
 
+@functools.lru_cache(maxsize=4096)
 def member(uid: bytes) -> bytes:
     """
     What the store keeps of session id C{uid}: its SHA-256, hex (the key is C{keyPrefix}
-    plus this). The session's opaque id in L{txsession.Site.userSessions} records.
+    plus this). The session's opaque id in L{txsession.Site.userSessions} records. A request
+    needs it several times, hence the small cache.
     """
     return hashlib.sha256(uid).hexdigest().encode()
 

@@ -111,6 +111,12 @@ class SessionCookieMixin:
     _txsFailed = False
     # The store flow of the site this request reads its sessions from.
     _txsFlow: StoreFlow | None = None
+    # The resource is rendering; what it writes meanwhile is held, and written with its
+    # session changes once render() returns.
+    _txsRendering = False
+    _txsWriteAfterRender = False
+    # The write in flight was sent after the request finished.
+    _txsFlushedFinished = False
 
     def getSession(self, sessionInterface=None, forceNotSecure=False):
         # Twisted's Request.getSession, with the cookie's name and options from the site.
@@ -172,11 +178,31 @@ class SessionCookieMixin:
             return super().render(resrc)  # type: ignore[misc]
         # A logout (expire()) while this renders is this request's own.
         outer, flow.rendering = flow.rendering, self
+        self._txsRendering = True
         try:
-            return super().render(resrc)  # type: ignore[misc]
+            result = super().render(resrc)  # type: ignore[misc]
+        except BaseException:
+            # What the resource wrote before it failed never went out: the request fails
+            # whole (a 500, nothing of it written).
+            if self._txsWriteAfterRender:
+                self._txsWriteAfterRender = False
+                self._txsHeld = None
+                self._txsFinishHeld = False
+            flow.rendered(self)
+            raise
         finally:
             flow.rendering = outer
-            flow.rendered(self)
+            self._txsRendering = False
+        if self._txsWriteAfterRender:
+            # What the resource wrote while rendering (its whole response, when render()
+            # returned bytes) is written with the session changes of the whole render:
+            # one write, after which nothing of this request's can change if it finished.
+            self._txsWriteAfterRender = False
+            held, self._txsHeld = self._txsHeld or [], None
+            finishing, self._txsFinishHeld = self._txsFinishHeld, False
+            self._txsFlush(held, finishing)
+        flow.rendered(self)
+        return result
 
     def write(self, data):
         if self._txsHeld is not None:
@@ -185,6 +211,11 @@ class SessionCookieMixin:
         if self._txsFailed:
             return None
         if not self.startedWriting and self._txsMustFlush():  # type: ignore[attr-defined]
+            if self._txsRendering:
+                # Held until render() returns (see render).
+                self._txsHeld = [data]
+                self._txsWriteAfterRender = True
+                return None
             self._txsFlush([data], finishing=False)
             return None
         return super().write(data)  # type: ignore[misc]
@@ -259,6 +290,7 @@ class SessionCookieMixin:
         when C{finishing}) until they are written.
         """
         flow = self.site._flow  # type: ignore[attr-defined]
+        self._txsFlushedFinished = finishing
         try:
             writing = flow.flush(self)
         except Exception:
@@ -290,10 +322,19 @@ class SessionCookieMixin:
             return
         if self._disconnected:  # type: ignore[attr-defined]
             return
-        if finishing:
-            # What changed while this write was in flight is written before any of the
-            # response goes out, so a failure there can still be answered.
+        if finishing and not self._txsFlushedFinished:
+            # The request finished while this write was in flight: what it changed since is
+            # written before any of the response goes out, so a failure there can still be
+            # answered. (A request that had finished when its write was sent changed
+            # nothing since.)
             self._txsFlush(held, finishing=True)
+            return
+        if finishing:
+            self._txsStore.settled = True  # type: ignore[union-attr]
+            for chunk in held:
+                super().write(chunk)  # type: ignore[misc]
+            super().finish()  # type: ignore[misc]
+            self._txsRelease()
             return
         for chunk in held:
             super().write(chunk)  # type: ignore[misc]
