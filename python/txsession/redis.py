@@ -582,6 +582,11 @@ class _RedisClient:
         connection (a C{SCRIPT FLUSH}): the commands pipelined behind the one it refused
         may have run, so the connection is dropped, and the next one loads them again.
         """
+        for reply in replies:
+            if isinstance(reply, StoreError):
+                break
+        else:
+            return replies
         if any(_noScript(reply) for reply in replies):
             self.drop()
             raise StoreUnavailable(
