@@ -207,6 +207,21 @@ class Browser:
 
         return str(self.driver.find_element(By.ID, key).text)
 
+    def texts(self, selector: str) -> list[str]:
+        """
+        The texts of the elements that the CSS C{selector} finds, in page order.
+        """
+        from selenium.webdriver.common.by import By
+
+        return [str(e.text) for e in self.driver.find_elements(By.CSS_SELECTOR, selector)]
+
+    @property
+    def source(self) -> str:
+        """
+        The page's HTML as it is now.
+        """
+        return str(self.driver.page_source)
+
     def has(self, key: str) -> bool:
         from selenium.webdriver.common.by import By
 

@@ -1,14 +1,18 @@
 """
 What a browser decides, in a real headless Chromium against the demo (C{python -m
 txsession.demo}) run as a subprocess: whether it keeps, sends and shows the session cookie,
-over HTTP, over HTTPS with a certificate it trusts, from another site, after a login, and
-across two demo processes sharing a Redis store. Helpers are in L{tests._browser}.
+over HTTP, over HTTPS with a certificate it trusts (as C{__Host-}), from another site, after a
+login, past the absolute timeout, after "log out everywhere else" or the end of one session
+from another browser, and across two demo processes sharing a Redis store. Helpers are in
+L{tests._browser}.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
+from datetime import datetime, timezone
 
 from twisted.trial import unittest
 
@@ -21,6 +25,14 @@ from tests._browser import (
     requireBrowser,
 )
 from tests._redis import RedisServer
+
+
+def _seconds(shown: str) -> float:
+    """
+    The time a demo page shows (to the second, in UTC), as seconds since the epoch.
+    """
+    when = datetime.strptime(shown, "%Y-%m-%d %H:%M:%S UTC")
+    return when.replace(tzinfo=timezone.utc).timestamp()
 
 
 class BrowserTestCase(unittest.SynchronousTestCase):
@@ -78,6 +90,28 @@ class BrowserTestCase(unittest.SynchronousTestCase):
         browser.submit("login", user=user)
         self.assertEqual(browser.url, demo.url)
         self.assertEqual(browser.fact("user"), user)
+
+    def sessionsPage(self, browser: Browser, demo: Demo) -> list[str]:
+        """
+        Open the user's sessions page from the home page, as a user does; its rows, oldest
+        first. It shows no session id.
+        """
+        browser.open(demo.url)
+        browser.follow("sessions-link")
+        self.assertEqual(browser.url, demo.url + "sessions")
+        self.assertNotIn(self.sessionCookie(browser, demo)["value"], browser.source)
+        return browser.texts("tr.session")
+
+    def assertLoggedOut(self, browser: Browser, demo: Demo) -> None:
+        """
+        C{browser} sends its session cookie to C{demo}, which has ended that session: it gets
+        a new one, logged out.
+        """
+        before = self.sessionCookie(browser, demo)["value"]
+        browser.open(demo.url)
+        self.assertEqual(browser.fact("cookie"), "yes")
+        self.assertEqual((browser.fact("user"), browser.fact("visits")), ("(nobody)", "1"))
+        self.assertNotEqual(self.sessionCookie(browser, demo)["value"], before)
 
 
 class HTTPTests(BrowserTestCase):
@@ -204,6 +238,72 @@ class HTTPTests(BrowserTestCase):
         browser.open(demo.url)
         self.assertEqual(browser.fact("user"), "ann")
 
+    def test_absoluteTimeout(self):
+        """
+        A demo whose sessions end 3 seconds after they began (C{--absolute-timeout}): a
+        browser that loads a page every fifth of a second, far inside the idle timeout, keeps
+        its session until that end, and is logged out after it.
+        """
+        demo = self.serve("--absolute-timeout", "3")
+        browser = self.browser()
+        self.logIn(browser, demo, "ann")
+        # Shown to the second: the session ends within a second after this.
+        end = _seconds(browser.fact("absolute-end"))
+        self.assertEqual(end, _seconds(browser.fact("created")) + 3)
+        self.assertGreater(_seconds(browser.fact("idle-end")), end + 60)
+        visits = int(browser.fact("visits"))
+        while True:
+            sent = self.sessionCookie(browser, demo)["value"]
+            started = time.time()
+            browser.open(demo.url)
+            if browser.fact("user") != "ann":
+                break
+            # Served after the end (it began after this request started): a failure.
+            self.assertLess(started, end + 1, "the session outlived its absolute timeout")
+            visits += 1
+            self.assertEqual(int(browser.fact("visits")), visits)
+            self.assertEqual(_seconds(browser.fact("absolute-end")), end)
+            time.sleep(0.2)
+        # Ended, and not before its time (this request ended after it did).
+        self.assertGreaterEqual(time.time(), end)
+        self.assertEqual((browser.fact("cookie"), browser.fact("visits")), ("yes", "1"))
+        self.assertNotEqual(self.sessionCookie(browser, demo)["value"], sent)
+
+    def test_logOutEverywhereElse(self):
+        """
+        Logged in as the same user in two browsers, "log out everywhere else" in the second
+        ends the first one's session and keeps its own.
+        """
+        demo = self.serve()
+        first, second = self.browser(), self.browser()
+        self.logIn(first, demo, "ann")
+        self.logIn(second, demo, "ann")
+        self.assertEqual(len(self.sessionsPage(second, demo)), 2)
+        second.submit("others")
+        self.assertEqual(second.url, demo.url + "sessions")
+        self.assertEqual(len(second.texts("tr.session")), 1)
+        self.assertLoggedOut(first, demo)
+        second.open(demo.url)
+        self.assertEqual(second.fact("user"), "ann")
+
+    def test_endOneSession(self):
+        """
+        The end button of one session on the sessions page ends that session (the first
+        browser's, the older) and no other.
+        """
+        demo = self.serve()
+        first, second, third = self.browser(), self.browser(), self.browser()
+        for browser in first, second, third:
+            self.logIn(browser, demo, "ann")
+        self.assertEqual(len(self.sessionsPage(third, demo)), 3)
+        third.submit("end-0")
+        self.assertEqual(third.url, demo.url + "sessions")
+        self.assertEqual(len(third.texts("tr.session")), 2)
+        self.assertLoggedOut(first, demo)
+        for browser in second, third:
+            browser.open(demo.url)
+            self.assertEqual(browser.fact("user"), "ann")
+
 
 class HTTPSTests(HTTPTests):
     """
@@ -212,7 +312,8 @@ class HTTPSTests(HTTPTests):
     """
 
     scheme = "https"
-    cookieName = "TWISTED_SECURE_SESSION"
+    # The demo's site has cookieHostPrefix.
+    cookieName = "__Host-TWISTED_SECURE_SESSION"
 
     def trust(self) -> str | None:
         self.certificates = Certificates(self.directory)
@@ -223,8 +324,9 @@ class HTTPSTests(HTTPTests):
 
     def test_secureCookie(self):
         """
-        Over HTTPS the session cookie is the secure one, set with C{Secure}, and with the
-        demo's C{HttpOnly} and C{SameSite=Lax}.
+        Over HTTPS the session cookie is the secure one, named C{__Host-}, set with
+        C{Secure}, C{Path=/} and no C{Domain} (a host-only cookie), and with the demo's
+        C{HttpOnly} and C{SameSite=Lax}: the browser kept it, so it met the prefix's rules.
         """
         demo = self.serve()
         browser = self.browser()
@@ -234,7 +336,33 @@ class HTTPSTests(HTTPTests):
             (cookie["secure"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]),
             (True, True, "Lax", "/"),
         )
-        self.assertNotIn("TWISTED_SESSION", browser.cookies(demo.url))
+        # A Domain attribute would give a domain starting with a dot.
+        self.assertEqual(cookie["domain"], "127.0.0.1")
+        cookies = browser.cookies(demo.url)
+        self.assertNotIn("TWISTED_SESSION", cookies)
+        self.assertNotIn("TWISTED_SECURE_SESSION", cookies)
+        browser.open(demo.url)
+        self.assertEqual((browser.fact("cookie"), browser.fact("visits")), ("yes", "2"))
+
+    def test_hostPrefixRules(self):
+        """
+        The control: this browser holds C{__Host-} cookies to their rules, refusing one
+        without C{Secure} or with a path other than C{/}, which it takes without the prefix.
+        So a cookie that another host or path sets cannot take the session cookie's name.
+        """
+        demo = self.serve()
+        browser = self.browser()
+        browser.open(demo.url)
+        for cookie in [
+            "__Host-kept=1; Secure; Path=/",
+            "__Host-insecure=1; Path=/",
+            "__Host-pathed=1; Secure; Path=/add",
+            "pathed=1; Secure; Path=/add",
+        ]:
+            browser.script(f"document.cookie = {cookie!r}")
+        names = set(browser.cookies(demo.url + "add"))
+        self.assertTrue({"__Host-kept", "pathed"} <= names, names)
+        self.assertFalse({"__Host-insecure", "__Host-pathed"} & names, names)
 
     def test_untrustedCertificate(self):
         """
@@ -282,3 +410,39 @@ class RedisTests(BrowserTestCase):
         browser.open(one.url)
         self.assertEqual((browser.fact("user"), browser.fact("visits")), ("(nobody)", "2"))
         self.assertNotEqual(self.sessionCookie(browser, one)["value"], loggedIn)
+
+    def test_logOutEverywhereElseAcrossProcesses(self):
+        """
+        Logged in as the same user in two browsers, each on its own process, "log out
+        everywhere else" on the second process ends the first browser's session on the first
+        process.
+        """
+        one, two = self.serve("--redis", self.redis.url), self.serve("--redis", self.redis.url)
+        first, second = self.browser(), self.browser()
+        self.logIn(first, one, "ann")
+        self.logIn(second, two, "ann")
+        self.assertEqual(len(self.sessionsPage(second, two)), 2)
+        second.submit("others")
+        self.assertEqual(len(second.texts("tr.session")), 1)
+        self.assertLoggedOut(first, one)
+        for demo in one, two:
+            second.open(demo.url)
+            self.assertEqual(second.fact("user"), "ann")
+        self.assertEqual(self.sessionsPage(first, two), [])
+        self.assertTrue(first.has("not-logged-in"))
+
+    def test_endOneSessionAcrossProcesses(self):
+        """
+        The end button on one process's sessions page ends a session that the other process
+        made and serves.
+        """
+        one, two = self.serve("--redis", self.redis.url), self.serve("--redis", self.redis.url)
+        first, second = self.browser(), self.browser()
+        self.logIn(first, one, "ann")
+        self.logIn(second, two, "ann")
+        self.assertEqual(len(self.sessionsPage(second, two)), 2)
+        second.submit("end-0")
+        self.assertEqual(len(second.texts("tr.session")), 1)
+        self.assertLoggedOut(first, one)
+        second.open(one.url)
+        self.assertEqual(second.fact("user"), "ann")

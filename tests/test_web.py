@@ -8,12 +8,14 @@ import os
 import re
 from binascii import hexlify
 from http.cookiejar import CookieJar
+from io import BytesIO
+from urllib.parse import urlencode
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web import resource, server
-from twisted.web.client import Agent, CookieAgent, readBody
+from twisted.web.client import Agent, CookieAgent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.test.test_web import DummyChannel
 
@@ -182,17 +184,47 @@ class Client:
         self.base = base
         self.jar = CookieJar()
         self.agent = CookieAgent(Agent(reactor), self.jar)
+        # Every page and answer this client was sent, to look for session ids in.
+        self.bodies = []
 
     @defer.inlineCallbacks
-    def get(self, path, headers=None):
-        response = yield self.agent.request(b"GET", self.base + path, Headers(headers or {}), None)
+    def request(self, method, path, headers=None, body=None):
+        producer = None if body is None else FileBodyProducer(BytesIO(body))
+        response = yield self.agent.request(
+            method, self.base + path, Headers(headers or {}), producer
+        )
         body = yield readBody(response)
+        self.bodies.append(body)
         return response, body
+
+    def get(self, path, headers=None):
+        return self.request(b"GET", path, headers)
+
+    def post(self, path, **fields):
+        """
+        Send C{fields} to C{path} as a browser sends a form.
+        """
+        headers = {b"content-type": [b"application/x-www-form-urlencoded"]}
+        return self.request(b"POST", path, headers, urlencode(fields).encode("utf-8"))
 
     @defer.inlineCallbacks
     def state(self):
         _, body = yield self.get(b"state")
         return json.loads(body)
+
+    def session(self):
+        """
+        The id of the session cookie this client keeps: what only it and the server know.
+        """
+        values = [c.value for c in self.jar if c.name == "TWISTED_SESSION"]
+        return values[0].encode("ascii") if values else None
+
+
+def _sessionIds(body):
+    """
+    The opaque session ids of a /sessions page, in the order it lists them.
+    """
+    return re.findall(rb'name=id value="([^"]+)"', body)
 
 
 class EndToEndTests(unittest.TestCase):
@@ -202,77 +234,134 @@ class EndToEndTests(unittest.TestCase):
 
     def setUp(self):
         self.clock = Clock()
-        self.site = demo.makeSite(timeout=60, reactor=self.clock)
+        self.site = demo.makeSite(timeout=60, reactor=self.clock, absoluteTimeout=3600)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.base = b"http://127.0.0.1:%d/" % self.port.getHost().port
+        self.clients = []
 
     def tearDown(self):
+        ids = {c.session() for c in self.clients} - {None} | set(self.site.sessions)
         # Sessions still open are ended so that no delayed call outlives the test.
         for session in list(self.site.sessions.values()):
             session.expire()
+        # No page and no answer showed a session id.
+        for client in self.clients:
+            for body in client.bodies:
+                for uid in ids:
+                    self.assertNotIn(uid, body)
+
+    def client(self):
+        client = Client(self.base)
+        self.clients.append(client)
+        return client
 
     @defer.inlineCallbacks
     def test_sessionSurvivesRequests(self):
-        client = Client(self.base)
+        client = self.client()
         yield client.get(b"")
         yield client.get(b"")
-        yield client.get(b"add?item=book")
+        yield client.post(b"add", item="book")
         state = yield client.state()
         self.assertEqual(state["visits"], 2)
         self.assertEqual(state["cart"], ["book"])
         self.assertEqual(state["timeout"], 60)
-        self.assertIsInstance(self.site.sessions[state["session"].encode()], txsession.Session)
+        self.assertTrue(state["cookie"])
+        self.assertIsInstance(self.site.sessions[client.session()], txsession.Session)
 
     @defer.inlineCallbacks
     def test_twoClientsTwoSessions(self):
-        one, two = Client(self.base), Client(self.base)
+        one, two = self.client(), self.client()
         yield one.get(b"")
-        first = yield one.state()
+        yield one.state()
         second = yield two.state()
-        self.assertNotEqual(first["session"], second["session"])
-        self.assertEqual(second["visits"], 0)
+        self.assertNotEqual(one.session(), two.session())
+        self.assertEqual((second["cookie"], second["visits"]), (False, 0))
 
     @defer.inlineCallbacks
     def test_login(self):
         """
-        Logging in keeps the session's contents under a fresh id.
+        Logging in keeps the session's contents, and its creation time, under a fresh id.
         """
-        client = Client(self.base)
-        yield client.get(b"add?item=book")
-        before = yield client.state()
-        yield client.get(b"login?user=ann")
+        client = self.client()
+        yield client.post(b"add", item="book")
+        before, old = (yield client.state()), client.session()
+        response, _ = yield client.post(b"login", user="ann")
+        self.assertEqual(response.code, 302)
         after = yield client.state()
-        self.assertNotEqual(after["session"], before["session"])
+        self.assertNotEqual(client.session(), old)
         self.assertEqual((after["user"], after["cart"]), ("ann", ["book"]))
-        self.assertNotIn(before["session"].encode(), self.site.sessions)
+        self.assertEqual(after["created"], before["created"])
+        self.assertNotIn(old, self.site.sessions)
+
+    @defer.inlineCallbacks
+    def test_changesArePostOnly(self):
+        """
+        A GET to the login, the logout or the cart changes nothing: a link from another site
+        carries the session cookie (C{SameSite=Lax}), so only a POST may change the session.
+        """
+        client = self.client()
+        yield client.get(b"")
+        uid = client.session()
+        for path in [b"login?user=ann", b"logout", b"add?item=book"]:
+            response, _ = yield client.get(path)
+            self.assertEqual(response.code, 405)
+        state = yield client.state()
+        self.assertEqual((client.session(), state["user"], state["cart"]), (uid, None, []))
+        self.assertIn(uid, self.site.sessions)
 
     @defer.inlineCallbacks
     def test_timeoutGivesNewSession(self):
-        client = Client(self.base)
-        before = yield client.state()
+        client = self.client()
+        yield client.state()
+        before = client.session()
         self.clock.advance(59)
-        still = yield client.state()
-        self.assertEqual(still["session"], before["session"])
+        yield client.state()
+        self.assertEqual(client.session(), before)
         # Sliding expiry: 60 s from the last use.
         self.clock.advance(59)
-        still = yield client.state()
-        self.assertEqual(still["session"], before["session"])
+        yield client.state()
+        self.assertEqual(client.session(), before)
         self.clock.advance(60)
-        self.assertNotIn(before["session"].encode(), self.site.sessions)
+        self.assertNotIn(before, self.site.sessions)
         after = yield client.state()
-        self.assertNotEqual(after["session"], before["session"])
+        self.assertNotEqual(client.session(), before)
+        self.assertEqual(after["visits"], 0)
+
+    @defer.inlineCallbacks
+    def test_absoluteTimeout(self):
+        """
+        A session used every 50 seconds (within its 60 s idle timeout) ends all the same an
+        hour after it began, when the pages said it would.
+        """
+        client = self.client()
+        yield client.post(b"login", user="ann")
+        state = yield client.state()
+        uid = client.session()
+        self.assertEqual(state["absoluteEnd"], state["created"] + 3600)
+        while self.clock.seconds() + 50 < state["absoluteEnd"]:
+            self.clock.advance(50)
+            still = yield client.state()
+            self.assertEqual((client.session(), still["user"]), (uid, "ann"))
+            # The idle end moves with each use; the absolute end does not.
+            self.assertEqual(still["idleEnd"], self.clock.seconds() + 60)
+            self.assertEqual(still["absoluteEnd"], state["absoluteEnd"])
+        self.clock.advance(state["absoluteEnd"] - self.clock.seconds())
+        self.assertNotIn(uid, self.site.sessions)
+        after = yield client.state()
+        self.assertNotEqual(client.session(), uid)
+        self.assertEqual(after["user"], None)
 
     @defer.inlineCallbacks
     def test_logout(self):
-        client = Client(self.base)
+        client = self.client()
         yield client.get(b"")
-        before = yield client.state()
-        response, _ = yield client.get(b"logout")
+        before = client.session()
+        response, _ = yield client.post(b"logout")
         self.assertEqual(response.code, 302)
-        self.assertNotIn(before["session"].encode(), self.site.sessions)
+        self.assertNotIn(before, self.site.sessions)
         after = yield client.state()
-        self.assertNotEqual(after["session"], before["session"])
+        self.assertNotEqual(client.session(), before)
         self.assertEqual(after["visits"], 0)
 
     @defer.inlineCallbacks
@@ -281,24 +370,107 @@ class EndToEndTests(unittest.TestCase):
         A cookie naming no live session gets a fresh session; the same header naming a live
         one reaches it (the control showing the header is sent).
         """
-        owner = Client(self.base)
-        real = yield owner.state()
-        genuine = b"TWISTED_SESSION=" + real["session"].encode()
-        _, body = yield Client(self.base).get(b"state", {b"cookie": [genuine]})
-        self.assertEqual(json.loads(body)["session"], real["session"])
+        owner = self.client()
+        yield owner.post(b"add", item="book")
+        genuine = b"TWISTED_SESSION=" + owner.session()
+        response, body = yield self.client().get(b"state", {b"cookie": [genuine]})
+        self.assertEqual(json.loads(body)["cart"], ["book"])
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
 
         forged = b"TWISTED_SESSION=" + b"0" * 64
-        _, body = yield Client(self.base).get(b"state", {b"cookie": [forged]})
-        state = json.loads(body)
-        self.assertNotIn(state["session"], ("0" * 64, real["session"]))
-        self.assertIn(state["session"].encode(), self.site.sessions)
+        response, body = yield self.client().get(b"state", {b"cookie": [forged]})
+        self.assertEqual(json.loads(body)["cart"], [])
+        [cookie] = response.headers.getRawHeaders(b"set-cookie")
+        made = re.match(rb"TWISTED_SESSION=([0-9a-f]{64});", cookie).group(1)
+        self.assertNotIn(made, (b"0" * 64, owner.session()))
+        self.assertIn(made, self.site.sessions)
+        self.assertNotIn(b"0" * 64, self.site.sessions)
 
     @defer.inlineCallbacks
     def test_cookieFlagsOnTheWire(self):
-        client = Client(self.base)
+        client = self.client()
         response, _ = yield client.get(b"state")
         cookies = response.headers.getRawHeaders(b"set-cookie")
         self.assertEqual(len(cookies), 1)
         self.assertTrue(cookies[0].startswith(b"TWISTED_SESSION="))
         self.assertIn(b"HttpOnly", cookies[0])
         self.assertIn(b"SameSite=lax", cookies[0])
+
+    @defer.inlineCallbacks
+    def logIn(self, user):
+        client = self.client()
+        yield client.get(b"")
+        yield client.post(b"login", user=user)
+        return client
+
+    @defer.inlineCallbacks
+    def test_sessionsPage(self):
+        """
+        The sessions page lists the user's sessions, oldest first, and no one else's, each by
+        an opaque id, never its cookie value; it asks anyone else to log in.
+        """
+        one = yield self.logIn("ann")
+        self.clock.advance(10)
+        two = yield self.logIn("ann")
+        yield self.logIn("bob")
+        _, body = yield two.get(b"sessions")
+        self.assertEqual(re.findall(rb"<span id=user>([^<]*)<", body), [b"ann"])
+        ids = _sessionIds(body)
+        self.assertEqual(len(ids), 2)
+        records = yield self.site.userSessions("ann")
+        self.assertEqual(
+            [r["id"].encode() for r in sorted(records, key=lambda r: r["created"])], ids
+        )
+        for client in one, two:
+            self.assertNotIn(client.session(), body)
+        _, body = yield self.client().get(b"sessions")
+        self.assertIn(b"id=not-logged-in", body)
+
+    @defer.inlineCallbacks
+    def test_endOneSession(self):
+        """
+        The sessions page's end button ends that session, and only that one.
+        """
+        one = yield self.logIn("ann")
+        self.clock.advance(10)
+        two = yield self.logIn("ann")
+        _, body = yield two.get(b"sessions")
+        first, second = _sessionIds(body)
+        response, _ = yield two.post(b"sessions/end", id=first.decode())
+        self.assertEqual(
+            (response.code, response.headers.getRawHeaders(b"location")), (302, [b"/sessions"])
+        )
+        self.assertNotIn(one.session(), self.site.sessions)
+        self.assertEqual((yield one.state())["user"], None)
+        self.assertEqual((yield two.state())["user"], "ann")
+        _, body = yield two.get(b"sessions")
+        self.assertEqual(_sessionIds(body), [second])
+
+    @defer.inlineCallbacks
+    def test_endSessionOfAnother(self):
+        """
+        An id from another user's sessions page ends nothing.
+        """
+        ann = yield self.logIn("ann")
+        bob = yield self.logIn("bob")
+        _, body = yield ann.get(b"sessions")
+        [id] = _sessionIds(body)
+        yield bob.post(b"sessions/end", id=id.decode())
+        self.assertEqual((yield ann.state())["user"], "ann")
+
+    @defer.inlineCallbacks
+    def test_logOutEverywhereElse(self):
+        """
+        "Log out everywhere else" ends the user's other sessions, keeps this one, and leaves
+        other users alone.
+        """
+        one = yield self.logIn("ann")
+        two = yield self.logIn("ann")
+        three = yield self.logIn("ann")
+        bob = yield self.logIn("bob")
+        response, _ = yield two.post(b"sessions/others")
+        self.assertEqual(response.code, 302)
+        for client, user in [(one, None), (two, "ann"), (three, None), (bob, "bob")]:
+            self.assertEqual((yield client.state())["user"], user)
+        _, body = yield two.get(b"sessions")
+        self.assertEqual(len(_sessionIds(body)), 1)
