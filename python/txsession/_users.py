@@ -46,7 +46,9 @@ class UserIndex:
         """
         old = self._bindings.get(session)
         if old is None:
-            session.notifyOnExpire(partial(_ended, weakref.ref(self), weakref.ref(session)))
+            session.expireCallbacks.insert(
+                0, partial(_ended, weakref.ref(self), weakref.ref(session))
+            )
         else:
             self._forget(session, old)
         binding = self._bindings[session] = _Binding(user, secrets.token_hex(16), created)

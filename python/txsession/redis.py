@@ -227,12 +227,21 @@ end
 return out
 """
 
-# KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2]: a member to keep (or ''). Deletes
-# every other session of the user; returns how many were live.
+# KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2...]: members to keep, each with every
+# member its renames lead to (a rename in flight when this runs has moved the set's member).
+# Deletes every other session of the user; returns how many were live.
 _LOGOUT_USER = b"""
+local keep = {}
+for i = 2, #ARGV do
+  local m = ARGV[i]
+  while m and not keep[m] do
+    keep[m] = true
+    m = redis.call('HGET', ARGV[1] .. m, 'm:f')
+  end
+end
 local n = 0
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if m ~= ARGV[2] then
+  if not keep[m] then
     local key = ARGV[1] .. m
     if redis.call('HEXISTS', key, 'm:t') == 1 then
       redis.call('DEL', key)
@@ -899,14 +908,14 @@ class RedisStore:
 
         return self._execute([command]).addCallback(records)
 
-    def logoutUser(self, user: str, keep: bytes | None = None) -> Deferred[int]:
+    def logoutUser(self, user: str, *keep: bytes) -> Deferred[int]:
         command = [
             b"EVALSHA",
             _LOGOUT_USER_SHA,
             b"1",
             self._userKey(user),
             self.keyPrefix,
-            b"" if keep is None else self._member(keep),
+            *dict.fromkeys(self._member(uid) for uid in keep),
         ]
         return self._execute([command]).addCallback(lambda replies: int(replies[0]))
 

@@ -826,7 +826,11 @@ class StoreFlow:
             copy.created = self.site.reactor.seconds()
             absolute = self.site.absoluteTimeout
             copy.ends = None if absolute is None else copy.created + absolute
-        session.notifyOnExpire(partial(_copyEnded, weakref.ref(self), weakref.ref(session)))
+        # First: an app's callback that raises stops expire() there, and the logout must
+        # not be left undone.
+        session.expireCallbacks.insert(
+            0, partial(_copyEnded, weakref.ref(self), weakref.ref(session))
+        )
 
     def renew(self, request: Any, session: Any, old: bytes, user: str | None = None) -> None:
         """
@@ -855,6 +859,8 @@ class StoreFlow:
             del self.renamedAway[name]
         if copy is None or self.droppingLocally is session:
             return
+        # The copy's timer goes now, whatever the expire callbacks after this one do.
+        _cancel(session)
         state = None if self.rendering is None else self.rendering._txsStore
         mine = None if state is None else state.changes.get(session)
         if mine is not None:
@@ -922,6 +928,10 @@ class StoreFlow:
         if sessions.get(session.uid) is session:
             del sessions[session.uid]
         _cancel(session)
+        absolute = self.site._absolute
+        call = None if absolute is None else absolute.pop(session, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def saveSession(self, session: Any) -> Deferred[None]:
         """

@@ -769,10 +769,13 @@ class Site(server.Site):
         call = (
             timer.add(session, left)
             if timer is not None
-            else self.reactor.callLater(left, session.expire)
+            else self.reactor.callLater(left, _expireLogged, session)
         )
         self._absolute[session] = call  # type: ignore[index]
-        session.notifyOnExpire(partial(_absoluteEnded, weakref.ref(self), weakref.ref(session)))
+        # First: an app's callback that raises stops expire() there.
+        session.expireCallbacks.insert(
+            0, partial(_absoluteEnded, weakref.ref(self), weakref.ref(session))
+        )
 
     def createdAt(self, session: Any) -> float | None:
         """
@@ -810,10 +813,13 @@ class Site(server.Site):
         """
         user = _userName(user)
         if self.store is not None:
-            kept = None
+            kept: list[bytes] = []
             if keep is not None and self._flow.isLive(keep):  # type: ignore[union-attr]
-                kept = self._flow.copies[keep].storedAs  # type: ignore[union-attr]
-            return self.store.logoutUser(user, kept)
+                # Every name it has or is being given (a login's rename may be in flight).
+                copy = self._flow.copies[keep]  # type: ignore[union-attr]
+                names = [copy.storedAs, copy.creating, copy.renaming, copy.uncertain, keep.uid]
+                kept = [name for name in names if name is not None]
+            return self.store.logoutUser(user, *kept)
         users = self._users
         if users is None:
             return succeed(0)
@@ -997,6 +1003,17 @@ def _userName(user: Any) -> str:
     if not isinstance(user, str):
         raise TypeError(f"a user is named by a str, not {user!r}")
     return user
+
+
+def _expireLogged(session: Any) -> None:
+    """
+    C{session.expire()} from a reactor call, a failure logged as the shared timer logs it
+    (a session id as its tag).
+    """
+    try:
+        session.expire()
+    except Exception as e:
+        _logExpiryFailure(e)
 
 
 def _absoluteEnded(siteRef: Any, sessionRef: Any) -> None:
