@@ -250,15 +250,25 @@ class Browser:
         self._navigating(self.driver.find_element(By.ID, link).click)
 
     def _navigating(self, action: Callable[[], None]) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.expected_conditions import staleness_of
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.wait import WebDriverWait
 
-        page = self.driver.find_element(By.TAG_NAME, "html")
+        # A mark on this page's window, which the next page's window does not have. (Asking
+        # whether the old page's element went stale races with the navigation: Chromium can
+        # answer that the node belongs to no document, an error rather than staleness.)
+        self.driver.execute_script("window.txsessionLeaving = true")
         action()
-        wait = WebDriverWait(self.driver, DEADLINE)
-        wait.until(staleness_of(page))
-        wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+        def arrived(driver: Any) -> bool:
+            return bool(
+                driver.execute_script(
+                    "return !window.txsessionLeaving && document.readyState === 'complete'"
+                )
+            )
+
+        # Asked while the browser is between pages, the script can fail: ask again.
+        wait = WebDriverWait(self.driver, DEADLINE, ignored_exceptions=(WebDriverException,))
+        wait.until(arrived)
 
     def script(self, source: str) -> Any:
         """

@@ -8,8 +8,7 @@ A small web site that uses everything txsession offers, as the README recommends
   the session is: whether your browser sent a session cookie (never its value), who is
   logged in, when the session began, and when it ends: if left idle, and at the latest
   (its absolute timeout), however busy;
-- C{POST /add} (C{item=NAME}): puts an item in your cart, a component made by
-  C{registerAdapter};
+- C{/add?item=NAME}: puts an item in your cart, a component made by C{registerAdapter};
 - C{/state}: the same as JSON (what tests/test_web.py reads), without the session id;
 - C{POST /login} (C{user=NAME}): logs you in, giving your session a fresh id bound to you
   (C{txsession.renewSession(request, user=NAME)});
@@ -20,9 +19,9 @@ A small web site that uses everything txsession offers, as the README recommends
   C{site.endUserSession}); and a button that ends all but this one (C{POST /sessions/others},
   C{site.logoutUser(user, keep=session)}), "log out everywhere else".
 
-Whatever changes a session, but for the visit count, is a POST form: C{SameSite=Lax} keeps the
-session cookie off a POST that another site starts, but not off a GET link. No page shows a
-session id: C{/sessions} names each session by the opaque id
+Whatever logs in or out, or ends a session, is a POST form: C{SameSite=Lax} keeps the session
+cookie off a POST that another site starts, but not off a GET link. No page shows a session
+id: C{/sessions} names each session by the opaque id
 C{userSessions} gives, which is not its cookie value.
 
 Sessions are L{DemoSession}, a subclass with its own timeout, on a L{txsession.Site} whose
@@ -208,14 +207,15 @@ class Home(resource.Resource):
             + _form("logout", "/logout", "Log out")
             + '<p><a id=sessions-link href="/sessions">Your sessions</a></p>'
             f"<p>Cart:</p><ul id=cart>{items}</ul>"
-            + _form("add", "/add", "Add", "<input name=item aria-label=item>"),
+            + '<form id=add action="/add"><input name=item aria-label=item><button>Add</button>'
+            "</form>",
         )
 
 
 class Add(resource.Resource):
     isLeaf = True
 
-    def render_POST(self, request):
+    def render_GET(self, request):
         item = request.args.get(b"item", [b""])[0].decode("utf-8", "replace")
         if item:
             ICart(request.getSession()).items.append(item)
