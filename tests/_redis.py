@@ -70,6 +70,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        self.waitUntilUp("redis-server")
+
+    def waitUntilUp(self, what: str) -> None:
+        """
+        Wait until the server answers PING, for at most 10 seconds; stop it and raise
+        C{RuntimeError} naming C{what} if it does not.
+        """
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -79,7 +86,7 @@ class RedisServer:
                 pass
             if time.monotonic() > deadline or self.process.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
+                raise RuntimeError(f"{what} did not start on port {self.port}")
             time.sleep(0.02)
 
     def stop(self) -> None:
@@ -182,14 +189,4 @@ class SentinelServer(RedisServer):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.command(b"PING") == b"+PONG\r\n":
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"redis-server --sentinel did not start on port {self.port}")
-            time.sleep(0.02)
+        self.waitUntilUp("redis-server --sentinel")
