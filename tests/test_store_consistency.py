@@ -167,6 +167,7 @@ class FailureTests(ConsistencyTestCase):
         root.putChild(b"hold", gate)
         root.putChild(b"set", store_app.Set(None))
         root.putChild(b"get", store_app.Get(None))
+        root.putChild(b"fail", store_app.Fail(None))
         return self.serve(Site(root, store=RedisStore(self.redis.url))), gate
 
     @defer.inlineCallbacks
@@ -217,6 +218,28 @@ class FailureTests(ConsistencyTestCase):
         self.assertEqual(code1, 200)
         self.assertEqual(self.storedValues(uid), {"cart": "r1"})
         self.flushLoggedErrors(ZeroDivisionError)
+
+    @defer.inlineCallbacks
+    def test_twoFailuresOnOneKey(self):
+        """
+        R1 sets a key and fails later; R2 begins while R1's value is there, sets the same
+        key, and fails after R1. Neither value is kept: R2's revert does not put back R1's
+        value, which it took as its baseline, and no later request writes it.
+        """
+        site, _ = self.gateSite()
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=cart&value=1")
+        uid = state["session"]
+        first = self.get(client, site, b"fail?key=cart&value=12&delay=0.1")
+        yield sleep(0.02)
+        second = self.get(client, site, b"fail?key=cart&value=14&delay=0.2")
+        codes = yield defer.gatherResults([first, second])
+        self.assertEqual([code for code, _ in codes], [500, 500])
+        self.assertEqual(dict(site.sessions[uid.encode()].sessionNamespaces), {"cart": 1})
+        code, state = yield self.get(client, site, b"get")
+        self.assertEqual((code, state["values"]), (200, {"cart": 1}))
+        self.assertEqual(self.storedValues(uid), {"cart": 1})
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
 
     @defer.inlineCallbacks
     def test_secureAndInsecureAllOrNothing(self):

@@ -769,6 +769,14 @@ class StoreFlow:
                 for user, userKey, prior in change.priors:
                     if userKey == key:
                         _set(user.baseline, key, prior)
+                # A request that began while this one's value was there took it as its
+                # baseline: that value is undone, so what was there before is its baseline
+                # now (else its own revert would put back this failed request's value).
+                set_ = change.own.get(key, _NOT_OWN)
+                if set_ is not _NOT_OWN:
+                    for user in others:
+                        if user.baseline.get(key, _ABSENT) == set_:
+                            _set(user.baseline, key, before)
                 continue
             if before is _ABSENT:
                 namespaces.pop(key, None)
