@@ -1,14 +1,18 @@
-//! The Redis wire format (RESP2) for `txsession.redis`, through the `redis-protocol` crate's
-//! sans-IO encoder and decoder: `encode_commands` turns commands into the bytes to send, and a
-//! `RespDecoder` turns received bytes into replies, so no parsing runs in Python.
+//! The Redis wire format (RESP2, and RESP3 on request) for `txsession.redis`, through the
+//! `redis-protocol` crate's sans-IO encoder and decoders: `encode_commands` turns commands into
+//! the bytes to send, and a `RespDecoder` turns received bytes into replies, so no parsing runs
+//! in Python.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+use redis_protocol::error::RedisProtocolError;
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::encode::encode_borrowed;
 use redis_protocol::resp2::types::{BorrowedFrame, OwnedFrame};
+use redis_protocol::resp3::decode::complete::decode as decode_resp3;
+use redis_protocol::resp3::types::OwnedFrame as Resp3Frame;
 
 use crate::gil::GilCell;
 use crate::traverse_fields;
@@ -65,6 +69,65 @@ fn to_python<'py>(
     })
 }
 
+/// The Python value of a RESP3 reply: as `to_python` for RESP2's types, and `True`/`False` for
+/// booleans, `float` for doubles, `int` for big numbers, `bytes` for a verbatim string's text,
+/// `dict` for maps, `list` for sets, `error_type(message)` for blob errors, and a `tuple` for a
+/// push, which no reply ever is, so pushes can be told apart from replies.
+fn resp3_to_python<'py>(
+    py: Python<'py>,
+    frame: Resp3Frame,
+    error_type: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let convert_all = |frames: Vec<Resp3Frame>| -> PyResult<Vec<Bound<'py, PyAny>>> {
+        frames
+            .into_iter()
+            .map(|frame| resp3_to_python(py, frame, error_type))
+            .collect()
+    };
+    Ok(match frame {
+        Resp3Frame::SimpleString { data, .. } => {
+            PyString::new(py, &String::from_utf8_lossy(&data)).into_any()
+        }
+        Resp3Frame::SimpleError { data, .. } => error_type.call1((data,))?,
+        Resp3Frame::BlobError { data, .. } => {
+            error_type.call1((String::from_utf8_lossy(&data),))?
+        }
+        Resp3Frame::Number { data, .. } => data.into_pyobject(py)?.into_any(),
+        Resp3Frame::BlobString { data, .. } | Resp3Frame::VerbatimString { data, .. } => {
+            PyBytes::new(py, &data).into_any()
+        }
+        Resp3Frame::Null => py.None().into_bound(py),
+        Resp3Frame::Boolean { data, .. } => PyBool::new(py, data).to_owned().into_any(),
+        Resp3Frame::Double { data, .. } => PyFloat::new(py, data).into_any(),
+        // The scanner let through only a sign and digits; Python's `int` takes any size (up to
+        // its own limit on digits, past which it raises `ValueError`).
+        Resp3Frame::BigNumber { data, .. } => py
+            .get_type::<PyInt>()
+            .call1((PyString::new(py, &String::from_utf8_lossy(&data)),))?,
+        Resp3Frame::Array { data, .. } => PyList::new(py, convert_all(data)?)?.into_any(),
+        Resp3Frame::Set { data, .. } => {
+            PyList::new(py, convert_all(data.into_iter().collect())?)?.into_any()
+        }
+        Resp3Frame::Push { data, .. } => PyTuple::new(py, convert_all(data)?)?.into_any(),
+        Resp3Frame::Map { data, .. } => {
+            let dict = PyDict::new(py);
+            for (key, value) in data {
+                dict.set_item(
+                    resp3_to_python(py, key, error_type)?,
+                    resp3_to_python(py, value, error_type)?,
+                )?;
+            }
+            dict.into_any()
+        }
+        // The scanner refuses the bytes these come from (`H`, `;`): they are not replies.
+        Resp3Frame::Hello { .. } | Resp3Frame::ChunkedString(_) => {
+            return Err(PyValueError::new_err(
+                "not a Redis reply: a RESP3 frame sent only to servers or streamed",
+            ));
+        }
+    })
+}
+
 /// The largest reply accepted by default: Redis's own `proto-max-bulk-len`.
 const DEFAULT_MAX_SIZE: usize = 512 * 1024 * 1024;
 /// The fewest bytes an element can take (`+\r\n`): a bound on how much an array header commits.
@@ -83,11 +146,23 @@ const SHRINK_ABOVE: usize = 1024 * 1024;
 enum Phase {
     /// The next byte is an element's type.
     Type,
-    /// A line from `start` up to the first CRLF: a simple string, an error, an integer, or the
-    /// length of a bulk string or an array (`kind` is the type byte).
+    /// A line from `start` up to the first CRLF: a simple string, an error, an integer, a
+    /// RESP3 null, boolean, double or big number, or the length of a bulk string or an
+    /// aggregate (`kind` is the type byte).
     Line { kind: u8, start: usize },
-    /// A bulk string's body and its CRLF, which end at `end`.
+    /// A bulk string's body (or a RESP3 blob error's or verbatim string's) and its CRLF, which
+    /// end at `end`.
     Bulk { end: usize },
+}
+
+/// An aggregate being read.
+#[derive(Clone, Copy)]
+struct Open {
+    /// Its elements not yet started (a map's or an attribute's keys and values both count).
+    left: usize,
+    /// A RESP3 attribute: when it ends, the element it describes is still to come, so its end
+    /// ends no element of its own.
+    attribute: bool,
 }
 
 /// Finds where each complete reply ends, looking at each received byte once, so a reply split
@@ -95,25 +170,42 @@ enum Phase {
 /// holds a complete reply by parsing it from the start, which made each piece re-parse the
 /// whole reply so far; it is now given only complete replies.
 struct Scanner {
+    /// Whether RESP3's types are accepted, and replies rewritten for the crate's RESP3 decoder
+    /// (see `rewrites`).
+    resp3: bool,
     /// The next byte of the buffer to look at.
     cursor: usize,
     /// Where the reply being scanned starts.
     frame_start: usize,
     phase: Phase,
-    /// For each array being read, innermost last, the elements not yet started.
-    open: Vec<usize>,
-    /// The sum of `open`, so the fewest bytes the reply still needs is known at once.
+    /// For each aggregate being read, innermost last.
+    open: Vec<Open>,
+    /// The sum of the `left` of `open`, so the fewest bytes the reply still needs is known at
+    /// once.
     pending: usize,
+    /// How many of `open` are attributes: inside one, nothing is put in `rewrites`, since the
+    /// whole attribute is dropped.
+    in_attribute: usize,
+    /// With `resp3`, the spans of the buffer, in order, to rewrite before the crate decodes the
+    /// reply holding them: an attribute (its first byte `|`) is dropped, since the crate refuses
+    /// one before a null and a caller has no use for it, and a RESP2 null (`$-1` or `*-1`,
+    /// which Redis may still send), which the crate's RESP3 decoder refuses as a streamed
+    /// type's header, becomes RESP3's null `_`. An attribute not yet ended has its own start as
+    /// its end.
+    rewrites: Vec<(usize, usize)>,
 }
 
 impl Scanner {
-    fn new() -> Self {
+    fn new(resp3: bool) -> Self {
         Scanner {
+            resp3,
             cursor: 0,
             frame_start: 0,
             phase: Phase::Type,
             open: Vec::new(),
             pending: 0,
+            in_attribute: 0,
+            rewrites: Vec::new(),
         }
     }
 
@@ -126,15 +218,25 @@ impl Scanner {
                     let Some(&kind) = buf.get(self.cursor) else {
                         break;
                     };
-                    if !matches!(kind, b'+' | b'-' | b':' | b'$' | b'*') {
+                    let known = match kind {
+                        b'+' | b'-' | b':' | b'$' | b'*' => true,
+                        b'_' | b'#' | b',' | b'(' | b'!' | b'=' | b'%' | b'~' | b'>' | b'|' => {
+                            self.resp3
+                        }
+                        _ => false,
+                    };
+                    if !known {
                         return Err(format!(
                             "not a Redis reply: type byte {:?}",
                             char::from(kind)
                         ));
                     }
-                    if let Some(left) = self.open.last_mut() {
-                        *left -= 1;
-                        self.pending -= 1;
+                    // An attribute is not an element: the element after it is.
+                    if kind != b'|' {
+                        if let Some(open) = self.open.last_mut() {
+                            open.left -= 1;
+                            self.pending -= 1;
+                        }
                     }
                     self.cursor += 1;
                     self.phase = Phase::Line {
@@ -145,8 +247,10 @@ impl Scanner {
                 Phase::Line { kind, start } => {
                     let Some(end) = line_end(buf, start, self.cursor) else {
                         self.cursor = buf.len();
-                        if matches!(kind, b':' | b'$' | b'*')
-                            && self.cursor - start > MAX_NUMBER_LINE
+                        if matches!(
+                            kind,
+                            b':' | b'$' | b'*' | b'!' | b'=' | b'%' | b'~' | b'>' | b'|'
+                        ) && self.cursor - start > MAX_NUMBER_LINE
                         {
                             return Err("not a Redis reply: a number line too long".into());
                         }
@@ -154,8 +258,11 @@ impl Scanner {
                     };
                     self.cursor = end;
                     let line = &buf[start..end - 2];
+                    if self.resp3 {
+                        check_resp3_line(kind, line)?;
+                    }
                     match (kind, parse_length(kind, line)?) {
-                        (b'$', Some(len)) => {
+                        (b'$' | b'!' | b'=', Some(len)) => {
                             let body_end = end
                                 .checked_add(len)
                                 .and_then(|n| n.checked_add(2))
@@ -163,19 +270,19 @@ impl Scanner {
                             self.phase = Phase::Bulk { end: body_end };
                             self.check_size(max_size)?;
                         }
-                        (b'*', Some(len)) if len > 0 => {
-                            if self.open.len() == MAX_DEPTH {
-                                return Err(format!(
-                                    "not a Redis reply: arrays nested over {MAX_DEPTH} deep"
-                                ));
+                        (b'*' | b'~' | b'>' | b'%' | b'|', Some(len)) => {
+                            let count = if matches!(kind, b'%' | b'|') {
+                                len.checked_mul(2).ok_or_else(|| too_big(max_size))?
+                            } else {
+                                len
+                            };
+                            self.open_aggregate(kind == b'|', start - 1, count, max_size, ends)?;
+                        }
+                        (b'$' | b'*', None) => {
+                            if self.resp3 && self.in_attribute == 0 {
+                                self.rewrites.push((start - 1, end));
                             }
-                            self.open.push(len);
-                            self.pending = self
-                                .pending
-                                .checked_add(len)
-                                .ok_or_else(|| too_big(max_size))?;
-                            self.phase = Phase::Type;
-                            self.check_size(max_size)?;
+                            self.element_done(max_size, ends)?;
                         }
                         _ => self.element_done(max_size, ends)?,
                     }
@@ -198,12 +305,63 @@ impl Scanner {
         self.check_size(max_size)
     }
 
-    /// After an element ends: the arrays it completes are closed, and when no array is left
-    /// open the reply is complete.
+    /// After an aggregate's header (its type byte at `at`), announcing `count` elements.
+    fn open_aggregate(
+        &mut self,
+        attribute: bool,
+        at: usize,
+        count: usize,
+        max_size: usize,
+        ends: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        if attribute && self.in_attribute == 0 {
+            self.rewrites
+                .push((at, if count == 0 { self.cursor } else { at }));
+        }
+        if count == 0 {
+            if attribute {
+                self.phase = Phase::Type;
+                return Ok(());
+            }
+            return self.element_done(max_size, ends);
+        }
+        if self.open.len() == MAX_DEPTH {
+            let what = if self.resp3 { "aggregates" } else { "arrays" };
+            return Err(format!(
+                "not a Redis reply: {what} nested over {MAX_DEPTH} deep"
+            ));
+        }
+        self.open.push(Open {
+            left: count,
+            attribute,
+        });
+        if attribute {
+            self.in_attribute += 1;
+        }
+        self.pending = self
+            .pending
+            .checked_add(count)
+            .ok_or_else(|| too_big(max_size))?;
+        self.phase = Phase::Type;
+        self.check_size(max_size)
+    }
+
+    /// After an element ends: the aggregates it completes are closed, and when none is left
+    /// open the reply is complete. An attribute's end stops there: the element it describes
+    /// comes next, and the reply does not end before it.
     fn element_done(&mut self, max_size: usize, ends: &mut Vec<usize>) -> Result<(), String> {
         self.phase = Phase::Type;
-        while self.open.last() == Some(&0) {
+        while let Some(&Open { left: 0, attribute }) = self.open.last() {
             self.open.pop();
+            if attribute {
+                self.in_attribute -= 1;
+                if self.in_attribute == 0 {
+                    if let Some(span) = self.rewrites.last_mut() {
+                        span.1 = self.cursor;
+                    }
+                }
+                return Ok(());
+            }
         }
         if self.open.is_empty() {
             self.check_size(max_size)?;
@@ -215,7 +373,7 @@ impl Scanner {
 
     /// `Err` once the reply being scanned is known to need more than `max_size` bytes: the
     /// bytes seen, a bulk string's announced length, and the fewest bytes that the elements
-    /// its arrays announced can take.
+    /// its aggregates announced can take.
     fn check_size(&self, max_size: usize) -> Result<(), String> {
         let known = match self.phase {
             Phase::Bulk { end } => end,
@@ -231,7 +389,8 @@ impl Scanner {
         }
     }
 
-    /// The buffer's first `n` bytes, all of complete replies, were removed.
+    /// The buffer's first `n` bytes, all of complete replies, were removed, and with them
+    /// their rewrites.
     fn shift(&mut self, n: usize) {
         self.cursor -= n;
         self.frame_start -= n;
@@ -243,6 +402,12 @@ impl Scanner {
             },
             Phase::Bulk { end } => Phase::Bulk { end: end - n },
         };
+        let done = self.rewrites.partition_point(|&(from, _)| from < n);
+        self.rewrites.drain(..done);
+        for span in &mut self.rewrites {
+            span.0 -= n;
+            span.1 -= n;
+        }
     }
 }
 
@@ -265,23 +430,82 @@ fn line_end(buf: &[u8], start: usize, from: usize) -> Option<usize> {
     None
 }
 
-/// For a bulk string or array header, its length (`None` for null, -1), parsed as the crate
-/// does; for other lines, `None`: the crate checks them when it decodes the reply.
+/// For a RESP3 line, what the crate's RESP3 decoder does not check itself: a null's line is
+/// empty, a big number is a sign and digits (it becomes Python's `int(line)`, which would also
+/// take spaces and underscores), and streamed types, which Redis never sends to a client, are
+/// refused rather than framed.
+fn check_resp3_line(kind: u8, line: &[u8]) -> Result<(), String> {
+    match kind {
+        b'_' if !line.is_empty() => Err("not a Redis reply: a null with a value".into()),
+        b'(' => {
+            let digits = line.strip_prefix(b"-").unwrap_or(line);
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(format!(
+                    "not a Redis reply: big number {:?}",
+                    String::from_utf8_lossy(line)
+                ));
+            }
+            Ok(())
+        }
+        b'$' | b'*' | b'%' | b'~' if line == b"?" => {
+            Err("not a Redis reply: a streamed RESP3 type, which Redis does not send".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// For a bulk string's, a blob's or an aggregate's header, its length (`None` for RESP2's
+/// null, -1, which only bulk strings and arrays have), parsed as the crate does; for other
+/// lines, `None`: the crate checks them when it decodes the reply.
 fn parse_length(kind: u8, line: &[u8]) -> Result<Option<usize>, String> {
-    if !matches!(kind, b'$' | b'*') {
+    if !matches!(kind, b'$' | b'*' | b'!' | b'=' | b'%' | b'~' | b'>' | b'|') {
         return Ok(None);
     }
     let length = std::str::from_utf8(line)
         .ok()
         .and_then(|text| text.parse::<isize>().ok());
     match length {
-        Some(-1) => Ok(None),
+        Some(-1) if matches!(kind, b'$' | b'*') => Ok(None),
         Some(length) if length >= 0 => Ok(Some(length as usize)),
         _ => Err(format!(
             "not a Redis reply: length {:?}",
             String::from_utf8_lossy(line)
         )),
     }
+}
+
+/// The bytes of the reply `buf[start..]` with `rewrites` (all inside it) applied: an
+/// attribute dropped, a RESP2 null written as RESP3's `_`.
+fn rewritten(buf: &[u8], start: usize, rewrites: &[(usize, usize)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len() - start);
+    let mut at = start;
+    for &(from, to) in rewrites {
+        out.extend_from_slice(&buf[at..from]);
+        if buf[from] != b'|' {
+            out.extend_from_slice(b"_\r\n");
+        }
+        at = to;
+    }
+    out.extend_from_slice(&buf[at..]);
+    out
+}
+
+/// The crate's `decode` for RESP2 or RESP3: the first frame in a buffer and the bytes it used.
+type Decode<T> = fn(&[u8]) -> Result<Option<(T, usize)>, RedisProtocolError>;
+
+/// The one reply that `reply` holds, decoded by the crate's `decode`, which must use all of it.
+fn decode_whole<T>(reply: &[u8], decode: Decode<T>) -> Result<T, String> {
+    match decode(reply) {
+        Ok(Some((frame, used))) if used == reply.len() => Ok(frame),
+        Ok(_) => Err("not a Redis reply: its length is inconsistent".into()),
+        Err(err) => Err(format!("not a Redis reply: {err}")),
+    }
+}
+
+/// The replies a `feed` completed, from the decoder its `RespDecoder` was made for.
+enum Frames {
+    Resp2(Vec<OwnedFrame>),
+    Resp3(Vec<Resp3Frame>),
 }
 
 struct DecoderState {
@@ -298,7 +522,7 @@ struct DecoderState {
 
 impl DecoderState {
     /// Appends `data` and decodes the replies it completes, within the borrow: no Python runs.
-    fn decode_fed(&mut self, data: &[u8]) -> Result<Vec<OwnedFrame>, String> {
+    fn decode_fed(&mut self, data: &[u8]) -> Result<Frames, String> {
         if self.failed {
             return Err("not a Redis reply: the stream failed to decode earlier".into());
         }
@@ -308,16 +532,28 @@ impl DecoderState {
         let scanned = self.scanner.scan(&self.buffer, self.max_size, &mut ends);
         self.scanned += (self.scanner.cursor - before) as u64;
         scanned?;
-        let mut frames = Vec::with_capacity(ends.len());
+        let mut frames = if self.scanner.resp3 {
+            Frames::Resp3(Vec::with_capacity(ends.len()))
+        } else {
+            Frames::Resp2(Vec::with_capacity(ends.len()))
+        };
+        let mut rewrites = &self.scanner.rewrites[..];
         let mut start = 0;
         for end in ends {
-            let reply = &self.buffer[start..end];
-            match decode(reply) {
-                Ok(Some((frame, used))) if used == reply.len() => frames.push(frame),
-                Ok(_) => return Err("not a Redis reply: its length is inconsistent".into()),
-                Err(err) => return Err(format!("not a Redis reply: {err}")),
+            let inside = rewrites.partition_point(|&(from, _)| from < end);
+            let copy;
+            let reply = if inside == 0 {
+                &self.buffer[start..end]
+            } else {
+                copy = rewritten(&self.buffer[..end], start, &rewrites[..inside]);
+                rewrites = &rewrites[inside..];
+                &copy[..]
+            };
+            match &mut frames {
+                Frames::Resp2(frames) => frames.push(decode_whole(reply, decode)?),
+                Frames::Resp3(frames) => frames.push(decode_whole(reply, decode_resp3)?),
             }
-            self.scanned += reply.len() as u64;
+            self.scanned += (end - start) as u64;
             start = end;
         }
         if start > 0 {
@@ -342,14 +578,14 @@ pub struct RespDecoder {
 #[pymethods]
 impl RespDecoder {
     /// A decoder whose error replies become `error_type(message)`, refusing replies over
-    /// `max_size` bytes.
+    /// `max_size` bytes; with `resp3`, of RESP3 as well as RESP2.
     #[new]
-    #[pyo3(signature = (error_type, max_size = DEFAULT_MAX_SIZE))]
-    fn new(error_type: Py<PyAny>, max_size: usize) -> Self {
+    #[pyo3(signature = (error_type, max_size = DEFAULT_MAX_SIZE, resp3 = false))]
+    fn new(error_type: Py<PyAny>, max_size: usize, resp3: bool) -> Self {
         RespDecoder {
             state: GilCell::new(DecoderState {
                 buffer: Vec::new(),
-                scanner: Scanner::new(),
+                scanner: Scanner::new(resp3),
                 max_size,
                 scanned: 0,
                 failed: false,
@@ -358,8 +594,8 @@ impl RespDecoder {
         }
     }
 
-    /// Every reply completed by `data`, in order; `ValueError` for bytes that are not RESP2 or
-    /// for a reply over `max_size`.
+    /// Every reply completed by `data`, in order; `ValueError` for bytes that are not RESP2
+    /// (nor RESP3, with `resp3`) or for a reply over `max_size`.
     fn feed<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let (frames, error_type) = {
             let mut state = self.state.borrow_mut(py);
@@ -378,8 +614,26 @@ impl RespDecoder {
             None => py.get_type::<PyValueError>().into_any(),
         };
         let replies = PyList::empty(py);
-        for frame in frames {
-            replies.append(to_python(py, frame, &error_type)?)?;
+        match frames {
+            Frames::Resp2(frames) => {
+                for frame in frames {
+                    replies.append(to_python(py, frame, &error_type)?)?;
+                }
+            }
+            Frames::Resp3(frames) => {
+                let converted = frames
+                    .into_iter()
+                    .try_for_each(|frame| replies.append(resp3_to_python(py, frame, &error_type)?));
+                // The replies after the one that failed are lost with this call (a big number
+                // past Python's digit limit, or an `error_type` that raised), so the stream's
+                // place is too.
+                if let Err(err) = converted {
+                    let mut state = self.state.borrow_mut(py);
+                    state.failed = true;
+                    state.buffer = Vec::new();
+                    return Err(err);
+                }
+            }
         }
         Ok(replies)
     }

@@ -1,10 +1,15 @@
 """
 The Redis wire format in Rust (C{redis-protocol}): commands encoded as RESP2 arrays, replies
-decoded from pieces of any size.
+decoded from pieces of any size, as RESP2 or, on request, RESP3.
 """
+
+import math
+import socket
+import sys
 
 from twisted.trial import unittest
 
+from tests._redis import RedisServer
 from tests._support import assertCollected
 from txsession._txsession import RespDecoder, encode_commands
 from txsession.store import StoreError
@@ -294,3 +299,437 @@ class CapacityTests(unittest.SynchronousTestCase):
         self.assertGreater(capacity, 0)
         decoder.feed(b"+OK\r\n")
         self.assertEqual(decoder.capacity, capacity)
+
+
+def resp3(error_type=StoreError, **kwargs):
+    return RespDecoder(error_type, resp3=True, **kwargs)
+
+
+def map3(fields):
+    """
+    An HGETALL reply in RESP3: a map of C{fields} field names to values, as blob strings.
+    """
+    parts = [b"%%%d\r\n" % fields]
+    for i in range(fields):
+        field, value = b"field:%d" % i, b"value:%d" % i
+        parts.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(field), field, len(value), value))
+    return b"".join(parts)
+
+
+class RESP3TypeTests(unittest.SynchronousTestCase):
+    """
+    With C{resp3=True}, each RESP3 type becomes its Python value.
+    """
+
+    def assertDecodes(self, data, expected):
+        self.assertEqual(resp3().feed(data), [expected])
+
+    def test_resp2Types(self):
+        """
+        RESP2's types, which RESP3 keeps, decode as they do without C{resp3}.
+        """
+        self.assertEqual(
+            resp3().feed(b"+OK\r\n:-12\r\n$5\r\nhe\r\nl\r\n*2\r\n$1\r\na\r\n*0\r\n"),
+            ["OK", -12, b"he\r\nl", [b"a", []]],
+        )
+
+    def test_errors(self):
+        """
+        A simple error and a blob error both become C{error_type(message)}.
+        """
+        simple, blob = resp3().feed(b"-ERR simple\r\n!14\r\nERR blob\r\nline\r\n")
+        self.assertIsInstance(simple, StoreError)
+        self.assertEqual(str(simple), "ERR simple")
+        self.assertIsInstance(blob, StoreError)
+        self.assertEqual(str(blob), "ERR blob\r\nline")
+
+    def test_null(self):
+        self.assertDecodes(b"_\r\n", None)
+
+    def test_resp2Nulls(self):
+        """
+        RESP2's nulls, which the crate's RESP3 decoder refuses on their own, are C{None} at the
+        top and inside any aggregate, beside RESP3's C{_}.
+        """
+        self.assertEqual(resp3().feed(b"$-1\r\n*-1\r\n_\r\n"), [None, None, None])
+        self.assertDecodes(b"*4\r\n$-1\r\n*-1\r\n_\r\n*1\r\n$-1\r\n", [None, None, None, [None]])
+        self.assertDecodes(b"%1\r\n+k\r\n$-1\r\n", {"k": None})
+        self.assertDecodes(b">2\r\n$10\r\ninvalidate\r\n*-1\r\n", (b"invalidate", None))
+
+    def test_booleans(self):
+        self.assertEqual(resp3().feed(b"#t\r\n#f\r\n"), [True, False])
+
+    def test_doubles(self):
+        replies = resp3().feed(b",1.5\r\n,-0.25\r\n,10\r\n,1e300\r\n,inf\r\n,-inf\r\n,nan\r\n")
+        for reply in replies:
+            self.assertIs(type(reply), float)
+        self.assertEqual(replies[:6], [1.5, -0.25, 10.0, 1e300, math.inf, -math.inf])
+        self.assertTrue(math.isnan(replies[6]))
+
+    def test_bigNumbers(self):
+        """
+        A big number is an C{int} however many digits it has.
+        """
+        self.assertEqual(
+            resp3().feed(
+                b"(3492890328409238509324850943850943825024385\r\n(-18446744073709551617\r\n(7\r\n"
+            ),
+            [3492890328409238509324850943850943825024385, -18446744073709551617, 7],
+        )
+
+    def test_verbatim(self):
+        """
+        A verbatim string is the C{bytes} of its text, without its format.
+        """
+        self.assertDecodes(b"=15\r\ntxt:Some string\r\n", b"Some string")
+        self.assertDecodes(b"=4\r\nmkd:\r\n", b"")
+
+    def test_map(self):
+        """
+        A map is a C{dict}, its keys converted as values are: C{bytes} for blob strings, C{str}
+        for simple strings, C{int} for integers.
+        """
+        self.assertDecodes(
+            b"%3\r\n$1\r\na\r\n:1\r\n+b\r\n*1\r\n#t\r\n:3\r\n%0\r\n",
+            {b"a": 1, "b": [True], 3: {}},
+        )
+
+    def test_set(self):
+        """
+        A set is a C{list} of its elements (in no particular order).
+        """
+        [members] = resp3().feed(b"~3\r\n$1\r\na\r\n$1\r\nb\r\n:1\r\n")
+        self.assertIsInstance(members, list)
+        self.assertEqual(sorted(members, key=repr), [1, b"a", b"b"])
+        self.assertDecodes(b"~0\r\n", [])
+
+    def test_push(self):
+        """
+        A push is a C{tuple}, and replies never are: an invalidation is
+        C{(b"invalidate", [keys])}.
+        """
+        self.assertDecodes(
+            b">2\r\n$10\r\ninvalidate\r\n*2\r\n$4\r\nkey1\r\n$4\r\nkey2\r\n",
+            (b"invalidate", [b"key1", b"key2"]),
+        )
+        self.assertDecodes(b">2\r\n$10\r\ninvalidate\r\n_\r\n", (b"invalidate", None))
+
+    def test_pushBetweenReplies(self):
+        """
+        A push that arrives between two replies comes out between them.
+        """
+        self.assertEqual(
+            resp3().feed(b"$1\r\na\r\n>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n:2\r\n"),
+            [b"a", (b"message", b"ch", b"hi"), 2],
+        )
+
+    def test_hello(self):
+        """
+        The map that Redis 7 answers C{HELLO 3} with.
+        """
+        data = (
+            b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.0.15\r\n"
+            b"$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:5\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
+            b"$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
+        )
+        self.assertDecodes(
+            data,
+            {
+                b"server": b"redis",
+                b"version": b"7.0.15",
+                b"proto": 3,
+                b"id": 5,
+                b"mode": b"standalone",
+                b"role": b"master",
+                b"modules": [],
+            },
+        )
+
+    def test_attribute(self):
+        """
+        An attribute is dropped and the element after it is the value, at the top, inside an
+        aggregate, before a null, empty, and with attributes of its own.
+        """
+        self.assertEqual(
+            resp3().feed(
+                b"|1\r\n+key-popularity\r\n*2\r\n$1\r\na\r\n,0.19\r\n$5\r\nvalue\r\n"
+                b"|1\r\n+ttl\r\n:3\r\n_\r\n"
+                b"|1\r\n+ttl\r\n:3\r\n$-1\r\n"
+                b"*3\r\n|0\r\n:1\r\n%1\r\n|1\r\n|0\r\n+a\r\n:1\r\n+k\r\n:2\r\n:3\r\n"
+            ),
+            [b"value", None, None, [1, {"k": 2}, 3]],
+        )
+
+    def test_attributeWaitsForItsValue(self):
+        """
+        An attribute alone is not a reply: the reply ends after the element that follows it.
+        """
+        decoder = resp3()
+        self.assertEqual(decoder.feed(b"|1\r\n+a\r\n+b\r\n"), [])
+        self.assertEqual(decoder.feed(b":1\r\n"), [1])
+
+
+class RESP3StreamTests(unittest.SynchronousTestCase):
+    """
+    A RESP3 stream split anywhere decodes as it does whole, each byte looked at a bounded
+    number of times.
+    """
+
+    stream = (
+        b"%2\r\n$5\r\nproto\r\n:3\r\n+k\r\n~2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        b"+OK\r\n_\r\n#t\r\n,-1.5\r\n(123456789012345678901234567890\r\n"
+        b"=8\r\ntxt:a\r\nb\r\n!7\r\nERR x\r\n\r\n-ERR y\r\n"
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n"
+        b"|1\r\n+ttl\r\n:1\r\n*3\r\n$-1\r\n*-1\r\n$0\r\n\r\n:-7\r\n"
+    )
+
+    def check(self, replies):
+        self.assertEqual(len(replies), 12)
+        self.assertEqual(sorted(replies[0]["k"]), [b"a", b"b"])
+        self.assertEqual(replies[0][b"proto"], 3)
+        self.assertEqual(
+            replies[1:7], ["OK", None, True, -1.5, 123456789012345678901234567890, b"a\r\nb"]
+        )
+        self.assertIsInstance(replies[7], StoreError)
+        self.assertEqual(str(replies[7]), "ERR x\r\n")
+        self.assertIsInstance(replies[8], StoreError)
+        self.assertEqual(replies[9:], [(b"invalidate", [b"k"]), [None, None, b""], -7])
+
+    def test_whole(self):
+        self.check(resp3().feed(self.stream))
+
+    def test_byteByByte(self):
+        """
+        The stream fed a byte at a time (or 7 at a time) gives the same replies, and its bytes
+        are scanned at most twice.
+        """
+        for size in (1, 7):
+            decoder = resp3()
+            self.check(feedInPieces(decoder, self.stream, size))
+            self.assertLessEqual(decoder.scanned, 2 * len(self.stream))
+
+    def test_scannedLinear(self):
+        """
+        A big map in 64 KiB pieces, and small ones with RESP2 nulls and attributes byte by
+        byte, are scanned at most twice.
+        """
+        big = map3(80_000)
+        small = (map3(300) + b"|1\r\n+a\r\n:1\r\n*1\r\n$-1\r\n" + map3(2)) * 3
+        for data, size in ((big, 65536), (small, 1)):
+            decoder = resp3()
+            replies = feedInPieces(decoder, data, size)
+            self.assertEqual(replies, resp3().feed(data))
+            self.assertLessEqual(decoder.scanned, 2 * len(data))
+        self.assertEqual(len(replies), 9)
+        self.assertEqual(replies[0][b"field:299"], b"value:299")
+        self.assertEqual(replies[1:3], [[None], {b"field:0": b"value:0", b"field:1": b"value:1"}])
+
+
+class RESP3LimitTests(unittest.SynchronousTestCase):
+    """
+    C{max_size} and the 64-deep nesting limit apply to RESP3's aggregates as to arrays.
+    """
+
+    def test_aggregateHeaders(self):
+        """
+        A map (two elements an entry), set, push or attribute whose elements cannot fit in the
+        limit at 3 bytes each is refused from its header.
+        """
+        for header in (b"%500000\r\n", b"|500000\r\n", b"~1000000\r\n", b">1000000\r\n"):
+            decoder = resp3(max_size=1 << 20)
+            error = self.assertRaises(ValueError, decoder.feed, header)
+            self.assertIn("max_size", str(error))
+        self.assertEqual(resp3(max_size=1 << 20).feed(b"~300000\r\n"), [])
+        self.assertRaises(ValueError, resp3().feed, b"%%%d\r\n" % (2**63 - 1))
+
+    def test_blobHeaders(self):
+        """
+        A blob error or verbatim string over the limit is refused from its header.
+        """
+        for header in (b"!2000\r\n", b"=2000\r\n"):
+            self.assertRaises(ValueError, resp3(max_size=1000).feed, header)
+
+    def test_bigMap(self):
+        """
+        A map whose entries add up to more than the limit is refused once the bytes received
+        pass it; one of exactly the limit passes, byte by byte too.
+        """
+        data = map3(1000)
+        decoder = resp3(max_size=5000)
+        received = 0
+        with self.assertRaises(ValueError):
+            for i in range(0, len(data), 100):
+                received += 100
+                decoder.feed(data[i : i + 100])
+        self.assertLessEqual(received, 5100)
+        for size in (len(data), 1):
+            replies = feedInPieces(resp3(max_size=len(data)), data + data, size)
+            self.assertEqual(len(replies), 2)
+            self.assertEqual(len(replies[0]), 1000)
+        self.assertRaises(ValueError, feedInPieces, resp3(max_size=len(data) - 1), data, 1)
+
+    def test_longLines(self):
+        """
+        A double or big number longer than the limit is refused before its end; a big number
+        may otherwise be longer than any integer.
+        """
+        for kind in b",(":
+            decoder = resp3(max_size=100)
+            decoder.feed(bytes([kind]) + b"1" * 98)
+            self.assertRaises(ValueError, decoder.feed, b"11")
+        self.assertEqual(resp3().feed(b"(" + b"9" * 100 + b"\r\n"), [int("9" * 100)])
+
+    def test_nesting(self):
+        """
+        Maps, sets, pushes and attributes nest up to 64 deep with arrays; deeper is refused.
+        (The crate's RESP3 decoder takes no aggregate inside a set, so a set is innermost.)
+        """
+        headers = [b"*1\r\n", b"%1\r\n+k\r\n", b">1\r\n"] * 21 + [b"~1\r\n"]
+        [reply] = resp3().feed(b"".join(headers) + b":1\r\n")
+        for _ in range(21):
+            reply = reply[0]["k"][0]
+        self.assertEqual(reply, [1])
+        for deeper in (b"*1\r\n", b"%1\r\n", b"~1\r\n", b">1\r\n", b"|1\r\n"):
+            decoder = resp3()
+            self.assertRaises(ValueError, decoder.feed, b"".join(headers[:-1]) + b"*1\r\n" + deeper)
+            self.assertRaises(ValueError, decoder.feed, b":1\r\n")
+
+
+class RESP3BadReplyTests(unittest.SynchronousTestCase):
+    """
+    Bytes that are not RESP3 raise C{ValueError}, and the decoder then refuses everything
+    after.
+    """
+
+    def assertNotRESP3(self, data):
+        decoder = resp3()
+        self.assertRaises(ValueError, decoder.feed, data)
+        self.assertRaises(ValueError, decoder.feed, b"+OK\r\n")
+
+    def test_streamedRefused(self):
+        """
+        Streamed blob strings and aggregates, and their chunks, which Redis does not send to
+        clients, are refused rather than framed.
+        """
+        for data in (b"$?\r\n", b"*?\r\n", b"%?\r\n", b"~?\r\n", b";4\r\nabcd\r\n", b".\r\n"):
+            self.assertNotRESP3(data)
+        error = self.assertRaises(ValueError, resp3().feed, b"$?\r\n;1\r\na\r\n;0\r\n")
+        self.assertIn("not a Redis reply: a streamed RESP3 type", str(error))
+
+    def test_badLines(self):
+        for data in (
+            b"_x\r\n",
+            b"#x\r\n",
+            b",one\r\n",
+            b"(12a\r\n",
+            b"(1_000\r\n",
+            b"( 1\r\n",
+            b"(\r\n",
+            b"=3\r\ntxt\r\n",
+            b"=7\r\nfoo:bar\r\n",
+            b"%-1\r\n",
+            b"~-1\r\n",
+            b">-1\r\n",
+            b"!-1\r\n",
+            b"|-1\r\n",
+            b"HELLO 3\r\n",
+        ):
+            self.assertNotRESP3(data)
+
+    def test_numberLineTooLong(self):
+        for kind in b"%~>|!=":
+            self.assertNotRESP3(bytes([kind]) + b"1" * 40)
+
+    def test_aggregateKeys(self):
+        """
+        A map key or set element that is an aggregate (unhashable in Python) is refused.
+        """
+        self.assertNotRESP3(b"%1\r\n*0\r\n:1\r\n")
+        self.assertNotRESP3(b"~1\r\n%0\r\n")
+
+    def test_conversionFails(self):
+        """
+        A reply that fails to become a Python value (here an C{error_type} that raises) loses
+        the replies after it in the same call, so the decoder then refuses everything.
+        """
+
+        def broken(message):
+            raise RuntimeError(message)
+
+        decoder = resp3(broken)
+        self.assertRaises(RuntimeError, decoder.feed, b"-ERR\r\n+OK\r\n")
+        self.assertRaises(ValueError, decoder.feed, b"+OK\r\n")
+
+    def test_bigNumberPastPythonsLimit(self):
+        """
+        A big number with more digits than Python converts raises C{ValueError}.
+        """
+        if not hasattr(sys, "get_int_max_str_digits"):
+            raise unittest.SkipTest("this Python has no limit on an int's digits")
+        digits = sys.get_int_max_str_digits() + 1
+        self.assertNotRESP3(b"(" + b"1" * digits + b"\r\n")
+
+    def test_resp2Refuses(self):
+        """
+        Without C{resp3}, RESP3's type bytes are refused as before.
+        """
+        for kind in b"_#,(!=%~>|":
+            decoder = RespDecoder(StoreError)
+            error = self.assertRaises(ValueError, decoder.feed, bytes([kind]) + b"1\r\n")
+            self.assertEqual(str(error), f"not a Redis reply: type byte {chr(kind)!r}")
+            self.assertRaises(ValueError, decoder.feed, b"+OK\r\n")
+
+
+class RESP3ServerTests(unittest.TestCase):
+    """
+    A real C{redis-server} speaking RESP3 after C{HELLO 3}: its replies, and the push that
+    client-side caching sends, decoded.
+    """
+
+    def setUp(self):
+        self.server = RedisServer()
+        self.server.start()
+        self.addCleanup(self.server.close)
+
+    def connect(self):
+        connection = socket.create_connection(("127.0.0.1", self.server.port), timeout=5)
+        self.addCleanup(connection.close)
+        return connection
+
+    def receive(self, connection, decoder, count):
+        replies = []
+        while len(replies) < count:
+            data = connection.recv(65536)
+            self.assertTrue(data, "redis-server closed the connection")
+            replies += decoder.feed(data)
+        self.assertEqual(len(replies), count)
+        return replies
+
+    def test_helloRepliesAndInvalidation(self):
+        """
+        After C{HELLO 3} the server's map, then the replies, then, once another connection
+        changes a key this one read with tracking on, the invalidation push.
+        """
+        tracked = self.connect()
+        decoder = resp3()
+        tracked.sendall(
+            encode_commands(
+                [
+                    [b"HELLO", b"3"],
+                    [b"SET", b"k", b"v"],
+                    [b"GET", b"k"],
+                    [b"CLIENT", b"TRACKING", b"ON"],
+                    [b"GET", b"k"],
+                ]
+            )
+        )
+        hello, *replies = self.receive(tracked, decoder, 5)
+        self.assertIsInstance(hello, dict)
+        self.assertEqual(hello[b"proto"], 3)
+        self.assertEqual(hello[b"server"], b"redis")
+        self.assertEqual(replies, ["OK", b"v", "OK", b"v"])
+
+        other = self.connect()
+        other.sendall(encode_commands([[b"SET", b"k", b"w"]]))
+        self.assertEqual(self.receive(other, RespDecoder(StoreError), 1), ["OK"])
+        self.assertEqual(self.receive(tracked, decoder, 1), [(b"invalidate", [b"k"])])

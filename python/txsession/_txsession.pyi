@@ -225,22 +225,39 @@ class RespDecoder:
     C{bytes} for bulk strings, C{str} for simple strings, C{int}, C{None} for null, lists for
     arrays, and C{error_type(message)} for an error reply.
 
+    With C{resp3=True} it decodes RESP3 too (after C{HELLO 3}), RESP2's nulls C{$-1} and
+    C{*-1} included: C{None} for C{_}, C{True}/C{False} for booleans, C{float} for doubles
+    (C{inf}, C{-inf} and C{nan} too), C{int} for big numbers (of any size within Python's limit
+    on an C{int}'s digits), C{bytes} for a verbatim string's text (without its format), a
+    C{dict} for a map and a C{list} for a set (both in no particular order, and keyed and
+    converted as above), and C{error_type(message)} for a blob error. A push (out-of-band data,
+    such as a client-side caching invalidation) is a C{tuple}, and no reply ever is: an
+    invalidation comes out as C{(b"invalidate", [b"key", ...])}, or with C{None} for a flush.
+    An attribute is dropped and the reply it comes before is the value. Streamed RESP3 types
+    (C{$?}, C{*?}, chunks), which Redis does not send to clients, raise C{ValueError}, as do a
+    set element or map key that is an aggregate.
+
     Each byte is looked at once to find where its reply ends, and the complete reply is then
     decoded once, so a reply costs time linear in its size however it is split. A reply over
     C{max_size} bytes (default 512 MiB, Redis's C{proto-max-bulk-len}) raises C{ValueError}
-    as soon as that is known: from a bulk string's length, from an array's length at 3 bytes
-    an element, or from the bytes received, never after buffering it whole. Arrays nest at
-    most 64 deep. After a C{ValueError} the stream's place is lost and every later C{feed}
-    raises C{ValueError}: close the connection.
+    as soon as that is known: from a bulk string's length, from an array's (or a map's, a
+    set's, a push's) length at 3 bytes an element, or from the bytes received, never after
+    buffering it whole. Arrays (and RESP3's other aggregates) nest at most 64 deep. After a
+    C{ValueError} the stream's place is lost and every later C{feed} raises C{ValueError}:
+    close the connection. With C{resp3=True} that is so for any exception from C{feed}, such
+    as one from C{error_type}, since the replies after it in the same call are lost.
     """
 
     def __new__(
-        cls, error_type: Callable[[str], Any], max_size: int = 512 * 1024 * 1024
+        cls,
+        error_type: Callable[[str], Any],
+        max_size: int = 512 * 1024 * 1024,
+        resp3: bool = False,
     ) -> RespDecoder: ...
     def feed(self, data: bytes) -> list[Any]:
         """
-        Every reply that C{data} completes, in order; C{ValueError} for bytes not RESP2 or for
-        a reply over C{max_size} bytes.
+        Every reply that C{data} completes, in order; C{ValueError} for bytes not RESP2 (nor
+        RESP3, with C{resp3=True}) or for a reply over C{max_size} bytes.
         """
     @property
     def max_size(self) -> int:
