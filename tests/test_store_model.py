@@ -260,11 +260,15 @@ class _RenewIds(resource.Resource):
         def answer():
             old = request.getSession().uid
             session = txsession.renewSession(request)
-            return {
-                "session": session.uid.decode(),
-                "from": old.decode(),
-                "values": dict(session.sessionNamespaces),
-            }
+            return store_app.cachedFrom(
+                request,
+                old,
+                {
+                    "session": session.uid.decode(),
+                    "from": old.decode(),
+                    "values": dict(session.sessionNamespaces),
+                },
+            )
 
         return _answerLater(request, answer)
 
@@ -374,6 +378,18 @@ class _Record:
         return self.body.get("from") if isinstance(self.body, dict) else None
 
     @property
+    def cachedFrom(self) -> int | None:
+        """
+        When the copy this request used without reading it was read (its stamp made), as
+        an event number; None when it read its session (or made it).
+        """
+        return self.body.get("cachedFrom") if isinstance(self.body, dict) else None
+
+    @property
+    def rendered(self) -> int | None:
+        return self.body.get("rendered") if isinstance(self.body, dict) else None
+
+    @property
     def ended(self) -> str | None:
         return self.body.get("ended") if isinstance(self.body, dict) else None
 
@@ -475,6 +491,8 @@ class _Run:
         self.timers: list[Any] = []
         self.portChanges: list[defer.Deferred[None]] = []
         self.proxies: list[FaultProxy] = []
+        # Each invalidation a site's store processed: (event, site, keys or None for all).
+        self.pushes: list[tuple[int, int, list[bytes] | None]] = []
         self.sites: list[Any] = []
         self.ports: list[Any] = []
         self.clients = [_Client(i) for i in range(program["clients"])]
@@ -501,7 +519,7 @@ class _Run:
         finally:
             await self.tearDown()
         errors = self.loggedErrors()
-        checker = _Checker(self.records, state, after, errors)
+        checker = _Checker(self.records, state, after, errors, self.pushes)
         violations = checker.check()
         text = ""
         if violations or VERBOSE:
@@ -539,10 +557,35 @@ class _Run:
             site = store_app.makeSite(store, SESSION_TIMEOUT)
             site.resource.putChild(b"renew-ids", _RenewIds())
             site.resource.putChild(b"logout-ids", _LogoutIds())
+            self.watchCache(site, len(self.sites))
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             site.base = b"http://127.0.0.1:%d/" % port.getHost().port
             self.sites.append(site)
             self.ports.append(port)
+
+    def watchCache(self, site: Any, index: int) -> None:
+        """
+        Note, as events, when each stamp of C{site}'s cache was made and each invalidation
+        was processed, for the checker (a request that used a copy without reading it
+        answers when its stamp was made, and when it rendered).
+        """
+        tracker = site.store._tracker
+        ticks = site.modelStampTicks = {}
+        site.modelTick = self.tick
+        replied, pushed = tracker.replied, tracker.pushed
+
+        def noteReplied(protocol, command, reply):
+            replied(protocol, command, reply)
+            stamp = tracker.stamps.get(command.key) if command.key else None
+            if stamp is not None and stamp not in ticks:
+                ticks[stamp] = self.tick()
+
+        def notePushed(protocol, push):
+            pushed(protocol, push)
+            if len(push) >= 2 and push[0] == b"invalidate":
+                self.pushes.append((self.tick(), index, push[1]))
+
+        tracker.replied, tracker.pushed = noteReplied, notePushed
 
     async def drive(self) -> None:
         for index, step in enumerate(self.program["steps"]):
@@ -842,8 +885,9 @@ class _Checker:
     cookie (or the cookie it was set) names (possibly: it failed, and may have used another).
     """
 
-    def __init__(self, records, state, after=None, errors=()):
+    def __init__(self, records, state, after=None, errors=(), pushes=()):
         self.records = sorted(records, key=lambda r: r.start)
+        self.pushes = list(pushes)
         self.state = state
         self.after = after if after is not None else {}
         self.errors = list(errors)
@@ -1023,6 +1067,7 @@ class _Checker:
         self.violations: list[str] = []
         self.checkStatuses()
         self.checkReads()
+        self.checkCached()
         self.checkFinalState()
         self.checkLogouts()
         self.checkRenamed()
@@ -1122,14 +1167,46 @@ class _Checker:
             if r.status != 200 or r.values is None or not self.isUid(r.session):
                 continue
             lineage = self.find(r.session)
+            # A request that used a copy without reading it sees the session as of the read
+            # that made the copy's stamp (README: what a cached copy may not see, and for
+            # how long): checkCached checks that no invalidation was processed since.
+            start = r.start if r.cachedFrom is None else min(r.start, r.cachedFrom)
             for key in KEYS:
-                why = self.explain(lineage, key, r.values.get(key, ABSENT), r.start, r.end, r.site)
+                why = self.explain(lineage, key, r.values.get(key, ABSENT), start, r.end, r.site)
                 if why:
                     self.violation(
                         "read",
                         f"{self.show(r)} saw {key}={r.values.get(key, '(absent)')!r} in "
                         f"session {self.label(r.session)}: {why}",
                     )
+
+    def checkCached(self) -> None:
+        """
+        A copy is never used after an invalidation of its key was processed: between its
+        stamp and the request's render, its site processed none for that key.
+        """
+        for r in self.records:
+            if r.cachedFrom is None or r.rendered is None or not self.isUid(r.got):
+                continue
+            key = sessionKey(r.got)
+            for tick, site, keys in self.pushes:
+                if (
+                    site == r.site
+                    and r.cachedFrom < tick < r.rendered
+                    and (keys is None or key in keys)
+                ):
+                    self.violation(
+                        "cached",
+                        f"{self.show(r)} used its copy of {self.label(r.got)} (stamped at "
+                        f"ev{r.cachedFrom}) after s{site} processed its invalidation at ev{tick}",
+                    )
+
+    def usedBefore(self, r: _Record, end: float) -> bool:
+        """
+        Whether C{r} used a copy without reading it whose stamp was made before C{end}: it
+        may be served until the invalidation is processed, which checkCached checks.
+        """
+        return r.cachedFrom is not None and r.cachedFrom < end
 
     def live(self, lineage: str) -> list[str]:
         return [uid for uid in self.names(lineage) if "m:t" in self.stored(uid).fields]
@@ -1187,7 +1264,7 @@ class _Checker:
             lineage = self.find(e.ended)
             values = self.valuesOf(lineage)
             for r in self.records:
-                if r.start > e.end:
+                if r.start > e.end and not self.usedBefore(r, e.end):
                     served = self.servedAfter(r, lineage, values)
                     if served:
                         self.violation(
@@ -1218,6 +1295,8 @@ class _Checker:
             values = self.valuesOf(lineage)
             for r in self.records:
                 if r is n or r.start < n.end or r.carried != n.renamedFrom:
+                    continue
+                if self.usedBefore(r, n.end):
                     continue
                 served = self.servedAfter(r, lineage, values)
                 if served:

@@ -74,8 +74,12 @@ class ClusterClient:
     Commands to a Redis Cluster, each to the node owning its key's slot.
     """
 
-    def __init__(self, reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float) -> None:
+    def __init__(
+        self, reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float, tracker: Any = None
+    ) -> None:
         self._reactor = reactor
+        # Shared by every node's connection: tracking is per connection, so per node.
+        self._tracker = tracker
         self._connector = _connector(reactor)
         self._urlInfo = url
         self._url = url.display
@@ -106,6 +110,7 @@ class ClusterClient:
                 self._urlInfo.nodeDisplay(host, port),
                 setup,
                 self._timeout,
+                tracker=self._tracker,
             )
         return node
 

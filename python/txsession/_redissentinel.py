@@ -172,7 +172,9 @@ class SentinelClient(_RedisClient):
     Commands to the primary the sentinels name, following failover.
     """
 
-    def __init__(self, reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float) -> None:
+    def __init__(
+        self, reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float, tracker: Any = None
+    ) -> None:
         connector = _connector(reactor)
         self._sentinels = _Sentinels(reactor, url, tls, timeout)
         self._endpointToPrimary = _SentinelEndpoint(connector, self._sentinels, tls, timeout)
@@ -186,6 +188,7 @@ class SentinelClient(_RedisClient):
             check=_isPrimary,
             # Retried often: after a failover the new primary is reached soon.
             maxDelay=0.25,
+            tracker=tracker,
         )
         self._serviceName = url.service or ""
         self._subscriptions = [
@@ -249,5 +252,7 @@ class SentinelClient(_RedisClient):
         return done
 
 
-def sentinelClient(reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float) -> Any:
-    return SentinelClient(reactor, url, tls, timeout)
+def sentinelClient(
+    reactor: Any, url: _redisurl.RedisURL, tls: Any, timeout: float, tracker: Any = None
+) -> Any:
+    return SentinelClient(reactor, url, tls, timeout, tracker)

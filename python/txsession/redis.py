@@ -34,7 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from txsession import _redisurl
+from txsession import _redistracking, _redisurl
 from txsession._txsession import RespDecoder, encode_commands
 from txsession.store import (
     ISerializer,
@@ -87,10 +87,13 @@ local function keepSet(prefix, u, t)
 end
 """
 
-# KEYS[1]: the session; ARGV[1]: now (ms); ARGV[2]: the key prefix. Restarts its timeout
-# (never past its absolute end), notes the use, and returns its fields; for a renamed
-# session's old key, its one field m:f (without restarting anything); nil when it is gone,
-# or past its absolute end (then it is deleted).
+# KEYS[1]: the session; ARGV[1]: now (ms); ARGV[2]: the key prefix. Returns its fields, and
+# m:p, the milliseconds its idle timeout has left; for a renamed session's old key, its one
+# field m:f (without restarting anything); false when it is gone, or past its absolute end
+# (then it is deleted). Restarts its timeout (never past its absolute end), noting the use,
+# only once a tenth of the timeout has run: a read that changes nothing leaves every other
+# process's cached copy valid. It ends with a read of the key, which a tracking connection's
+# cache relies on (see _redistracking).
 _LOAD = (
     _PRELUDE
     + b"""
@@ -105,12 +108,19 @@ if v[3] and tonumber(v[3]) <= tonumber(ARGV[1]) then
   return false
 end
 local t = ttl(v[1], v[3], ARGV[1])
-redis.call('PEXPIRE', key, t)
-if v[4] then
-  redis.call('HSET', key, 'm:l', ARGV[1])
-  keepSet(ARGV[2], v[4], t)
+local left = redis.call('PTTL', key)
+if left < t - math.floor(tonumber(v[1]) / 10) then
+  left = t
+  redis.call('PEXPIRE', key, t)
+  if v[4] then
+    redis.call('HSET', key, 'm:l', ARGV[1])
+    keepSet(ARGV[2], v[4], t)
+  end
 end
-return redis.call('HGETALL', key)
+local fields = redis.call('HGETALL', key)
+table.insert(fields, 'm:p')
+table.insert(fields, left)
+return fields
 """
 )
 
@@ -123,7 +133,8 @@ return redis.call('HGETALL', key)
 # then the fields and values to set, then the fields to delete.
 # Returns 1 when written, 0 when the session is gone (or past its absolute end), {'m:f',
 # member} when it was renamed. Every check comes before the first write, and no write command
-# after it can fail, so the script is applied whole or not at all, at any size.
+# after it can fail, so the script is applied whole or not at all, at any size. It ends with
+# a read of the key written (for a tracking connection: see _redistracking).
 _SAVE = (
     _PRELUDE
     + b"""
@@ -190,25 +201,29 @@ if ARGV[8] ~= '' and u ~= ARGV[8] then
   redis.call('SADD', set, ARGV[3])
 end
 if u then keepSet(prefix, u, t) end
+redis.call('EXISTS', key)
 return 1
 """.replace(b"SLICE", str(_SLICE).encode()).replace(b"MAXMS", b"%d" % 2**53)
 )
 
 # KEYS: sessions to delete; ARGV[1]: the key prefix. A renamed session's old key leads to the
 # new one, which goes too: a logout that reaches the old name after a rename still ends it.
+# Returns the keys deleted.
 _DELETE = (
     _PRELUDE
     + b"""
 local seen = {}
+local out = {}
 for _, key in ipairs(KEYS) do
   while key and not seen[key] do
     seen[key] = true
+    table.insert(out, key)
     local f = redis.call('HGET', key, 'm:f')
     endSession(ARGV[1], key)
     key = f and (ARGV[1] .. f)
   end
 end
-return 1
+return out
 """
 )
 
@@ -229,7 +244,7 @@ return out
 
 # KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2...]: members to keep, each with every
 # member its renames lead to (a rename in flight when this runs has moved the set's member).
-# Deletes every other session of the user; returns how many were live.
+# Deletes every other session of the user; returns the keys of those that were live.
 _LOGOUT_USER = b"""
 local keep = {}
 for i = 2, #ARGV do
@@ -239,18 +254,18 @@ for i = 2, #ARGV do
     m = redis.call('HGET', ARGV[1] .. m, 'm:f')
   end
 end
-local n = 0
+local out = {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not keep[m] then
     local key = ARGV[1] .. m
     if redis.call('HEXISTS', key, 'm:t') == 1 then
       redis.call('DEL', key)
-      n = n + 1
+      table.insert(out, key)
     end
     redis.call('SREM', KEYS[1], m)
   end
 end
-return n
+return out
 """
 
 # KEYS[1]: a user's set; ARGV[1]: the key prefix; ARGV[2]: a member. Deletes that session if
@@ -263,6 +278,36 @@ local live = redis.call('HEXISTS', key, 'm:t')
 redis.call('DEL', key)
 return live
 """
+
+# KEYS: sessions; ARGV[1]: now (ms); ARGV[2]: the key prefix. Restarts the idle timeout of each
+# (never past its absolute end), noting the use of a bound one: what reads served from a
+# cached copy no longer do. Returns, per key, 1 when the session lives, else 0 (a session past
+# its absolute end is deleted). Ends with a read of each key, as a tracking connection needs.
+_REFRESH = (
+    _PRELUDE
+    + b"""
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'm:t', 'm:e', 'm:u')
+  if not v[1] then
+    out[i] = 0
+  elseif v[2] and tonumber(v[2]) <= tonumber(ARGV[1]) then
+    endSession(ARGV[2], key, v[3])
+    out[i] = 0
+  else
+    local t = ttl(v[1], v[2], ARGV[1])
+    redis.call('PEXPIRE', key, t)
+    if v[3] then
+      redis.call('HSET', key, 'm:l', ARGV[1])
+      keepSet(ARGV[2], v[3], t)
+    end
+    redis.call('EXISTS', key)
+    out[i] = 1
+  end
+end
+return out
+"""
+)
 
 
 # Each script by its SHA1: commands name it with EVALSHA; each connection loads them all (SCRIPT
@@ -282,6 +327,7 @@ _DELETE_SHA = _script(_DELETE)
 _USER_SESSIONS_SHA = _script(_USER_SESSIONS)
 _LOGOUT_USER_SHA = _script(_LOGOUT_USER)
 _END_USER_SESSION_SHA = _script(_END_USER_SESSION)
+_REFRESH_SHA = _script(_REFRESH)
 
 
 def _noScript(reply: Any) -> bool:
@@ -293,10 +339,13 @@ class _Batch:
     Commands sent together, the replies received for them so far, and when they are late.
     """
 
-    __slots__ = ("count", "deferred", "replies", "deadline")
+    __slots__ = ("commands", "count", "deferred", "replies", "deadline")
 
-    def __init__(self, count: int, deferred: Deferred[list[Any]], deadline: float) -> None:
-        self.count = count
+    def __init__(
+        self, commands: list[list[bytes]], deferred: Deferred[list[Any]], deadline: float
+    ) -> None:
+        self.commands = commands
+        self.count = len(commands)
         self.deferred = deferred
         self.replies: list[Any] = []
         self.deadline = deadline
@@ -312,14 +361,31 @@ class _RedisProtocol(Protocol):
 
     def __init__(self, client: _RedisClient) -> None:
         self._client = client
-        self._decoder = RespDecoder(StoreError)
+        # RESP3 where the client asks for tracking (HELLO 3); RESP2 replies decode the same.
+        self._decoder = RespDecoder(StoreError, resp3=client._tracker is not None)
         self._waiting: deque[_Batch] = deque()
         self._timer: Any = None
+        # Redis tracks the keys this connection reads (set once HELLO 3 and CLIENT TRACKING
+        # succeeded), and the connection is up.
+        self.tracking = False
+        self.live = True
+        self._socket: Any = None
 
-    def ready(self) -> None:
+    def connectionMade(self) -> None:
+        self._socket = _redistracking.socketOf(self.transport)
+
+    def unread(self) -> bool:
         """
-        The connection is set up: commands go to it from now on.
+        Whether bytes from Redis wait on this connection, unread by the reactor.
         """
+        return _redistracking.unread(self._socket)
+
+    def ready(self, tracking: bool = False) -> None:
+        """
+        The connection is set up (and Redis tracks the keys it reads, when C{tracking}):
+        commands go to it from now on.
+        """
+        self.tracking = tracking
         self._client._ready(self)
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
@@ -330,7 +396,7 @@ class _RedisProtocol(Protocol):
         deferred: Deferred[list[Any]] = Deferred(abort)
         client = self._client
         clock = client._reactor
-        self._waiting.append(_Batch(len(commands), deferred, clock.seconds() + client._timeout))
+        self._waiting.append(_Batch(commands, deferred, clock.seconds() + client._timeout))
         if self._timer is None:
             self._timer = clock.callLater(client._timeout, self._late)
         # The transport writes on the reactor's next turn: the commands of every request
@@ -366,11 +432,21 @@ class _RedisProtocol(Protocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
             return
         for reply in replies:
+            if type(reply) is tuple:
+                # A RESP3 push (an invalidation), in order with the replies.
+                tracker = self._client._tracker
+                if tracker is not None and self.tracking:
+                    tracker.pushed(self, reply)
+                continue
             if not self._waiting:
                 _log.error("Redis sent a reply to no command; disconnecting")
                 self.transport.abortConnection()  # type: ignore[attr-defined]
                 return
             batch = self._waiting[0]
+            if self.tracking:
+                command = batch.commands[len(batch.replies)]
+                if type(command) is _redistracking.Tracked:
+                    self._client._tracker.replied(self, command, reply)  # type: ignore[union-attr]
             batch.replies.append(reply)
             if len(batch.replies) == batch.count:
                 self._waiting.popleft()
@@ -378,6 +454,9 @@ class _RedisProtocol(Protocol):
                     batch.deferred.callback(batch.replies)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.live = False
+        if self.tracking:
+            self._client._tracker.lost(self)  # type: ignore[union-attr]
         self._client._lost(self)
         if self._timer is not None:
             if self._timer.active():
@@ -447,6 +526,8 @@ class _RedisClient:
         to refuse the connection.
     @param scripts: Load the store's scripts on each new connection, behind C{setup} (not
         for a connection to a sentinel).
+    @param tracker: For client-side caching, the store's L{_redistracking.Tracker}: each
+        connection then asks for RESP3 and tracking, behind C{setup}.
     """
 
     def __init__(
@@ -460,8 +541,10 @@ class _RedisClient:
         check: Any = None,
         maxDelay: float = 1.0,
         scripts: bool = True,
+        tracker: Any = None,
     ) -> None:
         self._reactor = reactor
+        self._tracker = tracker
         self._timeout = timeout
         self._url = display
         self._setup = setup
@@ -482,12 +565,32 @@ class _RedisClient:
         self.roundTrips = 0
 
     def _prepare(self, protocol: _RedisProtocol) -> Deferred[None] | None:
+        setup = list(self._setup)
+        tracking = len(setup)
+        if self._tracker is not None:
+            # After AUTH: HELLO needs an authenticated connection.
+            setup += [[b"HELLO", b"3"], [b"CLIENT", b"TRACKING", b"ON", b"NOLOOP"]]
+
         def ready(replies: list[Any]) -> None:
+            tracks = False
+            if self._tracker is not None:
+                answers = replies[tracking : tracking + 2]
+                replies = replies[:tracking] + replies[tracking + 2 :]
+                if any(isinstance(answer, StoreError) for answer in answers):
+                    # A Redis before 6.0: no caching on this connection, every read reads.
+                    _log.warn(
+                        "Redis at {url} does not track keys for client-side caching "
+                        "({why}): every request reads its session",
+                        url=self._url,
+                        why=next(a for a in answers if isinstance(a, StoreError)),
+                    )
+                else:
+                    tracks = True
             self._replies(replies)
             if self._check is not None:
                 self._check(replies[: len(self._setup)])
             # ClientService hands over a proxy of the protocol; the protocol registers itself.
-            protocol.ready()
+            protocol.ready(tracks)
 
         def refused(reason: Any) -> Any:
             # ClientService leaves a refused connection open, and has already counted the
@@ -501,7 +604,6 @@ class _RedisClient:
         # Every script is loaded before the connection carries a command: a script the
         # server does not know (NOSCRIPT) could otherwise only be sent again after the
         # commands pipelined behind it, out of order.
-        setup = list(self._setup)
         if self._scripts:
             setup += [[b"SCRIPT", b"LOAD", text] for text in _SCRIPTS.values()]
         if not setup:
@@ -645,6 +747,7 @@ def _jitter() -> float:
 # The longest expiry the store gives a key: about 285,000 years, well inside what PEXPIRE
 # takes. A longer sessionTimeout (or an infinite one) is stored as this.
 _MAX_MILLISECONDS = 2**53
+_MAX_SECONDS = _MAX_MILLISECONDS / 1000
 
 
 def _milliseconds(timeout: float) -> bytes:
@@ -686,6 +789,11 @@ class RedisStore:
     @param replicas: Each write also waits (C{WAIT}) until this many replicas have it; when
         fewer confirm it within half the timeout, the request gets a 503 (the write is on
         the primary, its outcome unknown).
+    @param cache: Client-side caching (Redis 6 or later): a session this process read or
+        wrote, and that Redis has not invalidated since, is used without reading it again
+        (see L{_redistracking} and the README's consistency model).
+    @param cacheMaxAge: Seconds after its last read that a cached copy is read again, even
+        with no invalidation.
     """
 
     def __init__(
@@ -698,6 +806,8 @@ class RedisStore:
         tls: Any = None,
         cluster: bool = False,
         replicas: int = 0,
+        cache: bool = True,
+        cacheMaxAge: float = 60.0,
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
@@ -736,6 +846,19 @@ class RedisStore:
         if replicas and self.cluster:
             raise ValueError("replicas= is not supported with cluster=True")
         self.replicas = replicas
+        if (
+            isinstance(cacheMaxAge, bool)
+            or not isinstance(cacheMaxAge, (int, float))
+            or not cacheMaxAge > 0
+        ):
+            raise ValueError(
+                f"cacheMaxAge must be a positive number of seconds, not {cacheMaxAge!r}"
+            )
+        self.cache = bool(cache)
+        self.cacheMaxAge = float(cacheMaxAge)
+        self._tracker: Any = None
+        # Sessions whose idle timeout is to be restarted in Redis, sent together soon.
+        self._refreshing: dict[bytes, None] = {}
         self._address = address
         self._tls: Any = tls if address.tls else False
         self._client: Any = None
@@ -751,14 +874,17 @@ class RedisStore:
 
     def _connect(self, reactor: Any) -> Any:
         address = self._address
+        tracker = None
+        if self.cache:
+            tracker = self._tracker = _redistracking.Tracker(reactor, self.cacheMaxAge)
         if self.cluster:
             from txsession._rediscluster import ClusterClient
 
-            return ClusterClient(reactor, address, self._tls, self.timeout)
+            return ClusterClient(reactor, address, self._tls, self.timeout, tracker)
         if address.kind == "sentinel":
             from txsession._redissentinel import sentinelClient
 
-            return sentinelClient(reactor, address, self._tls, self.timeout)
+            return sentinelClient(reactor, address, self._tls, self.timeout, tracker)
         if address.kind == "unix":
             connector = _connector(reactor, unix=True)
             endpoint = UNIXClientEndpoint(connector, address.path, timeout=self.timeout)
@@ -770,7 +896,9 @@ class RedisStore:
         if address.tls and not setup:
             # The handshake (and the certificate checks) done before the connection is used.
             setup.append([b"PING"])
-        return _RedisClient(reactor, connector, endpoint, self.url, setup, self.timeout)
+        return _RedisClient(
+            reactor, connector, endpoint, self.url, setup, self.timeout, tracker=tracker
+        )
 
     @property
     def roundTrips(self) -> int:
@@ -841,12 +969,74 @@ class RedisStore:
             return fresh
         return uid[:_TAG] + fresh[_TAG:]
 
-    def load(self, uids: list[bytes]) -> Deferred[list[StoredFields | bytes | None]]:
+    def load(
+        self, uids: list[bytes], owner: Any = None
+    ) -> Deferred[list[StoredFields | bytes | None]]:
         now = self._now() if self._client is not None else b"0"
         commands = [
             [b"EVALSHA", _LOAD_SHA, b"1", self._key(uid), now, self.keyPrefix] for uid in uids
         ]
+        if self._tracker is not None and owner is not None:
+            commands = [
+                _redistracking.tracked(command, _redistracking.READ, command[3], owner)
+                for command in commands
+            ]
         return self._execute(commands).addCallback(lambda replies: [_loaded(r) for r in replies])
+
+    # Client-side caching: optional in ISessionStore (the site's flow asks for it with
+    # getattr), and what owner= means in load, save and the rest.
+
+    def cached(self, uid: bytes, owner: Any, timeout: float) -> Any:
+        """
+        Whether C{owner}'s copy of the session C{uid}, as it last read or wrote it, is still
+        what Redis holds (then its stamp, a true value; else C{None}), so that a request may
+        use it without reading it: read on a
+        connection that tracks it, with no invalidation since, no byte waiting unread on that
+        connection (an invalidation may be among them), and read less than C{cacheMaxAge}
+        seconds ago. A cached use restarts the session's idle timeout in Redis (C{timeout}
+        seconds) only once a tenth of it has run: soon, in one round trip for every session
+        due, not waited for.
+        """
+        tracker = self._tracker
+        if tracker is None:
+            return None
+        key = self._key(uid)
+        stamp = tracker.fresh(key, owner)
+        if stamp is None:
+            return None
+        now = self._client._reactor.seconds()  # type: ignore[union-attr]
+        if stamp.expires - now < timeout * 0.9:
+            stamp.expires = now + timeout
+            if not self._refreshing:
+                self._client._connector.callLater(0, self._refresh)  # type: ignore[union-attr]
+            self._refreshing[key] = None
+        return stamp
+
+    def forget(self, uid: bytes, owner: Any) -> None:
+        """
+        C{owner} has no copy of the session C{uid} any more.
+        """
+        if self._tracker is not None:
+            self._tracker.forget(self._key(uid), owner)
+
+    def _refresh(self) -> None:
+        keys, self._refreshing = list(self._refreshing), {}
+        if not keys or self._client is None:
+            return
+        now = self._now()
+        if self.cluster:
+            batches = [[key] for key in keys]
+        else:
+            batches = [keys[i : i + _SLICE] for i in range(0, len(keys), _SLICE)]
+        commands = [
+            _redistracking.tracked(
+                [b"EVALSHA", _REFRESH_SHA, b"%d" % len(batch), *batch, now, self.keyPrefix],
+                _redistracking.REFRESH,
+                None,
+            )
+            for batch in batches
+        ]
+        self._client.execute(commands).addErrback(_refreshFailed)
 
     def save(
         self,
@@ -858,6 +1048,7 @@ class RedisStore:
         created: float | None = None,
         ends: float | None = None,
         user: str | None = None,
+        owner: Any = None,
     ) -> Deferred[None]:
         key = self._key(uid)
         if storedAs is None:
@@ -886,6 +1077,15 @@ class RedisStore:
         for name, value in changed.items():
             command += [_FIELD + _fieldName(name), value]
         command += [_FIELD + _fieldName(name) for name in deleted]
+        if self._tracker is not None:
+            command = _redistracking.tracked(
+                command,
+                _redistracking.WRITE,
+                key,
+                owner,
+                None if storedAs is None else command[4],
+                self._client._reactor.seconds() + min(timeout, _MAX_SECONDS),  # type: ignore[union-attr]
+            )
         return self._execute([command]).addCallback(_saved)
 
     def delete(self, *uids: bytes) -> Deferred[None]:
@@ -895,6 +1095,12 @@ class RedisStore:
             commands = [[b"EVALSHA", _DELETE_SHA, b"1", key, self.keyPrefix] for key in keys]
         else:
             commands = [[b"EVALSHA", _DELETE_SHA, b"%d" % len(keys), *keys, self.keyPrefix]]
+        if self._tracker is not None:
+            # Every copy of what it deletes ends: Redis does not tell this connection of its
+            # own deletions, and another site of this process may share it.
+            commands = [
+                _redistracking.tracked(command, _redistracking.DELETE, None) for command in commands
+            ]
         return self._execute(commands).addCallback(lambda _: None)
 
     def userSessions(self, user: str) -> Deferred[list[tuple[str, float | None, float | None]]]:
@@ -917,7 +1123,9 @@ class RedisStore:
             self.keyPrefix,
             *dict.fromkeys(self._member(uid) for uid in keep),
         ]
-        return self._execute([command]).addCallback(lambda replies: int(replies[0]))
+        if self._tracker is not None:
+            command = _redistracking.tracked(command, _redistracking.DELETE, None)
+        return self._execute([command]).addCallback(lambda replies: len(replies[0]))
 
     def endUserSession(self, user: str, id: str) -> Deferred[bool]:
         if not _MEMBER.match(id):
@@ -930,6 +1138,10 @@ class RedisStore:
             self.keyPrefix,
             id.encode(),
         ]
+        if self._tracker is not None:
+            command = _redistracking.tracked(
+                command, _redistracking.DELETE, self.keyPrefix + id.encode()
+            )
         return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
 
     def close(self) -> Deferred[None]:
@@ -970,8 +1182,15 @@ def _clockSeconds(milliseconds: bytes | None) -> float | None:
     return int(milliseconds) / 1000 if milliseconds else None
 
 
+def _refreshFailed(reason: Any) -> None:
+    # Redis cannot be reached: the connection's loss ends every cached copy, so the sessions
+    # are read (and their timeouts restarted) by their next requests.
+    if not reason.check(StoreUnavailable):
+        _log.failure("while restarting sessions' idle timeouts in Redis", reason)
+
+
 def _loaded(reply: list[bytes] | None) -> StoredFields | bytes | None:
-    if reply is None:
+    if reply is None or reply is False:
         return None
     if len(reply) == 2 and reply[0] == _RENAMED_FIELD:
         return reply[1]

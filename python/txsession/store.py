@@ -158,6 +158,12 @@ class ISessionStore(Interface):
         Disconnect and stop reconnecting. Fires when done.
         """
 
+    # Optional, client-side caching: a store whose attribute cache is true has cached(uid,
+    # owner, timeout) -> bool (the owner's copy of the session is still what the store holds:
+    # use it without reading) and forget(uid, owner) (the owner dropped its copy), and its
+    # load and save take owner= (the copy read or written is that owner's). RedisStore's
+    # cache=True; the owner is a site's request flow.
+    #
     # Optional: renewedId(uid, fresh) -> bytes. When a store has it, renewSession gives a
     # renamed session the id it returns (made from the fresh random id) instead of the fresh
     # id itself: RedisStore with cluster=True keeps the old id's hash tag, so that the rename

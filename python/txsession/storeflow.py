@@ -167,6 +167,7 @@ class RequestSessions:
         "watching",
         "pinned",
         "logouts",
+        "cached",
     )
 
     def __init__(self) -> None:
@@ -182,6 +183,9 @@ class RequestSessions:
         self.pinned: list[SessionCopy] = []
         # The deletions of the sessions it logged out while rendering: its answer waits.
         self.logouts: list[_Outcome] = []
+        # The ids it used from this process's copies without reading them, each with what
+        # the store said of the copy (RedisStore: its stamp).
+        self.cached: dict[bytes, Any] = {}
 
     def readFailed(self, reason: Failure) -> None:
         self.readFailure = reason
@@ -212,6 +216,13 @@ class StoreFlow:
         self.droppingLocally: Any = None
         # The request whose resource is rendering, if any: the one a logout belongs to.
         self.rendering: Any = None
+        # Client-side caching, when the store offers it (RedisStore's cache=True): whether
+        # a copy is still what the store holds, so a request may use it without reading.
+        caching = getattr(store, "cache", False)
+        self._cached = getattr(store, "cached", None) if caching else None
+        self._forget = getattr(store, "forget", None) if caching else None
+        # Reads this flow answered from copies, without the store: for tests and the bench.
+        self.cachedReads = 0
 
     # Reading: which sessions a request may use.
 
@@ -226,6 +237,7 @@ class StoreFlow:
             return None
         self._watch(request, state)
         sessions = self.site.sessions
+        cached = self._cached
         reading = []
         for uid in uids:
             if uid in self.renamedAway:
@@ -235,11 +247,23 @@ class StoreFlow:
             if copy is not None and copy.storedAs is None and not copy.uncertain:
                 # Made here and not stored yet: nothing in the store can say otherwise.
                 self._confirm(state, uid, session, copy)
+            elif (
+                cached is not None
+                and copy is not None
+                and copy.storedAs == uid
+                and copy.renaming is None
+                and self._useCached(state, uid, session, copy)
+            ):
+                # As the store holds it: used as a read that found it unchanged would.
+                self.cachedReads += 1
             else:
                 reading.append(uid)
         if not reading:
             return None
-        loading = self.store.load(reading)
+        if cached is not None:
+            loading = self.store.load(reading, owner=self)
+        else:
+            loading = self.store.load(reading)
         loading.addCallback(partial(self._loaded, state, reading))
         loading.addErrback(state.readFailed)
         return loading
@@ -259,6 +283,21 @@ class StoreFlow:
             # Not for a request already over (its client left while the read was out).
             copy.readers += 1
             state.pinned.append(copy)
+
+    def _useCached(
+        self, state: RequestSessions, uid: bytes, session: Any, copy: SessionCopy
+    ) -> bool:
+        stamp = self._cached(uid, self, session.sessionTimeout)  # type: ignore[misc]
+        if not stamp:
+            return False
+        try:
+            session.touch()
+        except (AlreadyCalled, AlreadyCancelled):
+            self.dropFound(session)
+            return False
+        self._confirm(state, uid, session, copy)
+        state.cached[uid] = stamp
+        return True
 
     def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
         sessions = self.site.sessions
@@ -613,6 +652,8 @@ class StoreFlow:
             options["created"], options["ends"] = copy.created, copy.ends
         if change.user is not None:
             options["user"] = change.user
+        if self._cached is not None:
+            options["owner"] = self
         saving = maybeDeferred(
             self.store.save,
             target,
@@ -865,6 +906,8 @@ class StoreFlow:
         copy = self.copies.pop(session, None)
         for name in [name for name, s in self.renamedAway.items() if s is session]:
             del self.renamedAway[name]
+        if copy is not None and copy.storedAs is not None and self._forget is not None:
+            self._forget(copy.storedAs, self)
         if copy is None or self.droppingLocally is session:
             return
         # The copy's timer goes now, whatever the expire callbacks after this one do.
@@ -931,7 +974,9 @@ class StoreFlow:
         Forget this process's copy of C{session}, which another process renamed: the
         session lives on under its new id, so its expire callbacks do not run.
         """
-        self.copies.pop(session, None)
+        copy = self.copies.pop(session, None)
+        if copy is not None and copy.storedAs is not None and self._forget is not None:
+            self._forget(copy.storedAs, self)
         sessions = self.site.sessions
         if sessions.get(session.uid) is session:
             del sessions[session.uid]

@@ -50,7 +50,26 @@ class _Page(resource.Resource):
 
     def state(self, request):
         session = request.getSession()
-        return {"session": session.uid.decode(), "values": dict(session.sessionNamespaces)}
+        return cachedFrom(
+            request,
+            session.uid,
+            {"session": session.uid.decode(), "values": dict(session.sessionNamespaces)},
+        )
+
+
+def cachedFrom(request, uid, answer):
+    """
+    C{answer}, with (for the store model test, which gives the site C{modelTick} and
+    C{modelStampTicks}) when the copy of session C{uid} that the request used without
+    reading it was read, and when the request rendered.
+    """
+    ticks = getattr(request.site, "modelStampTicks", None)
+    state = getattr(request, "_txsStore", None)
+    stamp = None if state is None else state.cached.get(uid)
+    if ticks is not None and stamp is not None:
+        answer["cachedFrom"] = ticks.get(stamp, 0)
+        answer["rendered"] = request.site.modelTick()
+    return answer
 
 
 class Get(_Page):

@@ -1,0 +1,219 @@
+"""
+Client-side caching for L{txsession.redis.RedisStore} (C{cache=True}): which copies of stored
+sessions a process may use without reading them again.
+
+Each data connection speaks RESP3 (C{HELLO 3}) and turns on C{CLIENT TRACKING ON NOLOOP}:
+Redis remembers the keys the connection read and, when one changes (written, renamed, deleted,
+expired, evicted, flushed), pushes an invalidation on the same connection. Pushes and replies
+come in the order Redis produced them, so a reply read before a push reflects Redis before that
+change, and one read after reflects it: there is no race between a read and an invalidation,
+and no second connection.
+
+A I{stamp} says that one owner's copy (one L{txsession.Site}'s) of a session key is what Redis
+holds: it is made when a tracked read of the key is answered, and ends with an invalidation of
+the key, with its connection, or after C{maxAge} seconds. Redis drops a key from its tracking
+table at any change to it, including this connection's own, which C{NOLOOP} does not report.
+So every script that writes a key ends by reading it (the connection is tracking it again),
+and a write's reply keeps, makes or ends stamps here as the write demands: the writer's stamp
+stays valid (its copy has the write), every other owner's ends (Redis does not tell this
+connection of its own writes).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+# The kinds of tracked command: what its reply does to the stamps of the keys it names.
+READ = 0  # a session's fields: the owner's copy is what Redis holds
+WRITE = 1  # a save: the writer's copy has it, other owners' copies do not
+DELETE = 2  # deletions (logouts): every copy of each key the reply names ends
+REFRESH = 3  # a restarted idle timeout: the reply says, per key, whether the session lives
+
+
+class Tracked(list):  # type: ignore[type-arg]
+    """
+    A command whose reply the tracker reads: C{kind}, the session C{key} it is about (for a
+    save, the key written), C{source} (for a save, the key the session was stored under),
+    the C{owner} of the copy, and C{expires}, when the key's idle timeout ends after the
+    command (reactor time; 0 when unknown).
+    """
+
+    __slots__ = ("kind", "key", "source", "owner", "expires")
+
+
+def tracked(
+    command: list[bytes],
+    kind: int,
+    key: bytes | None,
+    owner: Any = None,
+    source: bytes | None = None,
+    expires: float = 0.0,
+) -> Tracked:
+    out = Tracked(command)
+    out.kind, out.key, out.source, out.owner, out.expires = kind, key, source, owner, expires
+    return out
+
+
+class Stamp:
+    """
+    One owner's copy of a session key is what Redis holds, as of C{at} (when it was last
+    read), for as long as C{protocol} lives and no invalidation of the key comes.
+    C{expires}: when the key's idle timeout ends, as far as this process knows.
+    """
+
+    __slots__ = ("owner", "protocol", "at", "expires")
+
+    def __init__(self, owner: Any, protocol: Any, at: float, expires: float) -> None:
+        self.owner = owner
+        self.protocol = protocol
+        self.at = at
+        self.expires = expires
+
+
+class Tracker:
+    """
+    The stamps of one store, across its connections (one per cluster node), by key.
+    """
+
+    def __init__(self, clock: Any, maxAge: float) -> None:
+        self.clock = clock
+        self.maxAge = maxAge
+        self.stamps: dict[bytes, Stamp] = {}
+        # Invalidation pushes received (each names keys, or all of them).
+        self.invalidations = 0
+
+    # What connections report.
+
+    def replied(self, protocol: Any, command: Tracked, reply: Any) -> None:
+        """
+        C{reply} answers C{command}, on C{protocol}, which tracks keys: in order with the
+        pushes received on it.
+        """
+        stamps = self.stamps
+        kind, key = command.kind, command.key
+        if kind == READ:
+            # Fields; or nil, false (gone) or a tombstone (renamed): nothing to keep.
+            if type(reply) is list and not (len(reply) == 2 and reply[0] == b"m:f"):
+                now = self.clock.seconds()
+                # The script's last field, m:p: the milliseconds its idle timeout has left.
+                left = reply[-1] if len(reply) >= 2 and reply[-2] == b"m:p" else 0
+                stamps[key] = Stamp(command.owner, protocol, now, now + left / 1000)
+            else:
+                stamps.pop(key, None)
+        elif kind == WRITE:
+            owner, source = command.owner, command.source
+            if reply != 1:
+                # Not written: the session is gone or renamed.
+                stamps.pop(key, None)
+                if source is not None:
+                    stamps.pop(source, None)
+                return
+            if source is None:
+                # Made here: the writer's copy is all there is.
+                stamps[key] = Stamp(owner, protocol, self.clock.seconds(), command.expires)
+                return
+            stamp = stamps.get(source)
+            if stamp is not None and (stamp.owner is not owner or stamp.protocol is not protocol):
+                del stamps[source]
+                stamp = None
+            if source != key:
+                # Renamed: the new key holds what the old one did, with this write.
+                stamps.pop(source, None)
+                stamps.pop(key, None)
+                if stamp is not None:
+                    stamps[key] = stamp
+            if stamp is not None:
+                stamp.expires = command.expires
+        elif kind == DELETE:
+            # The keys deleted (a rename's tombstones lead to more), as the script names them.
+            if type(reply) is list:
+                for name in reply:
+                    stamps.pop(name, None)
+            if key is not None:
+                stamps.pop(key, None)
+        elif kind == REFRESH:
+            if type(reply) is list:
+                for name, live in zip(command[3 : 3 + len(reply)], reply):
+                    stamp = stamps.get(name)
+                    if stamp is None:
+                        continue
+                    if live == 1:
+                        stamp.expires = max(stamp.expires, command.expires)
+                    else:
+                        del stamps[name]
+
+    def pushed(self, protocol: Any, push: tuple[Any, ...]) -> None:
+        """
+        A push received on C{protocol}: an invalidation ends the stamps of the keys it names
+        (of every key read on C{protocol}, when it names none: a flush).
+        """
+        if len(push) < 2 or push[0] not in (b"invalidate", "invalidate"):
+            return
+        self.invalidations += 1
+        keys = push[1]
+        stamps = self.stamps
+        if keys is None:
+            self.lost(protocol)
+            return
+        for key in keys:
+            stamps.pop(key, None)
+
+    def lost(self, protocol: Any) -> None:
+        """
+        C{protocol} is gone (or Redis flushed what it tracks): every stamp it made ends.
+        """
+        self.stamps = {k: s for k, s in self.stamps.items() if s.protocol is not protocol}
+
+    # What the store asks.
+
+    def fresh(self, key: bytes, owner: Any) -> Stamp | None:
+        """
+        C{owner}'s stamp for C{key} if its copy may be used without reading it: its
+        connection is up, has no unread bytes (a push may be among them), and the stamp is
+        younger than C{maxAge}.
+        """
+        stamp = self.stamps.get(key)
+        if stamp is None or stamp.owner is not owner:
+            return None
+        protocol = stamp.protocol
+        if not protocol.live or protocol.unread():
+            return None
+        if self.clock.seconds() - stamp.at >= self.maxAge:
+            del self.stamps[key]
+            return None
+        return stamp
+
+    def forget(self, key: bytes, owner: Any) -> None:
+        stamp = self.stamps.get(key)
+        if stamp is not None and stamp.owner is owner:
+            del self.stamps[key]
+
+
+def socketOf(transport: Any) -> Any:
+    """
+    The socket under C{transport} (through TLS), or C{None}.
+    """
+    for _ in range(4):
+        if transport is None:
+            return None
+        sock = getattr(transport, "socket", None)
+        if isinstance(sock, socket.socket):
+            return sock
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def unread(sock: Any) -> bool:
+    """
+    Whether C{sock} (non-blocking, as the reactor keeps it) has bytes the reactor has not read
+    yet, or has ended: C{True} when that cannot be told.
+    """
+    if sock is None:
+        return True
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK)) or True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
