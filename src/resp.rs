@@ -653,6 +653,13 @@ impl RespDecoder {
         self.state.borrow_mut(py).buffer.capacity()
     }
 
+    /// Bytes received and held as the start of a reply not complete yet: 0 when the stream
+    /// was fed up to a reply's end.
+    #[getter]
+    fn buffered(&self, py: Python<'_>) -> usize {
+        self.state.borrow_mut(py).buffer.len()
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         let Some(s) = self.state.try_borrow_mut() else {
             return Ok(());

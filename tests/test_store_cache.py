@@ -238,9 +238,44 @@ class InvalidationTests(CacheTestCase):
         """
         a, client, uid = yield self.cachedSession()
         protocol = a.store._client._protocol
-        protocol.unread = lambda: True
+        protocol.pushMayWait = lambda: True
         state, trips = yield self.trips(a, client, b"get")
         self.assertEqual((state["values"], trips), ({"k": 1}, 1))
+
+    def test_pushMayWait(self):
+        """
+        What waits unread on a connection: nothing, or replies to other commands, is no
+        reason to read; an invalidation, bytes under TLS, part of a reply already taken in,
+        more than can be looked at, or the stream's end is.
+        """
+        import socket
+
+        from txsession._redistracking import PEEK, Waiting
+
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        plain, tls = Waiting(ours, True), Waiting(ours, False)
+        self.assertFalse(plain.pushMayWait(0))
+        theirs.sendall(b":1\r\n*2\r\n$3\r\nm:t\r\n$2\r\n10\r\n")
+        self.assertFalse(plain.pushMayWait(0))
+        self.assertTrue(tls.pushMayWait(0))
+        self.assertTrue(plain.pushMayWait(5))
+        theirs.sendall(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n")
+        self.assertTrue(plain.pushMayWait(0))
+        ours.recv(1 << 16)
+        self.assertFalse(plain.pushMayWait(0))
+        theirs.sendall(b"x" * PEEK)
+        self.assertTrue(plain.pushMayWait(0))
+        while True:
+            try:
+                ours.recv(1 << 16)
+            except BlockingIOError:
+                break
+        theirs.close()
+        self.assertTrue(plain.pushMayWait(0))
+        self.assertTrue(Waiting(None, True).pushMayWait(0))
 
     @defer.inlineCallbacks
     def test_cacheOff(self):

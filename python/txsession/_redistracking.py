@@ -21,6 +21,7 @@ connection of its own writes).
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
@@ -170,14 +171,14 @@ class Tracker:
     def fresh(self, key: bytes, owner: Any) -> Stamp | None:
         """
         C{owner}'s stamp for C{key} if its copy may be used without reading it: its
-        connection is up, has no unread bytes (a push may be among them), and the stamp is
-        younger than C{maxAge}.
+        connection is up, no invalidation may be waiting on it unread (L{pushMayWait}), and
+        the stamp is younger than C{maxAge}.
         """
         stamp = self.stamps.get(key)
         if stamp is None or stamp.owner is not owner:
             return None
         protocol = stamp.protocol
-        if not protocol.live or protocol.unread():
+        if not protocol.live or protocol.pushMayWait():
             return None
         if self.clock.seconds() - stamp.at >= self.maxAge:
             del self.stamps[key]
@@ -190,30 +191,66 @@ class Tracker:
             del self.stamps[key]
 
 
-def socketOf(transport: Any) -> Any:
+# How many unread bytes a connection's check looks at (MSG_PEEK) for an invalidation.
+PEEK = 65536
+
+
+def socketOf(transport: Any) -> tuple[Any, bool]:
     """
-    The socket under C{transport} (through TLS), or C{None}.
+    The socket under C{transport}, or C{None}; and whether the bytes on it are the
+    protocol's own (no TLS layer between).
     """
+    plain = True
     for _ in range(4):
         if transport is None:
-            return None
+            return None, False
         sock = getattr(transport, "socket", None)
         if isinstance(sock, socket.socket):
-            return sock
+            return sock, plain
+        plain = False
         transport = getattr(transport, "transport", None)
-    return None
+    return None, False
 
 
-def unread(sock: Any) -> bool:
+class Waiting:
     """
-    Whether C{sock} (non-blocking, as the reactor keeps it) has bytes the reactor has not read
-    yet, or has ended: C{True} when that cannot be told.
+    What waits, unread by the reactor, on one connection's socket.
     """
-    if sock is None:
-        return True
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK)) or True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+
+    __slots__ = ("sock", "plain", "poller")
+
+    def __init__(self, sock: Any, plain: bool) -> None:
+        self.sock = sock
+        self.plain = plain
+        # A poll with no timeout says whether anything waits, without the exception a
+        # non-blocking recv raises when nothing does.
+        self.poller: Any = None
+        if sock is not None and hasattr(select, "poll"):
+            self.poller = select.poll()
+            self.poller.register(sock, select.POLLIN)
+
+    def pushMayWait(self, buffered: int) -> bool:
+        """
+        Whether an invalidation may be waiting: C{False} when nothing waits, or when what
+        waits is bytes of the connection's own (no TLS) that start at a reply's boundary (the
+        decoder holds no part of one: C{buffered} is 0), fit in L{PEEK} bytes and hold no
+        C{invalidate}, which every invalidation push spells out. Replies to other commands,
+        which wait there whenever requests are in flight, are no reason to read: the copy is
+        then as Redis held it before those commands, which have not answered yet. C{True}
+        whenever it cannot be told.
+        """
+        sock = self.sock
+        if sock is None:
+            return True
+        if self.poller is not None and not self.poller.poll(0):
+            return False
+        try:
+            waiting = sock.recv(PEEK, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        if not waiting or not self.plain or buffered or len(waiting) == PEEK:
+            # The end of the stream, bytes TLS still has to decrypt, or more than was seen.
+            return True
+        return b"invalidate" in waiting

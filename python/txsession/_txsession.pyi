@@ -274,6 +274,12 @@ class RespDecoder:
         Bytes allocated for the received bytes not yet decoded. Given back once a reply that
         made it grow over 1 MiB is consumed.
         """
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes received and held as the start of a reply not complete yet: 0 when the stream
+        was fed up to a reply's end.
+        """
 
 def encode_commands(commands: list[list[bytes]]) -> bytes:
     """Each command (its arguments, as C{bytes}) as a RESP2 array, one after the other."""

@@ -369,16 +369,16 @@ class _RedisProtocol(Protocol):
         # succeeded), and the connection is up.
         self.tracking = False
         self.live = True
-        self._socket: Any = None
+        self._unread = _redistracking.Waiting(None, False)
 
     def connectionMade(self) -> None:
-        self._socket = _redistracking.socketOf(self.transport)
+        self._unread = _redistracking.Waiting(*_redistracking.socketOf(self.transport))
 
-    def unread(self) -> bool:
+    def pushMayWait(self) -> bool:
         """
-        Whether bytes from Redis wait on this connection, unread by the reactor.
+        Whether an invalidation may wait on this connection, unread by the reactor.
         """
-        return _redistracking.unread(self._socket)
+        return self._unread.pushMayWait(self._decoder.buffered)
 
     def ready(self, tracking: bool = False) -> None:
         """
@@ -990,9 +990,8 @@ class RedisStore:
         """
         Whether C{owner}'s copy of the session C{uid}, as it last read or wrote it, is still
         what Redis holds (then its stamp, a true value; else C{None}), so that a request may
-        use it without reading it: read on a
-        connection that tracks it, with no invalidation since, no byte waiting unread on that
-        connection (an invalidation may be among them), and read less than C{cacheMaxAge}
+        use it without reading it: read on a connection that tracks it, with no invalidation
+        since and none waiting unread on that connection, and read less than C{cacheMaxAge}
         seconds ago. A cached use restarts the session's idle timeout in Redis (C{timeout}
         seconds) only once a tenth of it has run: soon, in one round trip for every session
         due, not waited for.

@@ -3,9 +3,10 @@ The store section of the benchmark: C{python -m txsession.bench --store [URL]}.
 
 HTTP requests per second for returning sessions, each server in its own process, loaded in
 turn by one client over loopback: Twisted's site and txsession's in memory (one process),
-txsession's on the Redis store (one process), and two txsession processes on the store, each
-on its own port, the client's connections split between them. Every request asks for its
-session; one workload changes a key each time (a read and a write), the other only reads.
+txsession's on the Redis store (one process, with client-side caching, the default, and
+without it), and two txsession processes on the store, each on its own port, every session
+used by one connection to each process (round-robin). Every request asks for its session;
+one workload changes a key each time, the other only reads.
 Beside requests per second, each row gives the CPU time the server processes used per request
 (user and system, from /proc around the run), which moves less with the machine's load.
 Without C{URL}, a private C{redis-server} is started on a free port for the run.
@@ -37,6 +38,7 @@ SCENARIOS = [
     ("Twisted, 1 process, in memory", "twisted", 1),
     ("txsession, 1 process, in memory", "memory", 1),
     ("txsession, 1 process, Redis store", "store", 1),
+    ("txsession, 1 process, Redis store, cache=False", "nocache", 1),
     ("txsession, 2 processes, Redis store", "store", 2),
 ]
 WORKLOADS = [("changes a key", b"/count"), ("reads only", b"/read")]
@@ -77,7 +79,7 @@ def server_main(mode: str, url: str) -> None:
     elif mode == "memory":
         site = txsession.Site(root)
     else:
-        site = txsession.Site(root, store=RedisStore(url))
+        site = txsession.Site(root, store=RedisStore(url, cache=mode != "nocache"))
     holder.append(site)
     port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=128)
     print(port.getHost().port, flush=True)
@@ -110,14 +112,16 @@ def _newSession(port: int) -> bytes:
 def _load(ports: list[int], path: bytes, seconds: float) -> tuple[float, int]:
     """
     Requests per second over C{CONNECTIONS} keep-alive connections, spread over C{ports},
-    each its own returning session with C{DEPTH} pipelined requests in flight; and how many
-    requests were made in all (the first of each session's included).
+    with C{DEPTH} pipelined requests in flight each; and how many requests were made in all
+    (the first of each session's included). Each session is used by one connection to each
+    port: with two ports, its requests alternate between the processes.
     """
     selector = selectors.DefaultSelector()
     conns = []
+    cookies = [_newSession(ports[0]) for _ in range(CONNECTIONS // len(ports))]
     for i in range(CONNECTIONS):
         port = ports[i % len(ports)]
-        cookie = _newSession(port)
+        cookie = cookies[i // len(ports)]
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         batch = _request(path, cookie) * DEPTH
@@ -142,7 +146,7 @@ def _load(ports: list[int], path: bytes, seconds: float) -> tuple[float, int]:
                     state["pending"] = DEPTH
                     state["sock"].sendall(state["batch"])
     elapsed = time.perf_counter() - start
-    made = CONNECTIONS + answered
+    made = len(cookies) + answered
     for state in conns:
         # The requests still in flight are answered before the round trips are read.
         while _responses(state["buffer"])[0] < state["pending"]:
@@ -236,6 +240,7 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         pids: dict[int, int] = {}
         ports = {"twisted": [start("twisted")], "memory": [start("memory")]}
         ports["store"] = [start("store"), start("store")]
+        ports["nocache"] = [start("nocache")]
         print(
             f"store section: {CONNECTIONS} connections with {DEPTH} pipelined requests each, "
             f"{rounds} rounds of {seconds:g} s per scenario, Redis at {url}",

@@ -82,6 +82,7 @@ class SessionCopy:
         "uncertain",
         "created",
         "ends",
+        "atoms",
     )
 
     def __init__(self, storedAs: bytes | None, fields: dict[str, bytes]) -> None:
@@ -102,6 +103,10 @@ class SessionCopy:
         # The id a write that creates the session, or renames it, is taking it to.
         self.creating: bytes | None = None
         self.renaming: bytes | None = None
+        # With the JSON serializer: for each key whose value was a str, int, float, bool or
+        # None when last encoded, that value and its encoding. Such a value cannot change in
+        # place, so while the key holds that very object its encoding is known.
+        self.atoms: dict[str, tuple[Any, bytes]] = {}
 
 
 class Change:
@@ -501,11 +506,18 @@ class StoreFlow:
         """
         serializer = self.store.serializer
         exactJSON = type(serializer) is JSONSerializer
+        atoms = change.copy.atoms
         baseline = change.baseline
         changed: dict[str, bytes] = {}
         namespaces = change.session.sessionNamespaces
         for key, value in namespaces.items():
             was = baseline.get(key, _ABSENT)
+            if exactJSON:
+                known = atoms.get(key)
+                if known is not None and known[0] is value:
+                    if known[1] != was:
+                        changed[key] = known[1]
+                    continue
             if not isinstance(key, str):
                 raise UnserializableValue(
                     f"the session store needs str namespace keys, not {key!r}"
@@ -524,7 +536,11 @@ class StoreFlow:
                     f"namespace key {key!r}: the store's serializer gave "
                     f"{type(data).__name__}, not bytes"
                 )
-            if data == was:
+            if exactJSON and type(value) in _JSON_ATOMS:
+                if data == was:
+                    atoms[key] = (value, data)
+                    continue
+            elif data == was:
                 continue
             try:
                 key.encode()
@@ -540,6 +556,8 @@ class StoreFlow:
                     f"read back from the store as {_short(serializer.loads(data))}; store "
                     f"it in a form the serializer keeps"
                 )
+            if exactJSON and type(value) in _JSON_ATOMS:
+                atoms[key] = (value, data)
             changed[key] = data
         deleted = [key for key in baseline if key not in namespaces]
         return changed, deleted
