@@ -1,16 +1,13 @@
 """
 Attacks on the store's client-side caching (README.md, "Client-side caching"), against a real
 C{redis-server}: each test in a class named C{...DefectTests} reproduces a defect found by
-attacking the cache as a hostile client and a busy site would (it fails until the defect is
-fixed); tests in C{...HoldsTests} are attacks the code withstood, kept as evidence.
+attacking the cache as a hostile client and a busy site would (it failed on the code before
+its fix); tests in C{...HoldsTests} are attacks the code withstood, kept as evidence.
 
 The promise attacked: a process uses its copy of a session without a round trip only while
 Redis has not invalidated it, never after the invalidation's push was processed; a session
 used only by cached reads stays alive in Redis (within a tenth of its timeout) and an unused
 one expires.
-
-Expected to fail until fixed: every test of C{StaleCopyDefectTests},
-C{IdleTimeoutDefectTests} and C{TrackingTableDefectTests}. C{CacheHoldsTests} pass.
 """
 
 from __future__ import annotations
@@ -77,7 +74,8 @@ class StaleCopyDefectTests(CacheAttackTestCase):
     @defer.inlineCallbacks
     def test_readThatFailsToApplyLeavesTheOldCopyStamped(self):
         """
-        Broken promise: a copy is never used after its invalidation push was processed.
+        Promise broken before the fix: a copy is never used after its invalidation push was
+        processed.
 
         Another writer stores a value this process cannot decode (a newer release of the app,
         an admin tool). The push ends the copy's stamp; the next request reads, and Redis's
@@ -109,7 +107,8 @@ class StaleCopyDefectTests(CacheAttackTestCase):
     @defer.inlineCallbacks
     def test_twoCookieReadSplitInTransit(self):
         """
-        Broken promise: a copy is never used after its invalidation push was processed.
+        Promise broken before the fix: a copy is never used after its invalidation push was
+        processed.
 
         Over HTTPS a request's read is one batch of two loads (its insecure and its secure
         cookie). The first reply makes its key's stamp as soon as it is decoded; the copy
@@ -178,8 +177,8 @@ class IdleTimeoutDefectTests(CacheAttackTestCase):
     @defer.inlineCallbacks
     def test_copyUsedPastTheExpiryItKnowsOf(self):
         """
-        Broken promises: a copy is used only while Redis has not invalidated it (an expiry
-        is an invalidation), and what a copy may miss is bounded by the network's delay.
+        Promises broken before the fix: a copy is used only while Redis has not invalidated it (an
+        expiry is an invalidation), and what a copy may miss is bounded by the network's delay.
 
         Redis pushes an expiry's invalidation only when it deletes the key, and on a busy
         Redis (here 20,000 session-like keys with expiries) its active expiry takes minutes
@@ -219,8 +218,8 @@ class IdleTimeoutDefectTests(CacheAttackTestCase):
     @defer.inlineCallbacks
     def test_cachedReadsKeepAShortTimeoutSessionAlive(self):
         """
-        Broken promise: a session used only by cached reads stays alive in Redis (within a
-        tenth of its timeout).
+        Promise broken before the fix: a session used only by cached reads stays alive in Redis
+        (within a tenth of its timeout).
 
         One session has a one-second idle timeout (the app set it on that session; the
         write stores it as C{m:t}, which every script uses). Another process, whose copies
@@ -249,8 +248,8 @@ class TrackingTableDefectTests(CacheAttackTestCase):
     @defer.inlineCallbacks
     def test_smallTrackingTable(self):
         """
-        Broken promise: a copy is used only while Redis has not invalidated it (pushes are
-        never lost while the connection lives).
+        Promise broken before the fix: a copy is used only while Redis has not invalidated it
+        (pushes are never lost while the connection lives).
 
         Redis's tracking table is full (C{tracking-table-max-keys}, 1,000,000 by default:
         a site with a million live sessions; here 5 keys and 20 sessions). Redis trims it

@@ -36,11 +36,11 @@ class Tracked(list):  # type: ignore[type-arg]
     """
     A command whose reply the tracker reads: C{kind}, the session C{key} it is about (for a
     save, the key written), C{source} (for a save, the key the session was stored under),
-    the C{owner} of the copy, and C{expires}, when the key's idle timeout ends after the
-    command (reactor time; 0 when unknown).
+    the C{owner} of the copy, and for a save the session's idle C{timeout} (seconds).
+    C{stamp}: for a read, the stamp its reply made.
     """
 
-    __slots__ = ("kind", "key", "source", "owner", "expires")
+    __slots__ = ("kind", "key", "source", "owner", "timeout", "stamp")
 
 
 def tracked(
@@ -49,27 +49,38 @@ def tracked(
     key: bytes | None,
     owner: Any = None,
     source: bytes | None = None,
-    expires: float = 0.0,
+    timeout: float = 0.0,
 ) -> Tracked:
     out = Tracked(command)
-    out.kind, out.key, out.source, out.owner, out.expires = kind, key, source, owner, expires
+    out.kind, out.key, out.source, out.owner, out.timeout = kind, key, source, owner, timeout
+    out.stamp = None
     return out
 
 
 class Stamp:
     """
-    One owner's copy of a session key is what Redis holds, as of C{at} (when it was last
-    read), for as long as C{protocol} lives and no invalidation of the key comes.
-    C{expires}: when the key's idle timeout ends, as far as this process knows.
+    One owner's copy of the session C{key} is what Redis holds, as of C{at} (when it was
+    last read), for as long as C{protocol} lives and no invalidation of the key comes.
+
+    A read's stamp is C{ready} once its owner has taken the reply in (until then, or when
+    that failed, the copy is not what the reply said). C{timeout}: the session's idle
+    timeout as stored (seconds); C{expires}: when its key runs out in Redis, as far as this
+    process knows (reactor time); C{refreshing}: a restart of that timeout is on its way.
     """
 
-    __slots__ = ("owner", "protocol", "at", "expires")
+    __slots__ = ("key", "owner", "protocol", "at", "timeout", "expires", "ready", "refreshing")
 
-    def __init__(self, owner: Any, protocol: Any, at: float, expires: float) -> None:
+    def __init__(
+        self, key: bytes, owner: Any, protocol: Any, at: float, timeout: float, expires: float
+    ) -> None:
+        self.key = key
         self.owner = owner
         self.protocol = protocol
         self.at = at
+        self.timeout = timeout
         self.expires = expires
+        self.ready = False
+        self.refreshing = False
 
 
 class Tracker:
@@ -97,9 +108,17 @@ class Tracker:
             # Fields; or nil, false (gone) or a tombstone (renamed): nothing to keep.
             if type(reply) is list and not (len(reply) == 2 and reply[0] == b"m:f"):
                 now = self.clock.seconds()
-                # The script's last field, m:p: the milliseconds its idle timeout has left.
-                left = reply[-1] if len(reply) >= 2 and reply[-2] == b"m:p" else 0
-                stamps[key] = Stamp(command.owner, protocol, now, now + left / 1000)
+                # m:t, the stored idle timeout (ms), and the script's last field, m:p: the
+                # milliseconds it has left.
+                fields = dict(zip(reply[::2], reply[1::2]))
+                try:
+                    timeout = int(fields[b"m:t"]) / 1000
+                    left = int(fields[b"m:p"]) / 1000
+                except (KeyError, ValueError, TypeError):
+                    stamps.pop(key, None)
+                    return
+                stamp = Stamp(key, command.owner, protocol, now, timeout, now + left)
+                stamps[key] = command.stamp = stamp
             else:
                 stamps.pop(key, None)
         elif kind == WRITE:
@@ -110,9 +129,12 @@ class Tracker:
                 if source is not None:
                     stamps.pop(source, None)
                 return
+            now = self.clock.seconds()
             if source is None:
                 # Made here: the writer's copy is all there is.
-                stamps[key] = Stamp(owner, protocol, self.clock.seconds(), command.expires)
+                made = Stamp(key, owner, protocol, now, command.timeout, now + command.timeout)
+                made.ready = True
+                stamps[key] = made
                 return
             stamp = stamps.get(source)
             if stamp is not None and (stamp.owner is not owner or stamp.protocol is not protocol):
@@ -123,9 +145,11 @@ class Tracker:
                 stamps.pop(source, None)
                 stamps.pop(key, None)
                 if stamp is not None:
+                    stamp.key = key
                     stamps[key] = stamp
             if stamp is not None:
-                stamp.expires = command.expires
+                stamp.timeout = command.timeout
+                stamp.expires = now + command.timeout
         elif kind == DELETE:
             # The keys deleted (a rename's tombstones lead to more), as the script names them.
             if type(reply) is list:
@@ -134,15 +158,19 @@ class Tracker:
             if key is not None:
                 stamps.pop(key, None)
         elif kind == REFRESH:
-            if type(reply) is list:
-                for name, live in zip(command[3 : 3 + len(reply)], reply):
-                    stamp = stamps.get(name)
-                    if stamp is None:
-                        continue
-                    if live == 1:
-                        stamp.expires = max(stamp.expires, command.expires)
-                    else:
-                        del stamps[name]
+            # Per key, the milliseconds its timeout has now (0: the session is gone).
+            names = command[3 : 3 + int(command[2])]
+            lefts = reply if type(reply) is list else [None] * len(names)
+            now = self.clock.seconds()
+            for name, left in zip(names, lefts):
+                stamp = stamps.get(name)
+                if stamp is None:
+                    continue
+                stamp.refreshing = False
+                if type(left) is int and left > 0:
+                    stamp.expires = now + left / 1000
+                elif type(left) is int:
+                    del stamps[name]
 
     def pushed(self, protocol: Any, push: tuple[Any, ...]) -> None:
         """
@@ -175,15 +203,26 @@ class Tracker:
         the stamp is younger than C{maxAge}.
         """
         stamp = self.stamps.get(key)
-        if stamp is None or stamp.owner is not owner:
+        if stamp is None or stamp.owner is not owner or not stamp.ready:
             return None
         protocol = stamp.protocol
-        if not protocol.live or protocol.pushMayWait():
+        if not protocol.live or not protocol.tableHasRoom() or protocol.pushMayWait():
             return None
-        if self.clock.seconds() - stamp.at >= self.maxAge:
+        now = self.clock.seconds()
+        if now - stamp.at >= self.maxAge or now >= stamp.expires:
+            # Too old to trust; or its key has run out in Redis, which pushes an expiry only
+            # once it gets round to deleting the key (minutes later, on a busy server).
             del self.stamps[key]
             return None
         return stamp
+
+    def applied(self, stamp: Stamp) -> None:
+        """
+        The owner has taken in the reply that made C{stamp}: its copy is what the reply said,
+        so the stamp counts, unless an invalidation or a later read replaced it meanwhile.
+        """
+        if self.stamps.get(stamp.key) is stamp:
+            stamp.ready = True
 
     def forget(self, key: bytes, owner: Any) -> None:
         stamp = self.stamps.get(key)

@@ -31,6 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail,
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -281,8 +282,9 @@ return live
 
 # KEYS: sessions; ARGV[1]: now (ms); ARGV[2]: the key prefix. Restarts the idle timeout of each
 # (never past its absolute end), noting the use of a bound one: what reads served from a
-# cached copy no longer do. Returns, per key, 1 when the session lives, else 0 (a session past
-# its absolute end is deleted). Ends with a read of each key, as a tracking connection needs.
+# cached copy no longer do. Returns, per key, the milliseconds its timeout now has, or 0 when
+# the session is gone (one past its absolute end is deleted). Ends with a read of each key, as
+# a tracking connection needs.
 _REFRESH = (
     _PRELUDE
     + b"""
@@ -302,7 +304,7 @@ for i, key in ipairs(KEYS) do
       keepSet(ARGV[2], v[3], t)
     end
     redis.call('EXISTS', key)
-    out[i] = 1
+    out[i] = t
   end
 end
 return out
@@ -369,10 +371,69 @@ class _RedisProtocol(Protocol):
         # succeeded), and the connection is up.
         self.tracking = False
         self.live = True
+        # Redis's tracking-table-max-keys (0: no limit), and what the last look at the
+        # table found (see tableHasRoom).
+        self.tableLimit = 0
+        self._tableFull = False
+        self._tableSeen = float("-inf")
+        # Keys the table held at the last look, and how many reads and writes this
+        # connection made since (each may have added one).
+        self._tableKeys = 0
+        self._trackedSince = 0
+        self._tableLooking = False
+        self._tableWatch: Any = None
         self._unread = _redistracking.Waiting(None, False)
 
     def connectionMade(self) -> None:
         self._unread = _redistracking.Waiting(*_redistracking.socketOf(self.transport))
+
+    def tableHasRoom(self) -> bool:
+        """
+        Whether Redis's tracking table is known to have room. When it is full, Redis drops
+        keys from it, and tells every connection tracking them but the one whose command
+        made it do so when that one asked for NOLOOP: this one may miss invalidations then.
+        With a limit (tracking-table-max-keys, a million by default), the table is looked
+        at (INFO stats) when the connection is made and then once a second, off the request
+        path; copies count only while the last look, at most two seconds old, found it under
+        90% full, counting the keys this connection may have added since.
+        """
+        if not self.tableLimit:
+            return True
+        now = self._client._connector.seconds()
+        return (
+            now - self._tableSeen < 2.0
+            and self._tableKeys + self._trackedSince < 0.9 * self.tableLimit
+        )
+
+    def _lookAtTable(self) -> None:
+        if not self._tableLooking and self.live:
+            self._tableLooking = True
+            self.send([[b"INFO", b"stats"]]).addCallbacks(self._tableLooked, self._tableUnseen)
+
+    def _tableLooked(self, replies: list[Any]) -> None:
+        self._tableLooking = False
+        found = re.search(rb"tracking_total_keys:(\d+)", _text(replies[0]))
+        if found is None:
+            return
+        self._tableSeen = self._client._connector.seconds()
+        self._tableKeys = int(found.group(1))
+        self._trackedSince = 0
+        full = self._tableKeys >= 0.9 * self.tableLimit
+        if full and not self._tableFull:
+            _log.warn(
+                "Redis at {url} tracks {keys} keys, near its tracking-table-max-keys "
+                "({limit}): cached sessions are read again until it has room (raise the "
+                "limit, or set it to 0)",
+                url=self._client._url,
+                keys=int(found.group(1)),
+                limit=self.tableLimit,
+            )
+            # Keys may have been dropped already, and their invalidations with them.
+            self._client._tracker.lost(self)  # type: ignore[union-attr]
+        self._tableFull = full
+
+    def _tableUnseen(self, reason: Any) -> None:
+        self._tableLooking = False
 
     def pushMayWait(self) -> bool:
         """
@@ -380,12 +441,19 @@ class _RedisProtocol(Protocol):
         """
         return self._unread.pushMayWait(self._decoder.buffered)
 
-    def ready(self, tracking: bool = False) -> None:
+    def ready(self, tracking: bool = False, tableLimit: int = 0, table: Any = None) -> None:
         """
-        The connection is set up (and Redis tracks the keys it reads, when C{tracking}):
-        commands go to it from now on.
+        The connection is set up (and Redis tracks the keys it reads, when C{tracking}, in a
+        table of at most C{tableLimit} keys, 0 for no limit, C{table} the INFO stats that
+        say how full it is): commands go to it from now on.
         """
         self.tracking = tracking
+        self.tableLimit = tableLimit if tracking else 0
+        if self.tableLimit:
+            self._tableLooked([table])
+            self._tableWatch = LoopingCall(self._lookAtTable)
+            self._tableWatch.clock = self._client._connector
+            self._tableWatch.start(1.0, now=False)
         self._client._ready(self)
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
@@ -446,6 +514,7 @@ class _RedisProtocol(Protocol):
             if self.tracking:
                 command = batch.commands[len(batch.replies)]
                 if type(command) is _redistracking.Tracked:
+                    self._trackedSince += 1
                     self._client._tracker.replied(self, command, reply)  # type: ignore[union-attr]
             batch.replies.append(reply)
             if len(batch.replies) == batch.count:
@@ -455,6 +524,8 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.live = False
+        if self._tableWatch is not None and self._tableWatch.running:
+            self._tableWatch.stop()
         if self.tracking:
             self._client._tracker.lost(self)  # type: ignore[union-attr]
         self._client._lost(self)
@@ -569,13 +640,22 @@ class _RedisClient:
         tracking = len(setup)
         if self._tracker is not None:
             # After AUTH: HELLO needs an authenticated connection.
-            setup += [[b"HELLO", b"3"], [b"CLIENT", b"TRACKING", b"ON", b"NOLOOP"]]
+            setup += [
+                [b"HELLO", b"3"],
+                [b"CLIENT", b"TRACKING", b"ON", b"NOLOOP"],
+                [b"CONFIG", b"GET", b"tracking-table-max-keys"],
+                [b"INFO", b"stats"],
+            ]
 
         def ready(replies: list[Any]) -> None:
             tracks = False
+            tableLimit = 0
+            table = None
             if self._tracker is not None:
                 answers = replies[tracking : tracking + 2]
-                replies = replies[:tracking] + replies[tracking + 2 :]
+                tableLimit = _tableLimit(replies[tracking + 2])
+                table = replies[tracking + 3]
+                replies = replies[:tracking] + replies[tracking + 4 :]
                 if any(isinstance(answer, StoreError) for answer in answers):
                     # A Redis before 6.0: no caching on this connection, every read reads.
                     _log.warn(
@@ -590,7 +670,7 @@ class _RedisClient:
             if self._check is not None:
                 self._check(replies[: len(self._setup)])
             # ClientService hands over a proxy of the protocol; the protocol registers itself.
-            protocol.ready(tracks)
+            protocol.ready(tracks, tableLimit, table)
 
         def refused(reason: Any) -> Any:
             # ClientService leaves a refused connection open, and has already counted the
@@ -857,8 +937,10 @@ class RedisStore:
         self.cache = bool(cache)
         self.cacheMaxAge = float(cacheMaxAge)
         self._tracker: Any = None
-        # Sessions whose idle timeout is to be restarted in Redis, sent together soon.
+        # Sessions whose idle timeout is to be restarted in Redis, sent together soon (by
+        # _refreshCall).
         self._refreshing: dict[bytes, None] = {}
+        self._refreshCall: Any = None
         self._address = address
         self._tls: Any = tls if address.tls else False
         self._client: Any = None
@@ -976,25 +1058,36 @@ class RedisStore:
         commands = [
             [b"EVALSHA", _LOAD_SHA, b"1", self._key(uid), now, self.keyPrefix] for uid in uids
         ]
-        if self._tracker is not None and owner is not None:
-            commands = [
-                _redistracking.tracked(command, _redistracking.READ, command[3], owner)
-                for command in commands
-            ]
-        return self._execute(commands).addCallback(lambda replies: [_loaded(r) for r in replies])
+        if self._tracker is None or owner is None:
+            return self._execute(commands).addCallback(
+                lambda replies: [_loaded(r) for r in replies]
+            )
+        tracked = [
+            _redistracking.tracked(command, _redistracking.READ, command[3], owner)
+            for command in commands
+        ]
+
+        def loaded(replies: list[Any]) -> list[StoredFields | bytes | None]:
+            results = [_loaded(r) for r in replies]
+            for command, result in zip(tracked, results):
+                if isinstance(result, StoredFields):
+                    result.stamp = command.stamp
+            return results
+
+        return self._execute(tracked).addCallback(loaded)
 
     # Client-side caching: optional in ISessionStore (the site's flow asks for it with
     # getattr), and what owner= means in load, save and the rest.
 
-    def cached(self, uid: bytes, owner: Any, timeout: float) -> Any:
+    def cached(self, uid: bytes, owner: Any) -> Any:
         """
         Whether C{owner}'s copy of the session C{uid}, as it last read or wrote it, is still
         what Redis holds (then its stamp, a true value; else C{None}), so that a request may
         use it without reading it: read on a connection that tracks it, with no invalidation
         since and none waiting unread on that connection, and read less than C{cacheMaxAge}
-        seconds ago. A cached use restarts the session's idle timeout in Redis (C{timeout}
-        seconds) only once a tenth of it has run: soon, in one round trip for every session
-        due, not waited for.
+        seconds ago, with its key not run out. A cached use restarts the session's idle
+        timeout in Redis (as stored) once a tenth of it has run: soon, in one round trip for
+        every session due, not waited for.
         """
         tracker = self._tracker
         if tracker is None:
@@ -1004,12 +1097,22 @@ class RedisStore:
         if stamp is None:
             return None
         now = self._client._reactor.seconds()  # type: ignore[union-attr]
-        if stamp.expires - now < timeout * 0.9:
-            stamp.expires = now + timeout
-            if not self._refreshing:
-                self._client._connector.callLater(0, self._refresh)  # type: ignore[union-attr]
+        if not stamp.refreshing and stamp.expires - now < stamp.timeout * 0.9:
+            stamp.refreshing = True
+            if self._refreshCall is None:
+                connector = self._client._connector  # type: ignore[union-attr]
+                self._refreshCall = connector.callLater(0, self._refresh)
             self._refreshing[key] = None
         return stamp
+
+    def applied(self, fields: StoredFields) -> None:
+        """
+        The owner that read C{fields} (load's owner=) has taken them in: its copy is what
+        Redis held, and may be used without reading while Redis has not invalidated it.
+        """
+        stamp = fields.stamp
+        if stamp is not None and self._tracker is not None:
+            self._tracker.applied(stamp)
 
     def forget(self, uid: bytes, owner: Any) -> None:
         """
@@ -1019,6 +1122,7 @@ class RedisStore:
             self._tracker.forget(self._key(uid), owner)
 
     def _refresh(self) -> None:
+        self._refreshCall = None
         keys, self._refreshing = list(self._refreshing), {}
         if not keys or self._client is None:
             return
@@ -1083,7 +1187,7 @@ class RedisStore:
                 key,
                 owner,
                 None if storedAs is None else command[4],
-                self._client._reactor.seconds() + min(timeout, _MAX_SECONDS),  # type: ignore[union-attr]
+                min(timeout, _MAX_SECONDS),
             )
         return self._execute([command]).addCallback(_saved)
 
@@ -1144,6 +1248,11 @@ class RedisStore:
         return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
 
     def close(self) -> Deferred[None]:
+        if self._refreshCall is not None:
+            if self._refreshCall.active():
+                self._refreshCall.cancel()
+            self._refreshCall = None
+            self._refreshing.clear()
         if self._client is None:
             return succeed(None)
         return self._client.close()
@@ -1179,6 +1288,32 @@ def _clockMilliseconds(seconds: float) -> bytes:
 
 def _clockSeconds(milliseconds: bytes | None) -> float | None:
     return int(milliseconds) / 1000 if milliseconds else None
+
+
+# Redis's default tracking-table-max-keys: assumed where CONFIG GET is not allowed (managed
+# services often refuse it).
+_DEFAULT_TABLE_LIMIT = 1_000_000
+
+
+def _text(reply: Any) -> bytes:
+    if isinstance(reply, bytes):
+        return reply
+    if isinstance(reply, str):
+        return reply.encode()
+    return b""
+
+
+def _tableLimit(reply: Any) -> int:
+    if isinstance(reply, dict):
+        values = list(reply.values())
+    elif isinstance(reply, list):
+        values = reply[1::2]
+    else:
+        return _DEFAULT_TABLE_LIMIT
+    try:
+        return int(values[0])
+    except (IndexError, ValueError, TypeError):
+        return _DEFAULT_TABLE_LIMIT
 
 
 def _refreshFailed(reason: Any) -> None:

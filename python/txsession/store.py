@@ -89,16 +89,18 @@ class StoredFields(dict):  # type: ignore[type-arg]
     (C{str}) and its serialized value (C{bytes}); and what the store keeps beside them:
     C{created} and C{ends}, the reactor times it was made and its absolute timeout runs out
     (C{None} when unknown or none), and C{user}, an opaque name of the user it is bound to
-    (C{None} when none).
+    (C{None} when none). C{stamp}: for a store with client-side caching, its token for the
+    read that gave these fields (see C{applied}), else C{None}.
     """
 
-    __slots__ = ("created", "ends", "user")
+    __slots__ = ("created", "ends", "user", "stamp")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.created: float | None = None
         self.ends: float | None = None
         self.user: bytes | None = None
+        self.stamp: Any = None
 
 
 class ISessionStore(Interface):
@@ -159,10 +161,11 @@ class ISessionStore(Interface):
         """
 
     # Optional, client-side caching: a store whose attribute cache is true has cached(uid,
-    # owner, timeout) -> bool (the owner's copy of the session is still what the store holds:
-    # use it without reading) and forget(uid, owner) (the owner dropped its copy), and its
-    # load and save take owner= (the copy read or written is that owner's). RedisStore's
-    # cache=True; the owner is a site's request flow.
+    # owner) (a true value when the owner's copy of the session is still what the store
+    # holds: use it without reading), applied(fields) (the owner took in fields it loaded:
+    # until then, and if it fails to, its copy is not what they say) and forget(uid, owner)
+    # (the owner dropped its copy), and its load and save take owner= (the copy read or
+    # written is that owner's). RedisStore's cache=True; the owner is a site's request flow.
     #
     # Optional: renewedId(uid, fresh) -> bytes. When a store has it, renewSession gives a
     # renamed session the id it returns (made from the fresh random id) instead of the fresh

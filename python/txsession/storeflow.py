@@ -226,6 +226,7 @@ class StoreFlow:
         caching = getattr(store, "cache", False)
         self._cached = getattr(store, "cached", None) if caching else None
         self._forget = getattr(store, "forget", None) if caching else None
+        self._applied = getattr(store, "applied", None) if caching else None
         # Reads this flow answered from copies, without the store: for tests and the bench.
         self.cachedReads = 0
 
@@ -292,7 +293,7 @@ class StoreFlow:
     def _useCached(
         self, state: RequestSessions, uid: bytes, session: Any, copy: SessionCopy
     ) -> bool:
-        stamp = self._cached(uid, self, session.sessionTimeout)  # type: ignore[misc]
+        stamp = self._cached(uid, self)  # type: ignore[misc]
         if not stamp:
             return False
         try:
@@ -339,6 +340,9 @@ class StoreFlow:
             else:
                 self._merge(session, copy, result)
                 copy.storedAs = uid
+            if self._applied is not None:
+                # The copy is what the store said: it may be used without reading from now.
+                self._applied(result)
             self._confirm(state, uid, session, copy)
 
     def _decode(self, fields: dict[str, bytes]) -> dict[str, Any]:
