@@ -196,7 +196,7 @@ class Tracker:
 
     # What the store asks.
 
-    def fresh(self, key: bytes, owner: Any) -> Stamp | None:
+    def fresh(self, key: bytes, owner: Any, now: float) -> Stamp | None:
         """
         C{owner}'s stamp for C{key} if its copy may be used without reading it: its
         connection is up, no invalidation may be waiting on it unread (L{pushMayWait}), and
@@ -206,9 +206,8 @@ class Tracker:
         if stamp is None or stamp.owner is not owner or not stamp.ready:
             return None
         protocol = stamp.protocol
-        if not protocol.live or not protocol.tableHasRoom() or protocol.pushMayWait():
+        if not protocol.live or not protocol.tableHasRoom(now) or protocol.pushMayWait():
             return None
-        now = self.clock.seconds()
         if now - stamp.at >= self.maxAge or now >= stamp.expires:
             # Too old to trust; or its key has run out in Redis, which pushes an expiry only
             # once it gets round to deleting the key (minutes later, on a busy server).

@@ -387,7 +387,7 @@ class _RedisProtocol(Protocol):
     def connectionMade(self) -> None:
         self._unread = _redistracking.Waiting(*_redistracking.socketOf(self.transport))
 
-    def tableHasRoom(self) -> bool:
+    def tableHasRoom(self, now: float) -> bool:
         """
         Whether Redis's tracking table is known to have room. When it is full, Redis drops
         keys from it, and tells every connection tracking them but the one whose command
@@ -399,7 +399,6 @@ class _RedisProtocol(Protocol):
         """
         if not self.tableLimit:
             return True
-        now = self._client._connector.seconds()
         return (
             now - self._tableSeen < 2.0
             and self._tableKeys + self._trackedSince < 0.9 * self.tableLimit
@@ -415,7 +414,7 @@ class _RedisProtocol(Protocol):
         found = re.search(rb"tracking_total_keys:(\d+)", _text(replies[0]))
         if found is None:
             return
-        self._tableSeen = self._client._connector.seconds()
+        self._tableSeen = self._client._reactor.seconds()
         self._tableKeys = int(found.group(1))
         self._trackedSince = 0
         full = self._tableKeys >= 0.9 * self.tableLimit
@@ -1093,10 +1092,10 @@ class RedisStore:
         if tracker is None:
             return None
         key = self._key(uid)
-        stamp = tracker.fresh(key, owner)
+        now = self._client._reactor.seconds()  # type: ignore[union-attr]
+        stamp = tracker.fresh(key, owner, now)
         if stamp is None:
             return None
-        now = self._client._reactor.seconds()  # type: ignore[union-attr]
         if not stamp.refreshing and stamp.expires - now < stamp.timeout * 0.9:
             stamp.refreshing = True
             if self._refreshCall is None:

@@ -16,6 +16,10 @@ alternating rounds:
  - for txsession, a flood: N more sessions made on a site with C{maxSessions=N/10}, per
    session made (the eviction included), and the memory the site holds afterwards.
 
+A fourth column is a floor, not a product: C{txsession.Site} whose sessions file no timer at
+all (C{startCheckingExpiration} does nothing), for C{makeSession}, its memory and C{touch}
+only. Twisted over it is the most any timer could give those rows.
+
 The clock is L{txsession.soak.SoakReactor}: Twisted's own C{DelayedCall}s in a heap, run as
 C{ReactorBase.runUntilCurrent} runs them (C{task.Clock} re-sorts all its calls on each one).
 """
@@ -37,7 +41,8 @@ from txsession._benchkit import environment
 from txsession._report import rss, table
 from txsession.soak import SoakReactor
 
-IMPLEMENTATIONS = ("Twisted", "txsession sharedTimer=False", "txsession.Site default")
+FLOOR = "floor: no timer at all"
+IMPLEMENTATIONS = ("Twisted", "txsession sharedTimer=False", "txsession.Site default", FLOOR)
 PHASES = (
     ("makeSession", "makeSession + namespace entry"),
     ("touch", "touch"),
@@ -52,8 +57,16 @@ PHASES = (
 def _site(label: str, clock: SoakReactor, **options: Any) -> server.Site:
     if label == "Twisted":
         return server.Site(resource.Resource(), reactor=clock)
-    shared = label == "txsession.Site default"
-    return txsession.Site(resource.Resource(), reactor=clock, sharedTimer=shared, **options)
+    shared = label != "txsession sharedTimer=False"
+    site = txsession.Site(resource.Resource(), reactor=clock, sharedTimer=shared, **options)
+    if label == FLOOR:
+        site.sessionFactory = _NoTimer
+    return site
+
+
+class _NoTimer(txsession.Session):
+    def startCheckingExpiration(self) -> None:
+        pass
 
 
 def _progress(label: str, phase: str) -> None:
@@ -100,6 +113,10 @@ def child(label: str, n: int) -> dict[str, float | None]:
     for session in sessions:
         session.touch()
     result["touch"] = _per(time.perf_counter() - start, n)
+    if label == FLOOR:
+        for key in ("logout", "expiry", "flood", "floodBytes"):
+            result[key] = None
+        return result
 
     loggedOut = sessions[::10]
     _progress(label, f"logout x {len(loggedOut):,}")
@@ -153,7 +170,7 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def render(results: dict[str, list[dict[str, float | None]]], n: int) -> str:
-    header = (f"at {n:,} sessions", *IMPLEMENTATIONS, "Twisted / default")
+    header = (f"at {n:,} sessions", *IMPLEMENTATIONS, "Twisted / default", "Twisted / floor")
     lines = []
     for key, name in PHASES:
         cells = [name]
@@ -170,12 +187,13 @@ def render(results: dict[str, list[dict[str, float | None]]], n: int) -> str:
                 cells.append(f"{med / 1000:.2f} us ({low / 1000:.2f}-{high / 1000:.2f})")
             else:
                 cells.append(f"{med:,.0f} {unit} ({low:,.0f}-{high:,.0f})")
-        if "Twisted" in medians and IMPLEMENTATIONS[2] in medians:
-            t, tl, th = medians["Twisted"]
-            s, sl, sh = medians[IMPLEMENTATIONS[2]]
-            cells.append(f"{t / s:.2f}x ({tl / sh:.2f}-{th / sl:.2f})")
-        else:
-            cells.append("-")
+        for other in (IMPLEMENTATIONS[2], FLOOR):
+            if "Twisted" in medians and other in medians:
+                t, tl, th = medians["Twisted"]
+                s, sl, sh = medians[other]
+                cells.append(f"{t / s:.2f}x ({tl / sh:.2f}-{th / sl:.2f})")
+            else:
+                cells.append("-")
         lines.append(cells)
     return table(header, lines)
 

@@ -241,7 +241,8 @@ class StoreFlow:
         state = request._txsStore = RequestSessions()
         if not uids:
             return None
-        self._watch(request, state)
+        if not state.watching:
+            self._watch(request, state)
         sessions = self.site.sessions
         cached = self._cached
         reading = []
@@ -454,7 +455,8 @@ class StoreFlow:
         baseline = self.snapshot(session) if copy.users else dict(copy.fields)
         change = state.changes[session] = Change(session, copy, baseline, made)
         copy.users.append(change)
-        self._watch(request, state)
+        if not state.watching:
+            self._watch(request, state)
         return change
 
     def inUse(self, session: Any) -> bool:
@@ -514,7 +516,8 @@ class StoreFlow:
         baseline = change.baseline
         changed: dict[str, bytes] = {}
         namespaces = change.session.sessionNamespaces
-        for key, value in namespaces.items():
+        # A dict's items, iterated in C (Namespaces' items() is a Python mapping view).
+        for key, value in namespaces.copy().items():
             was = baseline.get(key, _ABSENT)
             if exactJSON:
                 known = atoms.get(key)
