@@ -16,11 +16,11 @@ from twisted.internet import defer, ssl
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial import unittest
 
-from tests._certs import CA
 from tests._redis import RedisServer, freePort
 from tests.apps import store_app
 from tests.test_store import StoreTestCase
 from tests.test_web import Client
+from txsession._certs import CA
 from txsession.redis import RedisStore
 from txsession.store import StoreUnavailable
 

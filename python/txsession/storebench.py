@@ -6,7 +6,10 @@ turn by one client over loopback: Twisted's site and txsession's in memory (one 
 txsession's on the Redis store (one process, with client-side caching, the default, and
 without it), and two txsession processes on the store, each on its own port, every session
 used by one connection to each process (round-robin). Every request asks for its session;
-one workload changes a key each time, the other only reads.
+one workload changes a key each time, the other only reads. Two more rows put the one
+process on a Redis reached over TLS (certificates made for the run, which needs the C{tls}
+extra) and on a Redis Cluster of three nodes (which needs C{redis-cli}); each is left out,
+saying why, when it cannot run.
 Beside requests per second, each row gives the CPU time the server processes used per request
 (user and system, from /proc around the run), which moves less with the machine's load.
 Without C{URL}, a private C{redis-server} is started on a free port for the run.
@@ -40,6 +43,8 @@ SCENARIOS = [
     ("txsession, 1 process, Redis store", "store", 1),
     ("txsession, 1 process, Redis store, cache=False", "nocache", 1),
     ("txsession, 2 processes, Redis store", "store", 2),
+    ("txsession, 1 process, Redis over TLS", "tls", 1),
+    ("txsession, 1 process, Redis Cluster (3 nodes)", "cluster", 1),
 ]
 WORKLOADS = [("changes a key", b"/count"), ("reads only", b"/read")]
 
@@ -78,8 +83,16 @@ def server_main(mode: str, url: str) -> None:
         site = server.Site(root)
     elif mode == "memory":
         site = txsession.Site(root)
+    elif mode == "tls":
+        from twisted.internet import ssl
+
+        with open(os.environ["TXSESSION_BENCH_CA"], "rb") as f:
+            ca = ssl.Certificate.loadPEM(f.read())
+        tls = ssl.optionsForClientTLS("localhost", trustRoot=ca)
+        site = txsession.Site(root, store=RedisStore(url, tls=tls))
     else:
-        site = txsession.Site(root, store=RedisStore(url, cache=mode != "nocache"))
+        store = RedisStore(url, cache=mode != "nocache", cluster=mode == "cluster")
+        site = txsession.Site(root, store=store)
     holder.append(site)
     port = reactor.listenTCP(0, site, interface="127.0.0.1", backlog=128)
     print(port.getHost().port, flush=True)
@@ -177,21 +190,29 @@ def _cpu(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class _PrivateRedis:
-    def __init__(self) -> None:
+    """
+    A C{redis-server} of the run's own, on free ports, with C{options}.
+    """
+
+    def __init__(self, *options: str) -> None:
         path = shutil.which("redis-server")
         if path is None:
             raise SystemExit(
                 "--store needs a Redis: give its URL, or install redis-server "
                 "(apt-get install redis-server) for a private one"
             )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _freePort()
         self.dir = tempfile.mkdtemp(prefix="txsession-bench-redis-")
         self.process = subprocess.Popen(
             [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, *options],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
@@ -207,10 +228,88 @@ class _PrivateRedis:
                 time.sleep(0.05)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self, *args: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(" ".join(args).encode() + b"\r\n")
+            return s.recv(65536)
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _TLSRedis:
+    """
+    A private Redis that also listens with TLS, its certificate (for localhost) from a CA
+    made for the run: C{url} is its TLS URL, C{caPath} the CA's PEM file.
+    """
+
+    def __init__(self) -> None:
+        from txsession._certs import CA
+
+        self.certs = tempfile.mkdtemp(prefix="txsession-bench-tls-")
+        ca = CA(self.certs, "bench")
+        server = ca.issue("localhost", ("localhost", "127.0.0.1"))
+        tlsPort = _freePort()
+        self.redis = _PrivateRedis(
+            "--tls-port", str(tlsPort),
+            "--tls-cert-file", server.path,
+            "--tls-key-file", server.keyPath,
+            "--tls-ca-cert-file", ca.path,
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+        self.url = f"rediss://localhost:{tlsPort}/0"
+        self.caPath = ca.path
+
+    def close(self) -> None:
+        self.redis.close()
+        shutil.rmtree(self.certs, ignore_errors=True)
+
+
+class _Cluster:
+    """
+    A private Redis Cluster: three primaries, every slot assigned (C{redis-cli --cluster
+    create}).
+    """
+
+    def __init__(self) -> None:
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("no redis-cli (apt-get install redis-tools)")
+        self.nodes: list[_PrivateRedis] = []
+        try:
+            for _ in range(3):
+                self.nodes.append(
+                    _PrivateRedis(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-port",
+                        str(_freePort()),
+                    )  # fmt: skip
+                )
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes)]
+                + ["--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 30
+            while not all(b"cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not form within 30 s")
+                time.sleep(0.1)
+        except BaseException:
+            self.close()
+            raise
+        self.url = "redis://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
 
 
 def _quartiles(samples: list[float]) -> tuple[float, float]:
@@ -224,13 +323,16 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
     private = _PrivateRedis() if url is None else None
     url = url or private.url  # type: ignore[union-attr]
     processes: list[subprocess.Popen[str]] = []
+    others: list[_TLSRedis | _Cluster] = []
+    scenarios = list(SCENARIOS)
     try:
 
-        def start(mode: str) -> int:
+        def start(mode: str, where: str = url, env: dict[str, str] | None = None) -> int:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "txsession.bench", "--store-server", mode, url],
+                [sys.executable, "-m", "txsession.bench", "--store-server", mode, where],
                 stdout=subprocess.PIPE,
                 text=True,
+                env=None if env is None else {**os.environ, **env},
             )
             processes.append(proc)
             port = int(proc.stdout.readline())  # type: ignore[union-attr]
@@ -241,6 +343,19 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         ports = {"twisted": [start("twisted")], "memory": [start("memory")]}
         ports["store"] = [start("store"), start("store")]
         ports["nocache"] = [start("nocache")]
+        try:
+            tls = _TLSRedis()
+            others.append(tls)
+            ports["tls"] = [start("tls", tls.url, {"TXSESSION_BENCH_CA": tls.caPath})]
+        except ImportError as e:
+            print(f"  (no TLS row: {e}; install txsession[tls])", flush=True)
+        try:
+            cluster = _Cluster()
+            others.append(cluster)
+            ports["cluster"] = [start("cluster", cluster.url)]
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            print(f"  (no Cluster row: {e})", flush=True)
+        scenarios = [s for s in SCENARIOS if s[1] in ports]
         print(
             f"store section: {CONNECTIONS} connections with {DEPTH} pipelined requests each, "
             f"{rounds} rounds of {seconds:g} s per scenario, Redis at {url}",
@@ -248,13 +363,13 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         )
         results = {}
         for workload, path in WORKLOADS:
-            rates: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
-            trips: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
-            cpu: dict[str, list[float]] = {name: [] for name, _, _ in SCENARIOS}
-            for _, mode, count in SCENARIOS:
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
+            trips: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
+            cpu: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
+            for _, mode, count in scenarios:
                 _load(ports[mode][:count], path, min(seconds, 0.5))  # warm-up
             for _ in range(rounds):
-                for name, mode, count in SCENARIOS:
+                for name, mode, count in scenarios:
                     used = ports[mode][:count]
                     servers = [pids[port] for port in used]
                     before = _trips(used)
@@ -271,6 +386,8 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
             proc.wait()
         if private is not None:
             private.close()
+        for other in others:
+            other.close()
     print(render(results))
     if jsonPath:
         with open(jsonPath, "w") as f:
@@ -308,7 +425,7 @@ def render(results: dict[str, tuple[Samples, Samples, Samples]]) -> str:
     lines = []
     for workload, (rates, trips, cpu) in results.items():
         base = statistics.median(rates["txsession, 1 process, in memory"])
-        for name, _, _ in SCENARIOS:
+        for name in rates:
             low, high = _quartiles(rates[name])
             lines.append(
                 [

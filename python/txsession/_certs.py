@@ -1,6 +1,7 @@
 """
-Certificates made by the tests (with C{cryptography}): a CA, certificates it signs for a
-server or a client, written as PEM files for C{redis-server} and loaded for Twisted.
+Certificates made for the tests and for the benchmark's TLS row (with C{cryptography}, which
+the C{tls} extra installs): a CA, certificates it signs for a server or a client, written as
+PEM files for C{redis-server} and loaded for Twisted.
 """
 
 from __future__ import annotations
