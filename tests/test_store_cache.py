@@ -289,6 +289,33 @@ class InvalidationTests(CacheTestCase):
         self.assertEqual((state["values"], trips), ({"k": 1}, 1))
         self.assertEqual(a._flow.cachedReads, 0)
 
+    @defer.inlineCallbacks
+    def test_tableCannotBeWatched(self):
+        """
+        A Redis user that may not run INFO (an ACL, as managed services set): the tracking
+        table cannot be watched, so no copy is used (every request reads), and the log says
+        why.
+        """
+        from twisted.logger import globalLogPublisher
+
+        self.redis.command(
+            b"ACL", b"SETUSER", b"noinfo", b"on", b">secret", b"~*", b"+@all", b"-info"
+        )
+        self.addCleanup(self.redis.command, b"ACL", b"DELUSER", b"noinfo")
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        url = self.redis.url.replace("redis://", "redis://noinfo:secret@")
+        a = self.serve(store_app.makeSite(RedisStore(url)))
+        client = Client(a.base)
+        yield self.trips(a, client, b"set?key=k&value=1")
+        state, trips = yield self.trips(a, client, b"get")
+        self.assertEqual((state["values"], trips), ({"k": 1}, 1))
+        self.assertTrue(
+            any("does not show its tracking table" in e.get("log_format", "") for e in logged)
+        )
+        self.assertFalse(any("secret" in repr(e) for e in logged))
+
     def test_badMaxAge(self):
         for bad in (0, -1, "1", True, float("nan")):
             self.assertRaises(ValueError, RedisStore, self.redis.url, cacheMaxAge=bad)

@@ -2,21 +2,24 @@
 Client-side caching for L{txsession.redis.RedisStore} (C{cache=True}): which copies of stored
 sessions a process may use without reading them again.
 
-Each data connection speaks RESP3 (C{HELLO 3}) and turns on C{CLIENT TRACKING ON NOLOOP}:
-Redis remembers the keys the connection read and, when one changes (written, renamed, deleted,
-expired, evicted, flushed), pushes an invalidation on the same connection. Pushes and replies
-come in the order Redis produced them, so a reply read before a push reflects Redis before that
-change, and one read after reflects it: there is no race between a read and an invalidation,
-and no second connection.
+Each data connection speaks RESP3 (C{HELLO 3}) and turns on C{CLIENT TRACKING ON NOLOOP}: Redis
+remembers the keys the connection read and, when one changes (written, renamed, deleted,
+evicted, flushed, or deleted once expired), pushes an invalidation on the same connection.
+Pushes and replies come in the order Redis produced them, so a reply read before a push
+reflects Redis before that change, and one read after reflects it: there is no race between a
+read and an invalidation, and no second connection.
 
 A I{stamp} says that one owner's copy (one L{txsession.Site}'s) of a session key is what Redis
-holds: it is made when a tracked read of the key is answered, and ends with an invalidation of
-the key, with its connection, or after C{maxAge} seconds. Redis drops a key from its tracking
-table at any change to it, including this connection's own, which C{NOLOOP} does not report.
-So every script that writes a key ends by reading it (the connection is tracking it again),
-and a write's reply keeps, makes or ends stamps here as the write demands: the writer's stamp
-stays valid (its copy has the write), every other owner's ends (Redis does not tell this
-connection of its own writes).
+holds: it is made when a tracked read of the key is answered, counts once the owner has taken
+the reply in, and ends with an invalidation of the key, with its connection, after C{maxAge}
+seconds, or when the key runs out as far as this process knows (Redis pushes an expiry only
+when it gets round to deleting the key). Copies count only while Redis's tracking table is
+known to have room (see C{_RedisProtocol.tableHasRoom} in L{txsession.redis}). Redis drops a
+key from its tracking table at any change to it, including this connection's own, which
+C{NOLOOP} does not report. So every script that writes a key ends by reading it (the connection
+is tracking it again), and a write's reply keeps, makes or ends stamps here as the write
+demands: the writer's stamp stays valid (its copy has the write), every other owner's ends
+(Redis does not tell this connection of its own writes).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 READ = 0  # a session's fields: the owner's copy is what Redis holds
 WRITE = 1  # a save: the writer's copy has it, other owners' copies do not
 DELETE = 2  # deletions (logouts): every copy of each key the reply names ends
-REFRESH = 3  # a restarted idle timeout: the reply says, per key, whether the session lives
+REFRESH = 3  # restarted idle timeouts: the reply says, per key, its time to live (0: gone)
 
 
 class Tracked(list):  # type: ignore[type-arg]

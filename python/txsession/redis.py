@@ -413,6 +413,16 @@ class _RedisProtocol(Protocol):
         self._tableLooking = False
         found = re.search(rb"tracking_total_keys:(\d+)", _text(replies[0]))
         if found is None:
+            if self._tableSeen == float("-inf"):
+                # INFO refused (renamed, or forbidden by an ACL): the table cannot be watched,
+                # so no copy is used.
+                _log.warn(
+                    "Redis at {url} does not show its tracking table (INFO stats: {why}): "
+                    "every request reads its session",
+                    url=self._client._url,
+                    why=_short(replies[0]),
+                )
+                self._tableSeen = float("nan")
             return
         self._tableSeen = self._client._reactor.seconds()
         self._tableKeys = int(found.group(1))
@@ -1292,6 +1302,11 @@ def _clockSeconds(milliseconds: bytes | None) -> float | None:
 # Redis's default tracking-table-max-keys: assumed where CONFIG GET is not allowed (managed
 # services often refuse it).
 _DEFAULT_TABLE_LIMIT = 1_000_000
+
+
+def _short(reply: Any) -> str:
+    text = repr(reply)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(reply: Any) -> bytes:
