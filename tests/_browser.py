@@ -11,9 +11,7 @@ C{chromium-driver} and C{libnss3-tools}, and selenium from PyPI).
 
 from __future__ import annotations
 
-import datetime
 import http.server
-import ipaddress
 import os
 import re
 import shutil
@@ -65,78 +63,11 @@ class Certificates:
     """
 
     def __init__(self, directory: str) -> None:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        from txsession._certs import CA
 
-        now = datetime.datetime.now(datetime.timezone.utc)
-
-        def builder(subject: str, issuer: str, key: Any) -> x509.CertificateBuilder:
-            return (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-            )
-
-        caName = "txsession test CA"
-        caKey = ec.generate_private_key(ec.SECP256R1())
-        ca = (
-            builder(caName, caName, caKey)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(caKey.public_key()), critical=False
-            )
-            .sign(caKey, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        cert = (
-            builder("127.0.0.1", caName, key)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(caKey.public_key()),
-                critical=False,
-            )
-            .sign(caKey, hashes.SHA256())
-        )
-        self.ca = os.path.join(directory, "ca.pem")
-        self.cert = os.path.join(directory, "cert.pem")
-        self.key = os.path.join(directory, "key.pem")
-        for path, data in [
-            (self.ca, ca.public_bytes(serialization.Encoding.PEM)),
-            (self.cert, cert.public_bytes(serialization.Encoding.PEM)),
-            (
-                self.key,
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            ),
-        ]:
-            with open(path, "wb") as f:
-                f.write(data)
+        ca = CA(directory, "txsession test CA")
+        server = ca.issue("127.0.0.1", ("127.0.0.1", "localhost"))
+        self.ca, self.cert, self.key = ca.path, server.path, server.keyPath
 
 
 def makeHome(directory: str, trust: str | None = None) -> str:

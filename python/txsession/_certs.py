@@ -61,6 +61,10 @@ class CA:
                 ),
                 critical=True,
             )
+            # Browsers (NSS) find the issuer of a certificate by these key identifiers.
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
             .sign(self.key, hashes.SHA256())
         )
         self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
@@ -100,6 +104,10 @@ class CA:
                 ),
                 critical=False,
             )
+        )
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+            critical=False,
         )
         if alternatives:
             builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), False)
