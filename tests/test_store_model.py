@@ -256,6 +256,7 @@ class _RenewIds(resource.Resource):
 
     def render_GET(self, request):
         request.getSession()
+        store_app.noteRendered(request)
 
         def answer():
             old = request.getSession().uid

@@ -68,8 +68,19 @@ def cachedFrom(request, uid, answer):
     stamp = None if state is None else state.cached.get(uid)
     if ticks is not None and stamp is not None:
         answer["cachedFrom"] = ticks.get(stamp, 0)
-        answer["rendered"] = request.site.modelTick()
+        rendered = getattr(request, "modelRendered", None)
+        answer["rendered"] = request.site.modelTick() if rendered is None else rendered
     return answer
+
+
+def noteRendered(request):
+    """
+    For the store model test: note when a page that answers later took its session (its
+    copy was used then, when the request rendered, not when the answer is made).
+    """
+    tick = getattr(request.site, "modelTick", None)
+    if tick is not None:
+        request.modelRendered = tick()
 
 
 class Get(_Page):
