@@ -84,6 +84,19 @@ def feedInPieces(decoder, data, size):
     return replies
 
 
+def fedUntilRefused(case, decoder, data, size=100):
+    """
+    How many bytes of C{data}, fed in pieces of C{size}, C{decoder} took before it raised
+    C{ValueError} (which C{case} asserts it does).
+    """
+    received = 0
+    with case.assertRaises(ValueError):
+        for i in range(0, len(data), size):
+            received += size
+            decoder.feed(data[i : i + size])
+    return received
+
+
 class SplitTests(unittest.SynchronousTestCase):
     """
     A reply comes out the same however it is split, and each of its bytes is looked at a
@@ -189,14 +202,8 @@ class MaxSizeTests(unittest.SynchronousTestCase):
         An array whose elements add up to more than the limit is refused once the bytes received
         pass it, not after the whole reply.
         """
-        data = hgetall(1000)
         decoder = RespDecoder(StoreError, max_size=5000)
-        received = 0
-        with self.assertRaises(ValueError):
-            for i in range(0, len(data), 100):
-                received += 100
-                decoder.feed(data[i : i + 100])
-        self.assertLessEqual(received, 5100)
+        self.assertLessEqual(fedUntilRefused(self, decoder, hgetall(1000)), 5100)
 
     def test_exactlyAtLimit(self):
         """
@@ -555,13 +562,7 @@ class RESP3LimitTests(unittest.SynchronousTestCase):
         pass it; one of exactly the limit passes, byte by byte too.
         """
         data = map3(1000)
-        decoder = resp3(max_size=5000)
-        received = 0
-        with self.assertRaises(ValueError):
-            for i in range(0, len(data), 100):
-                received += 100
-                decoder.feed(data[i : i + 100])
-        self.assertLessEqual(received, 5100)
+        self.assertLessEqual(fedUntilRefused(self, resp3(max_size=5000), data), 5100)
         for size in (len(data), 1):
             replies = feedInPieces(resp3(max_size=len(data)), data + data, size)
             self.assertEqual(len(replies), 2)
