@@ -46,6 +46,7 @@ from txsession.store import (
     StoreError,
     StoreUnavailable,
     UnserializableValue,
+    _shortRepr,
 )
 
 _log = Logger()
@@ -420,7 +421,7 @@ class _RedisProtocol(Protocol):
                     "Redis at {url} does not show its tracking table (INFO stats: {why}): "
                     "every request reads its session",
                     url=self._client._url,
-                    why=_short(replies[0]),
+                    why=_shortRepr(replies[0]),
                 )
                 self._tableSeen = float("nan")
             return
@@ -1302,11 +1303,6 @@ def _clockSeconds(milliseconds: bytes | None) -> float | None:
 # Redis's default tracking-table-max-keys: assumed where CONFIG GET is not allowed (managed
 # services often refuse it).
 _DEFAULT_TABLE_LIMIT = 1_000_000
-
-
-def _short(reply: Any) -> str:
-    text = repr(reply)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(reply: Any) -> bytes:

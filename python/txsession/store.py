@@ -12,6 +12,14 @@ from typing import Any
 from zope.interface import Attribute, Interface, implementer
 
 
+def _shortRepr(value: object) -> str:
+    """
+    C{repr(value)}, cut to 80 characters: how messages show a value.
+    """
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class StoreUnavailable(Exception):
     """
     The session store could not be reached, or did not answer within its timeout. A request

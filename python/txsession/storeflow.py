@@ -36,6 +36,7 @@ from txsession.store import (
     StoreError,
     StoreUnavailable,
     UnserializableValue,
+    _shortRepr,
 )
 
 _log = Logger()
@@ -536,7 +537,7 @@ class StoreFlow:
                     continue  # not this request's value
                 raise UnserializableValue(
                     f"namespace key {key!r}: the store's serializer cannot encode "
-                    f"{type(value).__name__} {_short(value)}: {e}"
+                    f"{type(value).__name__} {_shortRepr(value)}: {e}"
                 ) from e
             if not isinstance(data, bytes):
                 raise UnserializableValue(
@@ -559,8 +560,8 @@ class StoreFlow:
                 # Another process would read something else: a tuple as a list, or a dict's
                 # int keys as strings. Refused, rather than read back differently.
                 raise UnserializableValue(
-                    f"namespace key {key!r}: {type(value).__name__} {_short(value)} would "
-                    f"read back from the store as {_short(serializer.loads(data))}; store "
+                    f"namespace key {key!r}: {type(value).__name__} {_shortRepr(value)} would "
+                    f"read back from the store as {_shortRepr(serializer.loads(data))}; store "
                     f"it in a form the serializer keeps"
                 )
             if exactJSON and type(value) in _JSON_ATOMS:
@@ -1050,11 +1051,6 @@ def _cancel(session: Any) -> None:
     call = getattr(session, "_expireCall", None)
     if call is not None and call.active():
         call.cancel()
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _raiseReadFailure(failure: Failure) -> None:
