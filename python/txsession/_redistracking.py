@@ -95,8 +95,6 @@ class Tracker:
         self.clock = clock
         self.maxAge = maxAge
         self.stamps: dict[bytes, Stamp] = {}
-        # Invalidation pushes received (each names keys, or all of them).
-        self.invalidations = 0
 
     # What connections report.
 
@@ -182,7 +180,6 @@ class Tracker:
         """
         if len(push) < 2 or push[0] not in (b"invalidate", "invalidate"):
             return
-        self.invalidations += 1
         keys = push[1]
         stamps = self.stamps
         if keys is None:
