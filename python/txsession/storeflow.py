@@ -568,6 +568,10 @@ class StoreFlow:
                 atoms[key] = (value, data)
             changed[key] = data
         deleted = [key for key in baseline if key not in namespaces]
+        if len(atoms) > len(namespaces):
+            # Keys deleted since: their values are not kept alive here.
+            for key in [key for key in atoms if key not in namespaces]:
+                del atoms[key]
         return changed, deleted
 
     # Writing.
