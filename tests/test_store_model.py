@@ -1130,7 +1130,11 @@ class _Checker:
 
         def overwrittenBy(after: float) -> list[_Record]:
             # Acknowledged writes that started after `after` and ended before the read began.
-            return [a for a in acks if a.start > after and a.end < start]
+            # A request that used a copy acted on the session as of its copy's stamp (README:
+            # what a copy may not see): it wrote what it changed from that, so a key set
+            # elsewhere after the stamp and before the push was processed is not one it
+            # could delete (checkCached checks that no push was processed in between).
+            return [a for a in acks if self.viewedAt(a) > after and a.end < start]
 
         if observed is ABSENT:
             if not overwrittenBy(-1):
@@ -1201,6 +1205,13 @@ class _Checker:
                         f"{self.show(r)} used its copy of {self.label(r.got)} (stamped at "
                         f"ev{r.cachedFrom}) after s{site} processed its invalidation at ev{tick}",
                     )
+
+    @staticmethod
+    def viewedAt(r: _Record) -> float:
+        """
+        When C{r} saw its session: its start, or its copy's stamp when it used one.
+        """
+        return r.start if r.cachedFrom is None else min(r.start, r.cachedFrom)
 
     def usedBefore(self, r: _Record, end: float) -> bool:
         """
