@@ -10,10 +10,10 @@
 //! move the call), another class of delayed call, or a time that is not a plain number goes
 //! through `reset` itself.
 
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyInt, PyType};
+use pyo3::{ffi, intern};
 
 use crate::timer::SharedCall;
 
@@ -32,9 +32,44 @@ fn plain_f64(value: &Bound<'_, PyAny>) -> Option<f64> {
         return Some(f.value());
     }
     if value.is_exact_instance_of::<PyInt>() {
-        return value.extract::<f64>().ok();
+        return int_f64(value).ok();
     }
     None
+}
+
+/// `float(value)` for an exact `int`, as `int.__float__` computes it (the same rounding, and
+/// `OverflowError` past the largest `float`), without the `float` object it makes.
+fn int_f64(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    // SAFETY: `value` is a live object, and the GIL is held.
+    let x = unsafe { ffi::PyLong_AsDouble(value.as_ptr()) };
+    if x == -1.0 {
+        if let Some(err) = PyErr::take(value.py()) {
+            return Err(err);
+        }
+    }
+    Ok(x)
+}
+
+/// A number of seconds as an `f64`, as `float(value)` gives it: a plain `float` or `int`
+/// directly, anything else through its `__float__`.
+pub fn seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if let Ok(f) = value.cast_exact::<PyFloat>() {
+        return Ok(f.value());
+    }
+    if value.is_exact_instance_of::<PyInt>() {
+        return int_f64(value);
+    }
+    value.extract::<f64>()
+}
+
+/// `time + by`, as Twisted's `DelayedCall` computes a time from a float and a delay: a plain
+/// `float` or `int` added here, anything else by Python's `+`, so that what Twisted refuses
+/// (a `Decimal`, a string) raises the same `TypeError`.
+pub fn later(time: f64, by: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if let Some(by) = plain_f64(by) {
+        return Ok(time + by);
+    }
+    seconds(&PyFloat::new(by.py(), time).add(by)?)
 }
 
 fn is_exact(call: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -54,7 +89,7 @@ pub fn reset(
         // The timer's clock is the one `now` came from when it runs on the same reactor.
         if let (Some(timeout), Some(now)) = (plain_f64(timeout), plain_f64(now)) {
             if shared.get().runs_on(py, reactor) {
-                return SharedCall::reset_at(shared, now, timeout);
+                return SharedCall::reset_to(shared, now + timeout);
             }
         }
         return call

@@ -18,7 +18,7 @@ use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::delayed_call::{AlreadyCalled, AlreadyCancelled};
+use crate::delayed_call::{later, AlreadyCalled, AlreadyCancelled};
 use crate::gc::Traverse;
 use crate::gil::GilCell;
 use crate::order::Earliest;
@@ -124,7 +124,7 @@ pub struct SharedCall {
 }
 
 fn as_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    value.extract::<f64>()
+    crate::delayed_call::seconds(value)
 }
 
 impl Core {
@@ -347,7 +347,7 @@ impl SharedTimer {
     ) -> PyResult<Py<SharedCall>> {
         let py = slf.py();
         let core = &slf.get().core;
-        let time = core.now(py)? + as_seconds(timeout)?;
+        let time = later(core.now(py)?, timeout)?;
         let slot = Slot {
             session: Some(session.clone().unbind()),
             time,
@@ -472,12 +472,11 @@ impl SharedCall {
         })
     }
 
-    /// `reset(timeout)` with `now` already read from the timer's reactor: Twisted's
+    /// `reset` to `new_time`, the reactor's time now plus the timeout: Twisted's
     /// `DelayedCall.reset` arithmetic.
-    pub fn reset_at(slf: &Bound<'_, Self>, now: f64, timeout: f64) -> PyResult<()> {
+    pub fn reset_to(slf: &Bound<'_, Self>, new_time: f64) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let new_time = now + timeout;
         let sooner = {
             let mut state = this.core.state(py);
             let c = &mut state.slots[this.slot as usize];
@@ -564,18 +563,19 @@ impl SharedCall {
         let py = slf.py();
         slf.get().check_pending(py)?;
         let now = slf.get().core.now(py)?;
-        SharedCall::reset_at(slf, now, as_seconds(secondsFromNow)?)
+        SharedCall::reset_to(slf, later(now, secondsFromNow)?)
     }
 
     fn delay(slf: &Bound<'_, Self>, secondsLater: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         this.check_pending(py)?;
-        let later = as_seconds(secondsLater)?;
+        // `delayed_time += secondsLater`, with no borrow held while Python's `+` may run.
+        let delayed = later(this.read(py, |c| c.delayed_time), secondsLater)?;
         let sooner = {
             let mut state = this.core.state(py);
             let c = &mut state.slots[this.slot as usize];
-            c.delayed_time += later;
+            c.delayed_time = delayed;
             if c.delayed_time < 0.0 {
                 c.time += c.delayed_time;
                 c.delayed_time = 0.0;

@@ -236,6 +236,62 @@ class SharedTimerTests(unittest.SynchronousTestCase):
         self.assertRaises(AlreadyCalled, call.cancel)
         self.assertRaises(AlreadyCalled, session.touch)
 
+    def test_oddTimeoutsAsTwisted(self):
+        """
+        A C{sessionTimeout} (or C{reset}/C{delay} argument) that is not a plain float gives
+        the shared timer's call what Twisted's C{DelayedCall} on a C{Clock} gives: the same
+        due time for an C{int}, a C{bool}, a float subclass or a C{Fraction}, and the same
+        exception for a C{Decimal} (C{TypeError}: a float plus a C{Decimal}), a string and an
+        C{int} too large for a float (C{OverflowError}), at the start, on C{touch}, on
+        C{reset} and on C{delay}.
+        """
+        from decimal import Decimal
+        from fractions import Fraction
+
+        class Seconds(float):
+            pass
+
+        odd = [7, True, Seconds(2.5), Fraction(1, 3), Decimal(5), "5", 10**400]
+
+        def outcome(f, *args):
+            try:
+                f(*args)
+            except Exception as e:
+                return type(e)
+            return None
+
+        for value in odd:
+            results = []
+            for twisted in (True, False):
+                clock = Clock()
+                clock.advance(100)
+                if twisted:
+                    site = server.Site(resource.Resource(), reactor=clock)
+                    site.sessionFactory = type("S", (server.Session,), {})
+                else:
+                    site = _sharedSite(clock)
+                    site.sessionFactory = type("S", (txsession.Session,), {})
+                site.sessionFactory.sessionTimeout = value
+                seen = []
+                seen.append(outcome(site.makeSession))
+                session = next(iter(site.sessions.values()), None)
+                if session is None or session._expireCall is None:
+                    # Refused at the start: a session with a plain timeout for the rest.
+                    site.sessionFactory.sessionTimeout = 60
+                    session = site.makeSession()
+                    site.sessionFactory.sessionTimeout = value
+                call = session._expireCall
+                seen.append(call.getTime())
+                clock.advance(1)
+                seen.append(outcome(session.touch))
+                seen.append(call.getTime())
+                seen.append(outcome(call.reset, value))
+                seen.append(call.getTime())
+                seen.append(outcome(call.delay, value))
+                seen.append(call.getTime())
+                results.append(seen)
+            self.assertEqual(results[0], results[1], f"sessionTimeout = {value!r}")
+
     def test_touchAfterCancelRaises(self):
         clock = Clock()
         session = _sharedSite(clock).makeSession()

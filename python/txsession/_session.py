@@ -51,10 +51,12 @@ else:
             now = self.lastModified = reactor.seconds()
             call = self._expireCall
             if call is not None:
-                timeout = self.sessionTimeout
+                # sessionTimeout is read once, as Twisted reads it, in each branch: a local
+                # that only one branch needs costs the others its store.
                 kind = type(call)
                 if kind is DelayedCall:
                     # DelayedCall.reset(timeout), moving the call later: its whole effect.
+                    timeout = self.sessionTimeout
                     if call.cancelled:
                         raise AlreadyCancelled
                     if call.called:
@@ -65,9 +67,9 @@ else:
                     else:
                         call.delayed_time = newTime - call.time
                 elif kind is _SharedDelayedCall:
-                    call._resetFrom(reactor, now, timeout)
+                    call._resetFrom(reactor, now, self.sessionTimeout)
                 else:
-                    call.reset(timeout)
+                    call.reset(self.sessionTimeout)
 
         def expire(self):
             """
