@@ -837,6 +837,24 @@ class HTTPSTests(StoreTestCase):
 
 class ReadTests(StoreTestCase):
     @defer.inlineCallbacks
+    def test_secureCookieOverPlainHTTPIsNotRead(self):
+        """
+        Over plain HTTP, a request that names a stored session only under the secure cookie
+        gets a new session (Twisted's getSession looks at the secure cookie only over HTTPS),
+        and the site reads nothing from Redis for it.
+        """
+        a = self.makeSite()
+        owner = Client(a.base)
+        _, state = yield self.get(owner, a, b"set?key=k&value=1")
+        other = Client(a.base)
+        other.jar.set_cookie(_cookie("TWISTED_SECURE_SESSION", state["session"]))
+        trips = a.store.roundTrips
+        _, seen = yield self.get(other, a, b"get")
+        self.assertNotEqual(seen["session"], state["session"])
+        self.assertEqual(seen["values"], {})
+        self.assertEqual(a.store.roundTrips, trips)
+
+    @defer.inlineCallbacks
     def test_readBeforeRendering(self):
         """
         What is in Redis when a request arrives is what its resource sees, whoever wrote it.

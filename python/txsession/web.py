@@ -884,14 +884,22 @@ class Site(server.Site):
         more, whatever else the request carries.
         """
         # A store site's requests are SessionCookieMixins, named as the site says, and the
-        # site path is empty until the resource is looked up.
-        name = self.cookieName
-        names = (name, self._secureCookieName()) if request.isSecure() else (name,)
+        # site path is empty until the resource is looked up. isSecure() (an adapter lookup
+        # on the transport) is asked only of a request that sends the secure cookie.
+        cookies = request.received_cookies
         uids: list[bytes] = []
-        for name in names:
-            value = request.received_cookies.get(name)
-            if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
-                uids.append(value)
+        value = cookies.get(self.cookieName)
+        if value and len(value) <= 256 and _TOKEN.match(value):
+            uids.append(value)
+        value = cookies.get(self._secureCookieName())
+        if (
+            value
+            and len(value) <= 256
+            and _TOKEN.match(value)
+            and value not in uids
+            and request.isSecure()
+        ):
+            uids.append(value)
         return uids
 
     def _isSessionCookie(self, name: bytes) -> bool:
