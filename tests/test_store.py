@@ -449,6 +449,75 @@ class ValueTests(StoreTestCase):
         self.assertRaises(TypeError, serializer.dumps, b"bytes")
         self.assertRaises(ValueError, serializer.dumps, float("nan"))
 
+    def test_jsonAsJsonDumps(self):
+        """
+        JSONSerializer.dumps writes every value as compact json.dumps (no ASCII escaping, no
+        NaN) writes it, or raises the same exception, including the plain values it writes
+        without json.dumps and their subclasses and edge cases.
+        """
+        import enum
+        from fractions import Fraction
+
+        class Colour(enum.IntEnum):
+            RED = 1
+
+        class Text(str):
+            pass
+
+        class Number(float):
+            pass
+
+        def reference(value):
+            return json.dumps(
+                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+
+        def outcome(f, value):
+            try:
+                return f(value)
+            except Exception as e:
+                return type(e)
+
+        values = [
+            0,
+            -1,
+            2**63,
+            -(2**64) - 1,
+            10**5000,
+            True,
+            False,
+            None,
+            0.0,
+            -0.0,
+            1.5,
+            1e300,
+            5e-324,
+            1e16,
+            float("inf"),
+            float("-inf"),
+            float("nan"),
+            "",
+            "é",
+            'a"b\\c\n\t\x00\x7f',
+            "\u2028\u2029",
+            "\ud800",
+            "😀",
+            Colour.RED,
+            Text("t"),
+            Number(2.5),
+            Fraction(1, 2),
+            [1, "x"],
+            {"k": None},
+            b"x",
+        ]
+        serializer = JSONSerializer()
+        for i, value in enumerate(values):
+            self.assertEqual(
+                outcome(serializer.dumps, value),
+                outcome(reference, value),
+                f"values[{i}], a {type(value).__name__}",
+            )
+
     @defer.inlineCallbacks
     def test_otherSerializer(self):
         """

@@ -7,6 +7,7 @@ default L{JSONSerializer}; and the errors a store raises.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _jsonString
 from typing import Any
 
 from zope.interface import Attribute, Interface, implementer
@@ -83,6 +84,21 @@ class JSONSerializer:
     """
 
     def dumps(self, value: Any) -> bytes:
+        # The values sessions mostly hold are written here as json.dumps writes them
+        # (encode_basestring is what it uses for a str, float.__repr__ for a finite float),
+        # without the encoder object it makes on every call; everything else, subclasses
+        # and infinities included, goes through it.
+        kind = type(value)
+        if kind is str:
+            return _jsonString(value).encode()
+        if kind is int:
+            return b"%d" % value
+        if kind is bool:
+            return b"true" if value else b"false"
+        if value is None:
+            return b"null"
+        if kind is float and value - value == 0.0:
+            return float.__repr__(value).encode()
         return json.dumps(
             value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
