@@ -888,18 +888,11 @@ class Site(server.Site):
         # on the transport) is asked only of a request that sends the secure cookie.
         cookies = request.received_cookies
         uids: list[bytes] = []
-        value = cookies.get(self.cookieName)
-        if value and len(value) <= 256 and _TOKEN.match(value):
-            uids.append(value)
-        value = cookies.get(self._secureCookieName())
-        if (
-            value
-            and len(value) <= 256
-            and _TOKEN.match(value)
-            and value not in uids
-            and request.isSecure()
-        ):
-            uids.append(value)
+        for name, secure in ((self.cookieName, False), (self._secureCookieName(), True)):
+            value = cookies.get(name)
+            if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
+                if not secure or request.isSecure():
+                    uids.append(value)
         return uids
 
     def _isSessionCookie(self, name: bytes) -> bool:
