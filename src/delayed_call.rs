@@ -53,13 +53,11 @@ fn int_f64(value: &Bound<'_, PyAny>) -> PyResult<f64> {
 /// A number of seconds as an `f64`, as `float(value)` gives it: a plain `float` or `int`
 /// directly, anything else through its `__float__`.
 pub fn seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if let Ok(f) = value.cast_exact::<PyFloat>() {
-        return Ok(f.value());
+    match plain_f64(value) {
+        Some(x) => Ok(x),
+        // Anything else, and an `int` too large for a float (its `OverflowError` again).
+        None => value.extract::<f64>(),
     }
-    if value.is_exact_instance_of::<PyInt>() {
-        return int_f64(value);
-    }
-    value.extract::<f64>()
 }
 
 /// `time + by`, as Twisted's `DelayedCall` computes a time from a float and a delay: a plain

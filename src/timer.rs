@@ -18,7 +18,7 @@ use pyo3::{ffi, intern, PyTraverseError, PyVisit};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use crate::delayed_call::{later, AlreadyCalled, AlreadyCancelled};
+use crate::delayed_call::{later, seconds, AlreadyCalled, AlreadyCancelled};
 use crate::gc::Traverse;
 use crate::gil::GilCell;
 use crate::order::Earliest;
@@ -123,10 +123,6 @@ pub struct SharedCall {
     slot: u32,
 }
 
-fn as_seconds(value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    crate::delayed_call::seconds(value)
-}
-
 impl Core {
     fn state<'a>(&'a self, py: Python<'_>) -> std::cell::RefMut<'a, TimerState> {
         self.0.borrow_mut(py)
@@ -148,7 +144,7 @@ impl Core {
     }
 
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        as_seconds(&self.reactor(py)?.call_method0(intern!(py, "seconds"))?)
+        seconds(&self.reactor(py)?.call_method0(intern!(py, "seconds"))?)
     }
 
     /// Files slot `ix` at `due` as its current entry.
@@ -188,7 +184,7 @@ impl Core {
         let reactor = self.reactor(py)?;
         let fire = self.state(py).fire.as_ref().map(|f| f.clone_ref(py));
         let Some(fire) = fire else { return Ok(()) };
-        let now = as_seconds(&reactor.call_method0(intern!(py, "seconds"))?)?;
+        let now = seconds(&reactor.call_method0(intern!(py, "seconds"))?)?;
         let mut delay = (due - now).max(0.0);
         while delay > 0.0 && now + delay > due {
             delay = next_down(delay);
