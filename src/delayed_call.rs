@@ -32,22 +32,16 @@ fn plain_f64(value: &Bound<'_, PyAny>) -> Option<f64> {
         return Some(f.value());
     }
     if value.is_exact_instance_of::<PyInt>() {
-        return int_f64(value).ok();
+        // `float(value)` as `int.__float__` computes it, without the `float` object it
+        // makes; an `int` too large for a float is `None` here, and raises on the slow path.
+        // SAFETY: `value` is a live object, and the GIL is held.
+        let x = unsafe { ffi::PyLong_AsDouble(value.as_ptr()) };
+        if x == -1.0 && PyErr::take(value.py()).is_some() {
+            return None;
+        }
+        return Some(x);
     }
     None
-}
-
-/// `float(value)` for an exact `int`, as `int.__float__` computes it (the same rounding, and
-/// `OverflowError` past the largest `float`), without the `float` object it makes.
-fn int_f64(value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    // SAFETY: `value` is a live object, and the GIL is held.
-    let x = unsafe { ffi::PyLong_AsDouble(value.as_ptr()) };
-    if x == -1.0 {
-        if let Some(err) = PyErr::take(value.py()) {
-            return Err(err);
-        }
-    }
-    Ok(x)
 }
 
 /// A number of seconds as an `f64`, as `float(value)` gives it: a plain `float` or `int`
