@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from twisted.logger import formatEvent
 from twisted.web import resource, server
 
+import txsession
 from tests._proxy import DOWNSTREAM, UPSTREAM, FaultProxy
 from tests.apps import store_app
 from tests.test_security import _cookie
@@ -612,6 +613,72 @@ class UncertainLogoutDefectTests(AttackTestCase):
         self.assertEqual(self.storedValues(uid), {})
         _, seen = yield self.get(_withCookie(b, uid), b, b"get")
         self.assertNotEqual(seen["session"], uid)
+
+
+class _RenewAndSet(resource.Resource):
+    """C{/renewset?key=K&value=V}: renews the request's session, then sets a key in it."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        session = txsession.renewSession(request)
+        session.sessionNamespaces[request.args[b"key"][0].decode()] = json.loads(
+            request.args[b"value"][0]
+        )
+        return json.dumps({"session": session.uid.decode()}).encode()
+
+
+class UncertainRenewDefectTests(AttackTestCase):
+    @defer.inlineCallbacks
+    def renewLost(self):
+        """
+        A session made on a proxied site and never stored, then renewed by a request whose
+        write (made the session under the new id) reached Redis and whose answer was lost:
+        a 503. The site, the client (holding the old cookie) and the old id.
+        """
+        a, proxy = yield self.proxied()
+        a.resource.putChild(b"renewset", _RenewAndSet())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        old = state["session"]
+        self.assertEqual(self.redis.keys(), [])
+        proxy.stall(DOWNSTREAM)
+        code, _ = yield self.get(client, a, b"renewset?key=k&value=1")
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        # The write was applied, under an id no answer showed.
+        self.assertEqual(len(self.redis.keys()), 1)
+        self.assertEqual(self.storedValues(old), {})
+        self.assertEqual(client.session(), old.encode())
+        return a, client, old
+
+    @defer.inlineCallbacks
+    def test_logoutAfterARenewThatTimedOutButApplied(self):
+        """
+        README: a logout deletes the session in Redis. The session went back to its old id
+        when the renew failed, and the next read of the old id (which found nothing) forgot
+        that a write may have stored it under the new one: the logout deleted nothing, and
+        the failed renew's session stayed in Redis until its timeout.
+        """
+        a, client, old = yield self.renewLost()
+        code, _ = yield self.get(client, a, b"logout")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.redis.keys(), [])
+
+    @defer.inlineCallbacks
+    def test_logoutAfterARenewThatTimedOutThenAWrite(self):
+        """
+        As above, with the session then stored under its old id by a later request (found
+        by the model test): the logout deletes both.
+        """
+        a, client, old = yield self.renewLost()
+        code, _ = yield self.get(client, a, b"set?key=j&value=2")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(old), {"j": 2})
+        code, _ = yield self.get(client, a, b"logout")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.redis.keys(), [])
 
 
 class ScriptOrderDefectTests(AttackTestCase):

@@ -97,10 +97,11 @@ class SessionCopy:
         # Requests that read (or found) this copy and are not over, whether or not they have
         # asked for it yet: while there are any, the copy is not evicted or timed out.
         self.readers = 0
-        # A write that would have made the session under this id did not answer: it may be
-        # stored, so the next request reads it rather than trust this copy, and a logout
-        # deletes it.
-        self.uncertain: bytes | None = None
+        # Ids a write that would have made the session did not answer for: it may be stored
+        # under each. While the session goes by one of them, a request reads it rather than
+        # trust this copy; a logout deletes them all (one a failed renew gave back is an id
+        # nobody holds, so only a logout or its timeout ends what it may hold).
+        self.uncertain: tuple[bytes, ...] = ()
         # The id a write that creates the session, or renames it, is taking it to.
         self.creating: bytes | None = None
         self.renaming: bytes | None = None
@@ -108,6 +109,14 @@ class SessionCopy:
         # None when last encoded, that value and its encoding. Such a value cannot change in
         # place, so while the key holds that very object its encoding is known.
         self.atoms: dict[str, tuple[Any, bytes]] = {}
+
+    def names(self) -> list[bytes]:
+        """
+        Every id the session may be stored under, or is being written to: what a logout
+        deletes.
+        """
+        names = [self.storedAs, self.creating, self.renaming, *self.uncertain]
+        return [name for name in dict.fromkeys(names) if name is not None]
 
 
 class Change:
@@ -252,7 +261,11 @@ class StoreFlow:
                 continue
             session = sessions.get(uid)
             copy = None if session is None else self.copies.get(session)
-            if copy is not None and copy.storedAs is None and not copy.uncertain:
+            if (
+                copy is not None
+                and copy.storedAs is None
+                and (not copy.uncertain or uid not in copy.uncertain)
+            ):
                 # Made here and not stored yet: nothing in the store can say otherwise.
                 self._confirm(state, uid, session, copy)
             elif (
@@ -314,7 +327,7 @@ class StoreFlow:
             copy = None if session is None else self.copies.get(session)
             if copy is not None and copy.storedAs is None and copy.creating is None:
                 # Made here; its first write did not answer. Stored after all, or not.
-                copy.uncertain = None
+                copy.uncertain = tuple(name for name in copy.uncertain if name != uid)
                 if result is None:
                     self._confirm(state, uid, session, copy)
                     continue
@@ -748,8 +761,8 @@ class StoreFlow:
             copy.creating = None
         if copy.renaming == target:
             copy.renaming = None
-        if source is None and reason.check(StoreUnavailable):
-            copy.uncertain = target
+        if source is None and reason.check(StoreUnavailable) and target not in copy.uncertain:
+            copy.uncertain += (target,)
         ended = reason.check(SessionEnded)
         if ended and source is not None and copy.storedAs == source:
             if reason.value.renamedTo is None:
@@ -946,11 +959,7 @@ class StoreFlow:
         mine = None if state is None else state.changes.get(session)
         if mine is not None:
             mine.endedHere = True
-        names = [
-            name
-            for name in dict.fromkeys([copy.storedAs, copy.creating, copy.renaming, copy.uncertain])
-            if name is not None
-        ]
+        names = copy.names()
         if names:
             deleting = self.store.delete(*names)
             outcome = self.logouts[session] = _Outcome(
