@@ -285,13 +285,16 @@ class _LogoutIds(resource.Resource):
 
     def render_GET(self, request):
         session = request.getSession()
+        store_app.noteRendered(request)
 
         def answer():
             uid = session.uid
             if request.site.sessions.get(uid) is not session:
-                return {"ended": None, "gone": uid.decode()}
+                return store_app.cachedFrom(request, uid, {"ended": None, "gone": uid.decode()})
             session.expire()
-            return {"ended": uid.decode()}
+            # A copy used without reading it may be one whose logout elsewhere has not been
+            # pushed here yet (README: the push's delivery is the window).
+            return store_app.cachedFrom(request, uid, {"ended": uid.decode()})
 
         return _answerLater(request, answer)
 
@@ -1899,6 +1902,33 @@ class CheckerTests(unittest.TestCase):
                 body={"session": U, "values": {"a": 2}},
             ),
         ]
+        violations = self.check(records, {})
+        self.assertTrue(
+            any(v.startswith("[logged out]") and "r6" in v for v in violations), violations
+        )
+
+    def test_loggedOutAgainFromACopy(self):
+        """
+        A logout in another process whose invalidation has not reached this one yet: a
+        logout here that used its copy without reading it may end the session again (the
+        push's delivery is the window), but not once the push was processed.
+        """
+        records = self.good() + [
+            _record(5, "logout", 9, 10, 200, site=1, carried=U, body={"ended": U}),
+            _record(
+                6,
+                "logout",
+                11,
+                12,
+                200,
+                carried=U,
+                body={"ended": U, "cachedFrom": 8, "rendered": 11},
+            ),
+        ]
+        self.assertEqual(self.check(records, {}), [])
+        pushed = _Checker(records, {}, {}, pushes=[(10, 0, None)]).check()
+        self.assertTrue(any(v.startswith("[cached]") and "r6" in v for v in pushed), pushed)
+        records[-1].body = {"ended": U}
         violations = self.check(records, {})
         self.assertTrue(
             any(v.startswith("[logged out]") and "r6" in v for v in violations), violations
