@@ -696,14 +696,18 @@ class Site(server.Site):
 
     @slidingExpiry.setter
     def slidingExpiry(self, value: bool) -> None:
-        self._slidingExpiry = bool(value)
+        # Only a change of the option touches the instance's getSession: on CPython 3.11+
+        # even deleting an attribute the instance does not have adds its name to the keys
+        # its class's instances share, and a method whose name is among them is looked up
+        # the slow way (not specialized) on every site of the class.
+        value = bool(value)
+        if value == self._slidingExpiry:
+            return
+        self._slidingExpiry = value
         if value:
             self.getSession = self._slidingGetSession  # type: ignore[method-assign]
         else:
-            try:
-                del self.getSession
-            except AttributeError:
-                pass
+            del self.getSession
 
     def _slidingGetSession(self, uid: bytes) -> Any:
         """
@@ -817,8 +821,7 @@ class Site(server.Site):
             if keep is not None and self._flow.isLive(keep):  # type: ignore[union-attr]
                 # Every name it has or is being given (a login's rename may be in flight).
                 copy = self._flow.copies[keep]  # type: ignore[union-attr]
-                names = [copy.storedAs, copy.creating, copy.renaming, copy.uncertain, keep.uid]
-                kept = [name for name in names if name is not None]
+                kept = [*copy.names(), keep.uid]
             return self.store.logoutUser(user, *kept)
         users = self._users
         if users is None:
