@@ -171,10 +171,12 @@ class Change:
 
 class RequestSessions:
     """
-    What one request of a store site does with its sessions.
+    What one request of a store site does with its sessions, and with its response while
+    they are written (the request's C{_txsStore}).
     """
 
     __slots__ = (
+        "flow",
         "confirmed",
         "changes",
         "readFailure",
@@ -183,9 +185,17 @@ class RequestSessions:
         "pinned",
         "logouts",
         "cached",
+        "held",
+        "finishHeld",
+        "pendingFailure",
+        "failed",
+        "rendering",
+        "writeAfterRender",
+        "flushedFinished",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, flow: StoreFlow) -> None:
+        self.flow = flow
         # Each id read for this request from the store (or made here and not stored), and
         # its session.
         self.confirmed: dict[bytes, Any] = {}
@@ -201,6 +211,19 @@ class RequestSessions:
         # The ids it used from this process's copies without reading them, each with what
         # the store said of the copy (RedisStore: its stamp).
         self.cached: dict[bytes, Any] = {}
+        # The response: bytes (and the finish) held until the session writes answer.
+        self.held: list[bytes] | None = None
+        self.finishHeld = False
+        # The resource failed while a session write was in flight.
+        self.pendingFailure: Failure | None = None
+        # The request failed: nothing more is written, or answered.
+        self.failed = False
+        # The resource is rendering; what it writes meanwhile is held, and written with its
+        # session changes once render() returns.
+        self.rendering = False
+        self.writeAfterRender = False
+        # The write in flight was sent after the request finished.
+        self.flushedFinished = False
 
     def readFailed(self, reason: Failure) -> None:
         self.readFailure = reason
@@ -248,7 +271,7 @@ class StoreFlow:
         session cookies its C{getSession} can look at); C{None} when there is nothing to
         read. A failure is kept: C{getSession} raises it.
         """
-        state = request._txsStore = RequestSessions()
+        state = request._txsStore = RequestSessions(self)
         if not uids:
             return None
         if not state.watching:
@@ -444,11 +467,10 @@ class StoreFlow:
         self.attach(request, session, made)
         return session, made
 
-    @staticmethod
-    def stateOf(request: Any) -> RequestSessions:
+    def stateOf(self, request: Any) -> RequestSessions:
         state = request._txsStore
         if state is None:
-            state = request._txsStore = RequestSessions()
+            state = request._txsStore = RequestSessions(self)
         return state
 
     def attach(self, request: Any, session: Any, made: bool = False) -> Change:
@@ -801,7 +823,7 @@ class StoreFlow:
         state = request._txsStore
         if state is None or state.settled:
             return
-        finishing = request._txsHeld is not None and request._txsFinishHeld
+        finishing = state.held is not None and state.finishHeld
         for change in state.changes.values():
             # Finished while rendering: what it changed is what its last write carries.
             if finishing:

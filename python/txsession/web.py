@@ -100,23 +100,12 @@ class SessionCookieMixin:
     and writes what it changed before its response (L{txsession.storeflow}).
     """
 
-    # What the request does with its sessions on a site with a store.
+    # What the request does with its sessions, and with its response while they are
+    # written, on a site with a store: the one attribute this class adds to a request.
+    # CPython 3.11+ keeps at most 30 attribute names inline for a class's instances; past
+    # that, a request's attributes move to a dict and no attribute or method lookup on it
+    # is specialised, and Twisted's Request alone sets some 25.
     _txsStore: RequestSessions | None = None
-    # Response bytes (and the finish) held until the session writes answer.
-    _txsHeld: list[bytes] | None = None
-    _txsFinishHeld = False
-    # The resource failed while a session write was in flight.
-    _txsPendingFailure: Failure | None = None
-    # The request failed: nothing more is written, or answered.
-    _txsFailed = False
-    # The store flow of the site this request reads its sessions from.
-    _txsFlow: StoreFlow | None = None
-    # The resource is rendering; what it writes meanwhile is held, and written with its
-    # session changes once render() returns.
-    _txsRendering = False
-    _txsWriteAfterRender = False
-    # The write in flight was sent after the request finished.
-    _txsFlushedFinished = False
 
     def getSession(self, sessionInterface=None, forceNotSecure=False):
         # Twisted's Request.getSession, with the cookie's name and options from the site.
@@ -157,8 +146,6 @@ class SessionCookieMixin:
     def process(self):
         site = self.channel.site  # type: ignore[attr-defined]
         flow = getattr(site, "_flow", None)
-        if flow is not None:
-            self._txsFlow = flow
         reading = None if flow is None else flow.read(self, site._sessionCookieUids(self))
         if reading is None:
             return super().process()  # type: ignore[misc]
@@ -176,74 +163,83 @@ class SessionCookieMixin:
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
         if flow is None:
             return super().render(resrc)  # type: ignore[misc]
+        state = flow.stateOf(self)
         # A logout (expire()) while this renders is this request's own.
         outer, flow.rendering = flow.rendering, self
-        self._txsRendering = True
+        state.rendering = True
         try:
             result = super().render(resrc)  # type: ignore[misc]
         except BaseException:
             # What the resource wrote before it failed never went out: the request fails
             # whole (a 500, nothing of it written).
-            if self._txsWriteAfterRender:
-                self._txsWriteAfterRender = False
-                self._txsHeld = None
-                self._txsFinishHeld = False
+            if state.writeAfterRender:
+                state.writeAfterRender = False
+                state.held = None
+                state.finishHeld = False
             flow.rendered(self)
             raise
         finally:
             flow.rendering = outer
-            self._txsRendering = False
-        if self._txsWriteAfterRender:
+            state.rendering = False
+        if state.writeAfterRender:
             # What the resource wrote while rendering (its whole response, when render()
             # returned bytes) is written with the session changes of the whole render:
             # one write, after which nothing of this request's can change if it finished.
-            self._txsWriteAfterRender = False
-            held, self._txsHeld = self._txsHeld or [], None
-            finishing, self._txsFinishHeld = self._txsFinishHeld, False
+            state.writeAfterRender = False
+            held, state.held = state.held or [], None
+            finishing, state.finishHeld = state.finishHeld, False
             self._txsFlush(held, finishing)
         flow.rendered(self)
         return result
 
     def write(self, data):
-        if self._txsHeld is not None:
-            self._txsHeld.append(data)
+        state = self._txsStore
+        if state is None:
+            return super().write(data)  # type: ignore[misc]
+        if state.held is not None:
+            state.held.append(data)
             return None
-        if self._txsFailed:
+        if state.failed:
             return None
         if not self.startedWriting and self._txsMustFlush():  # type: ignore[attr-defined]
-            if self._txsRendering:
+            if state.rendering:
                 # Held until render() returns (see render).
-                self._txsHeld = [data]
-                self._txsWriteAfterRender = True
+                state.held = [data]
+                state.writeAfterRender = True
                 return None
             self._txsFlush([data], finishing=False)
             return None
         return super().write(data)  # type: ignore[misc]
 
     def finish(self):
-        if self._txsHeld is not None:
-            self._txsFinishHeld = True
-            return None
-        if self._txsFailed:
-            return None
-        if self._txsMustFlush():
-            self._txsFlush([], finishing=True)
-            return None
+        state = self._txsStore
+        if state is not None:
+            if state.held is not None:
+                state.finishHeld = True
+                return None
+            if state.failed:
+                return None
+            if self._txsMustFlush():
+                self._txsFlush([], finishing=True)
+                return None
         result = super().finish()  # type: ignore[misc]
         self._txsRelease()
         return result
 
     def processingFailed(self, reason):
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
-        if flow is None or self._txsFailed:
+        if flow is None:
             return super().processingFailed(reason)  # type: ignore[misc]
-        if self._txsHeld is not None:
+        state = flow.stateOf(self)
+        if state.failed:
+            return super().processingFailed(reason)  # type: ignore[misc]
+        if state.held is not None:
             # A session write is in flight for what the resource wrote before it failed: once
             # it has answered, what the resource wrote goes out, then the failure, as Twisted
             # answers a page that fails after writing (the write's changes are the store's,
             # so the response is not a clean error).
-            self._txsFinishHeld = False
-            self._txsPendingFailure = reason
+            state.finishHeld = False
+            state.pendingFailure = reason
             return reason
         # A failed request changes nothing in the store, and what it changed in this
         # process's copies goes back; no one else's changes do.
@@ -253,7 +249,7 @@ class SessionCookieMixin:
         if answer is not None and not self.startedWriting:  # type: ignore[attr-defined]
             code, body, message = answer
             _log.failure(message, reason, uri=_safeUri(self))
-            self._txsFailed = True
+            state.failed = True
             self.setResponseCode(code)  # type: ignore[attr-defined]
             self.setHeader(b"Content-Type", b"text/html; charset=utf-8")  # type: ignore[attr-defined]
             self.setHeader(b"Content-Length", b"%d" % (len(body),))  # type: ignore[attr-defined]
@@ -262,7 +258,7 @@ class SessionCookieMixin:
             self._txsRelease()
             return reason
         result = super().processingFailed(reason)  # type: ignore[misc]
-        self._txsFailed = True
+        state.failed = True
         return result
 
     def connectionLost(self, reason):
@@ -273,12 +269,11 @@ class SessionCookieMixin:
         """
         The request is over (finished, or its connection lost): its session records go.
         """
-        if self._txsStore is not None:
-            # Through the channel's site: a request whose client left while its sessions
-            # were read has no site yet.
-            flow = self._txsFlow or getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
-            if flow is not None:
-                flow.release(self, reason)
+        state = self._txsStore
+        if state is not None:
+            # Through the flow that made the state: a request whose client left while its
+            # sessions were read has no site yet.
+            state.flow.release(self, reason)
 
     def _txsMustFlush(self) -> bool:
         state = self._txsStore
@@ -290,7 +285,8 @@ class SessionCookieMixin:
         when C{finishing}) until they are written.
         """
         flow = self.site._flow  # type: ignore[attr-defined]
-        self._txsFlushedFinished = finishing
+        state = self._txsStore
+        state.flushedFinished = finishing  # type: ignore[union-attr]
         try:
             writing = flow.flush(self)
         except Exception:
@@ -298,22 +294,23 @@ class SessionCookieMixin:
             return
         if writing is None:
             if finishing:
-                self._txsStore.settled = True  # type: ignore[union-attr]
+                state.settled = True  # type: ignore[union-attr]
             for chunk in held:
                 super().write(chunk)  # type: ignore[misc]
             if finishing:
                 super().finish()  # type: ignore[misc]
                 self._txsRelease()
             return
-        self._txsHeld = held
-        self._txsFinishHeld = finishing
+        state.held = held  # type: ignore[union-attr]
+        state.finishHeld = finishing  # type: ignore[union-attr]
         writing.addCallbacks(self._txsFlushed, self._txsFlushFailed)
         writing.addErrback(_logFailure, "while answering after a session store write")
 
     def _txsFlushed(self, _: object) -> None:
-        held, self._txsHeld = self._txsHeld or [], None
-        finishing, self._txsFinishHeld = self._txsFinishHeld, False
-        pending, self._txsPendingFailure = self._txsPendingFailure, None
+        state: RequestSessions = self._txsStore  # type: ignore[assignment]
+        held, state.held = state.held or [], None
+        finishing, state.finishHeld = state.finishHeld, False
+        pending, state.pendingFailure = state.pendingFailure, None
         if pending is not None:
             if not self._disconnected:  # type: ignore[attr-defined]
                 for chunk in held:
@@ -322,7 +319,7 @@ class SessionCookieMixin:
             return
         if self._disconnected:  # type: ignore[attr-defined]
             return
-        if finishing and not self._txsFlushedFinished:
+        if finishing and not state.flushedFinished:
             # The request finished while this write was in flight: what it changed since is
             # written before any of the response goes out, so a failure there can still be
             # answered. (A request that had finished when its write was sent changed
@@ -330,7 +327,7 @@ class SessionCookieMixin:
             self._txsFlush(held, finishing=True)
             return
         if finishing:
-            self._txsStore.settled = True  # type: ignore[union-attr]
+            state.settled = True
             for chunk in held:
                 super().write(chunk)  # type: ignore[misc]
             super().finish()  # type: ignore[misc]
@@ -340,9 +337,10 @@ class SessionCookieMixin:
             super().write(chunk)  # type: ignore[misc]
 
     def _txsFlushFailed(self, reason: Failure) -> None:
-        self._txsHeld = None
-        self._txsFinishHeld = False
-        self._txsPendingFailure = None
+        state: RequestSessions = self._txsStore  # type: ignore[assignment]
+        state.held = None
+        state.finishHeld = False
+        state.pendingFailure = None
         if self._disconnected:  # type: ignore[attr-defined]
             self.site._flow.fail(self)  # type: ignore[attr-defined]
             _log.failure("The session store failed after the client left", reason)
@@ -354,7 +352,7 @@ class SessionCookieMixin:
             _log.failure(
                 "The session store failed while answering {uri}", reason, uri=_safeUri(self)
             )
-            self._txsFailed = True
+            state.failed = True
             self.loseConnection()  # type: ignore[attr-defined]
 
     def _txsForgetCookies(self) -> None:
