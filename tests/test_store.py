@@ -940,6 +940,37 @@ class ReadTests(StoreTestCase):
         self.assertEqual(here["values"], {"k": 2})
 
     @defer.inlineCallbacks
+    def test_requestAttributes(self):
+        """
+        A store request has one attribute of txsession's, C{_txsStore}, whether it writes
+        or is served from a copy, and no more attributes than CPython keeps inline (30):
+        past that they move to a dict, and no lookup on the request is specialised.
+        """
+        kept = []
+
+        class Keep(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                kept.append(request)
+                namespaces = request.getSession().sessionNamespaces
+                if request.args.get(b"write"):
+                    namespaces["k"] = namespaces.get("k", 0) + 1
+                return b"{}"
+
+        a = self.makeSite()
+        a.resource.putChild(b"keep", Keep())
+        client = Client(a.base)
+        for path in (b"keep?write=1", b"keep?write=1", b"keep", b"keep"):
+            yield self.get(client, a, path)
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.assertGreater(a._flow.cachedReads, 0)
+        for request in kept:
+            names = list(vars(request))
+            self.assertEqual([n for n in names if n.startswith("_txs")], ["_txsStore"])
+            self.assertLessEqual(len(names), 30, names)
+
+    @defer.inlineCallbacks
     def test_demo(self):
         """
         The demo on the store: a cart filled on one site is there on the other.
