@@ -138,6 +138,7 @@ class Change:
         "own",
         "riding",
         "user",
+        "reverted",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -167,6 +168,9 @@ class Change:
         self.riding: list[_Outcome] = []
         # The user this request binds the session to (renewSession's user), until written.
         self.user: str | None = None
+        # The request failed (its client left, say) while its write was in flight: this
+        # process's copy was put back, and no longer says what the write leaves in the store.
+        self.reverted = False
 
 
 class RequestSessions:
@@ -760,6 +764,10 @@ class StoreFlow:
 
     def _saved(self, change: Change, source: bytes | None, target: bytes, _: object) -> None:
         copy = change.copy
+        if change.reverted and self._forget is not None:
+            # Written after all: the copy is not what the store holds, so the next request
+            # reads it rather than use it.
+            self._forget(target, self)
         fields = copy.fields
         namespaces_baseline = change.baseline
         for key in change.inFlight:
@@ -783,7 +791,9 @@ class StoreFlow:
             copy.creating = None
         if copy.renaming == target:
             copy.renaming = None
-        if source is None and reason.check(StoreUnavailable) and target not in copy.uncertain:
+        if source != target and reason.check(StoreUnavailable) and target not in copy.uncertain:
+            # A create or a rename that may have been applied: the session may be stored
+            # under target, an id no client was given.
             copy.uncertain += (target,)
         ended = reason.check(SessionEnded)
         if ended and source is not None and copy.storedAs == source:
@@ -869,6 +879,12 @@ class StoreFlow:
             theirs = not (mine or isinstance(current, _Unencodable)) and (
                 key in change.contested
                 or any(user.baseline.get(key, _ABSENT) != current for user in others)
+                # Another request's write in flight carries the value there now: whether it
+                # stays is that write's outcome (its own revert if it fails).
+                or any(
+                    key in user.inFlight and user.baseline.get(key, _ABSENT) == current
+                    for user in others
+                )
             )
             if theirs:
                 # Another request changed it too: it stays, and that request writes it.
@@ -895,6 +911,8 @@ class StoreFlow:
                 # or another failing request's) still does, and writes or reverts it.
                 if user.baseline.get(key, _ABSENT) == current:
                     _set(user.baseline, key, before)
+        if change.inFlight:
+            change.reverted = True
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
@@ -1038,6 +1056,13 @@ class StoreFlow:
         copy = self.copies.pop(session, None)
         if copy is not None and copy.storedAs is not None and self._forget is not None:
             self._forget(copy.storedAs, self)
+        if copy is not None:
+            # An id this process's own lost create or rename went to: the session found
+            # renamed is that rename, applied without its answer (the login failed, and no
+            # client holds the new id), or this copy never was the session there.
+            strays = [name for name in copy.uncertain if name not in (session.uid, copy.storedAs)]
+            if strays:
+                self.site.reactor.callLater(0, self._deleteStrays, strays)
         sessions = self.site.sessions
         if sessions.get(session.uid) is session:
             del sessions[session.uid]
@@ -1046,6 +1071,12 @@ class StoreFlow:
         call = None if absolute is None else absolute.pop(session, None)
         if call is not None and call.active():
             call.cancel()
+
+    def _deleteStrays(self, names: list[bytes]) -> None:
+        deleting = maybeDeferred(self.store.delete, *names)
+        deleting.addErrback(
+            lambda failure: _log.failure("while deleting a session no client holds", failure)
+        )
 
     def saveSession(self, session: Any) -> Deferred[None]:
         """

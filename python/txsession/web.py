@@ -817,9 +817,12 @@ class Site(server.Site):
         if self.store is not None:
             kept: list[bytes] = []
             if keep is not None and self._flow.isLive(keep):  # type: ignore[union-attr]
-                # Every name it has or is being given (a login's rename may be in flight).
+                # Every name it has or is being given (a login's rename may be in flight),
+                # but not an id a failed login may have stored it under: no client holds
+                # that one, so it is logged out with the rest.
                 copy = self._flow.copies[keep]  # type: ignore[union-attr]
-                kept = [*copy.names(), keep.uid]
+                names = [copy.storedAs, copy.creating, copy.renaming, keep.uid]
+                kept = [name for name in names if name is not None]
             return self.store.logoutUser(user, *kept)
         users = self._users
         if users is None:
