@@ -776,6 +776,9 @@ class StoreFlow:
         change.contested.clear()
         change.priors.clear()
         copy.storedAs = target
+        if target in copy.uncertain:
+            # Stored there now, for certain.
+            copy.uncertain = tuple(name for name in copy.uncertain if name != target)
         change.name = target
         change.user = None
         if copy.creating == target:
@@ -870,20 +873,37 @@ class StoreFlow:
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
             current = self.encoded(namespaces, key)
+            setters = [user for user in others if key in user.own]
+            if setters and change.own.get(key, _NOT_OWN) == current:
+                # This request's value, set while rendering over a value another running
+                # request set while rendering: that one's goes back, and it writes it.
+                value = setters[-1].own[key]
+                if value is _ABSENT:
+                    namespaces.pop(key, None)
+                elif isinstance(value, _Unencodable):
+                    namespaces[key] = value.value
+                else:
+                    namespaces[key] = loads(value)
+                for user in others:
+                    if user.baseline.get(key, _ABSENT) == current:
+                        _set(user.baseline, key, value)
+                continue
             # This request's for certain: it set this value while rendering, it is still
             # there, and no other request set the key while rendering.
-            mine = change.own.get(key, _NOT_OWN) == current and not any(
-                key in user.own for user in others
-            )
+            mine = change.own.get(key, _NOT_OWN) == current and not setters
             # A value nobody can write is nobody's to keep: it goes back whoever else saw it.
             theirs = not (mine or isinstance(current, _Unencodable)) and (
                 key in change.contested
                 or any(user.baseline.get(key, _ABSENT) != current for user in others)
-                # Another request's write in flight carries the value there now: whether it
-                # stays is that write's outcome (its own revert if it fails).
-                or any(
-                    key in user.inFlight and user.baseline.get(key, _ABSENT) == current
-                    for user in others
+                # Another request's write in flight carries the value there now, a value this
+                # request did not set: whether it stays is that write's outcome (its own
+                # revert if it fails).
+                or (
+                    change.own.get(key, _NOT_OWN) != current
+                    and any(
+                        key in user.inFlight and user.baseline.get(key, _ABSENT) == current
+                        for user in others
+                    )
                 )
             )
             if theirs:
@@ -1056,13 +1076,6 @@ class StoreFlow:
         copy = self.copies.pop(session, None)
         if copy is not None and copy.storedAs is not None and self._forget is not None:
             self._forget(copy.storedAs, self)
-        if copy is not None:
-            # An id this process's own lost create or rename went to: the session found
-            # renamed is that rename, applied without its answer (the login failed, and no
-            # client holds the new id), or this copy never was the session there.
-            strays = [name for name in copy.uncertain if name not in (session.uid, copy.storedAs)]
-            if strays:
-                self.site.reactor.callLater(0, self._deleteStrays, strays)
         sessions = self.site.sessions
         if sessions.get(session.uid) is session:
             del sessions[session.uid]
@@ -1071,12 +1084,6 @@ class StoreFlow:
         call = None if absolute is None else absolute.pop(session, None)
         if call is not None and call.active():
             call.cancel()
-
-    def _deleteStrays(self, names: list[bytes]) -> None:
-        deleting = maybeDeferred(self.store.delete, *names)
-        deleting.addErrback(
-            lambda failure: _log.failure("while deleting a session no client holds", failure)
-        )
 
     def saveSession(self, session: Any) -> Deferred[None]:
         """

@@ -1,0 +1,167 @@
+"""
+More attacks on writes whose answer is lost and on failing requests beside others, against a
+real C{redis-server} (README.md, "The consistency model"); naming as in C{test_store_attacks}.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet import defer, reactor
+from twisted.python.failure import Failure
+from twisted.web import resource, server
+
+from tests._proxy import UPSTREAM
+from tests.test_store import sleep
+from tests.test_store_attacks import _withCookie
+from tests.test_store_attacks_renew import _Case
+from tests.test_web import Client
+from txsession.store import StoreUnavailable
+
+
+class _LateFail(resource.Resource):
+    """
+    C{/latefail?key=K&value=V&delay=S}: takes its session while rendering, changes nothing
+    then; C{delay} seconds later (from a callback) sets K to V and fails at once (a 500).
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        key = request.args[b"key"][0].decode()
+        value = json.loads(request.args[b"value"][0])
+        delay = float(request.args[b"delay"][0])
+        session = request.getSession()
+
+        def later():
+            session.sessionNamespaces[key] = value
+            try:
+                raise RuntimeError("the page failed after its change")
+            except RuntimeError:
+                request.processingFailed(Failure())
+
+        reactor.callLater(delay, later)
+        return server.NOT_DONE_YET
+
+
+class StrayHoldsTests(_Case):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_strayIsTheSessionsOwnEarlierIdThatLaterStored(self):
+        """
+        README (Renewing): a rename elsewhere leaves the session live under its new id.
+
+        A session made in process A (id U0, its cookie given, nothing stored). R2 sets a key:
+        its create of U0 never reaches Redis (a stall, a timeout): a 503, and U0 goes into
+        the copy's uncertain ids. R3, on the same session, began while that create was in
+        flight (so it read nothing): it writes after, creates U0 and gets a 200, which takes
+        U0 out of the uncertain ids. The user logs in on A (U0 -> N4), then on process B
+        (N4 -> N5). A stale tab on A with N4 finds N4's tombstone and sets A's copy aside;
+        the session lives on under N5. (A deletion of the copy's uncertain ids on setting it
+        aside, tried and taken back, followed U0 -> N4 -> N5 and deleted it.)
+        """
+        a, proxy = yield self.proxied(timeout=0.5)
+        b = self.makeSite()
+        client = Client(a.base)
+        code, state = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        u0 = state["session"]
+        self.assertEqual(self.dataKeys(), [])
+        proxy.stall(UPSTREAM)
+        lost = self.get(client, a, b"set?key=a&value=1", sync=False)
+        yield sleep(0.05)
+        slow = self.get(client, a, b"set?key=b&value=1&delay=0.8", sync=False)
+        code, _ = yield lost
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        yield a.store.load([b"warm-up"])
+        code, _ = yield slow
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(u0), {"b": 1})
+        copy = a._flow.copies[a.sessions[u0.encode()]]
+        self.assertNotIn(u0.encode(), copy.uncertain)  # stored there now, for certain
+        code, state = yield self.get(client, a, b"renew")
+        self.assertEqual(code, 200)
+        n4 = state["session"]
+        self.assertNotEqual(n4, u0)
+        # The user logs in again, on process B.
+        there = _withCookie(b, n4)
+        code, state = yield self.get(there, b, b"renew")
+        self.assertEqual(code, 200)
+        n5 = state["session"]
+        self.assertEqual(self.storedValues(n5), {"b": 1})
+        # A stale tab on A, still carrying N4 (once A has B's invalidation).
+        yield sleep(0.1)
+        code, _ = yield self.get(_withCookie(a, n4), a, b"get")
+        self.assertEqual(code, 200)
+        yield sleep(0.2)
+        self.assertEqual(self.storedValues(n5), {"b": 1}, "the live session N5 was deleted")
+        code, seen = yield self.get(there, b, b"get")
+        self.assertEqual(seen["session"], n5)
+        self.assertEqual(seen["values"], {"b": 1}, "the live session N5 was deleted")
+
+
+class SharedValueHoldsTests(_Case):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_failedValueKeptForARequestWhoseLastWriteIsSent(self):
+        """
+        R_A sets k=1 while rendering and finishes: its last write (k=1) is in flight (slow
+        link). R_F, running beside it, sets k=2 from a callback and fails (a 500). _revert
+        keeps k=2 (R_A's baseline differs): R_A, once its write answers, writes k=2 too before
+        its 200 (the shared-copy rule), so the copy and Redis agree. Holds.
+        """
+        a, proxy = yield self.proxied(timeout=2)
+        a.resource.putChild(b"latefail", _LateFail())
+        b = self.makeSite()
+        client = Client(a.base)
+        code, state = yield self.get(client, a, b"set?key=k&value=0")
+        self.assertEqual(code, 200)
+        uid = state["session"]
+        failing = self.get(client, a, b"latefail?key=k&value=2&delay=0.25", sync=False)
+        yield sleep(0.05)
+        proxy.latency(400, direction=UPSTREAM)
+        writing = self.get(client, a, b"set?key=k&value=1&delay=0.1", sync=False)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors(RuntimeError)
+        code, _ = yield writing
+        self.assertEqual(code, 200)
+        yield proxy.reset()
+        stored = self.storedValues(uid)
+        _, here = yield self.get(client, a, b"get")
+        _, there = yield self.get(_withCookie(b, uid), b, b"get")
+        self.assertEqual(here["values"], stored)
+        self.assertEqual(there["values"], stored)
+
+
+class OverwrittenValueDefectTests(_Case):
+    @defer.inlineCallbacks
+    def test_failedValueOverAnotherRequestsValue(self):
+        """
+        README: a failing request never touches another request's changes. R1 sets a=12
+        while rendering and answers later; R2, on the same session, sets a=11 while rendering
+        and fails (a 500). The copy kept 11 (the key was R1's too), and R1 then wrote R2's
+        failed value with its 200 (found by the model test's soak). Now R1's value goes back,
+        and R1 writes it.
+        """
+        a = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=b&value=1")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        slow = self.get(client, a, b"set?key=a&value=12&delay=0.3")
+        for _ in range(200):
+            if session.sessionNamespaces.get("a") == 12:
+                break
+            yield sleep(0.005)
+        code, _ = yield self.get(client, a, b"fail?key=a&value=11")
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(session.sessionNamespaces.get("a"), 12)
+        code, _ = yield slow
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(uid), {"a": 12, "b": 1})
