@@ -497,3 +497,31 @@ class GhostUserSessionDefectTests(_Case):
         self.assertEqual(code, 200)
         code, listed = yield self.get(client, a, b"sessions?user=alice")
         self.assertEqual(int(listed), 1, "a session of alice outlived 'log out everywhere else'")
+
+
+class LostCreateLoggedOutDefectTests(AttackTestCase):
+    @defer.inlineCallbacks
+    def test_lostCreateThenLogoutElsewhere(self):
+        """
+        README: after a logout no process serves the session. A session made on A whose
+        first write was applied but not answered (a 503) is logged out on B. A's next read
+        of it found nothing, took that to mean the write had never landed, and served its
+        copy again (found by the model test's soak). Now a copy whose create may have been
+        applied, found absent, is over.
+        """
+        a, proxy = yield self.proxied()
+        b = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"get")
+        uid = state["session"]
+        proxy.stall(DOWNSTREAM)
+        code, _ = yield self.get(client, a, b"set?key=k&value=1")
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        self.assertEqual(self.storedValues(uid), {"k": 1})
+        code, _ = yield self.get(_withCookie(b, uid), b, b"logout")
+        self.assertEqual(code, 200)
+        _, seen = yield self.get(client, a, b"get")
+        self.assertNotEqual(seen["session"], uid)
+        self.assertEqual(seen["values"], {})

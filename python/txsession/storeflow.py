@@ -354,9 +354,15 @@ class StoreFlow:
             copy = None if session is None else self.copies.get(session)
             if copy is not None and copy.storedAs is None and copy.creating is None:
                 # Made here; its first write did not answer. Stored after all, or not.
+                lost = uid in copy.uncertain
                 copy.uncertain = tuple(name for name in copy.uncertain if name != uid)
                 if result is None:
-                    self._confirm(state, uid, session, copy)
+                    if lost:
+                        # Perhaps stored, and ended since (logged out, or timed out,
+                        # elsewhere): over here too.
+                        self.dropFound(session)
+                    else:
+                        self._confirm(state, uid, session, copy)
                     continue
             if result is None:
                 if copy is not None and copy.storedAs == uid:
