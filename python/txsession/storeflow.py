@@ -883,49 +883,42 @@ class StoreFlow:
             if setters and change.own.get(key, _NOT_OWN) == current:
                 # This request's value, set while rendering over a value another running
                 # request set while rendering: that one's goes back, and it writes it.
-                value = setters[-1].own[key]
-                if value is _ABSENT:
-                    namespaces.pop(key, None)
-                elif isinstance(value, _Unencodable):
-                    namespaces[key] = value.value
-                else:
-                    namespaces[key] = loads(value)
-                for user in others:
-                    if user.baseline.get(key, _ABSENT) == current:
-                        _set(user.baseline, key, value)
-                continue
-            # This request's for certain: it set this value while rendering, it is still
-            # there, and no other request set the key while rendering.
-            mine = change.own.get(key, _NOT_OWN) == current and not setters
-            # A value nobody can write is nobody's to keep: it goes back whoever else saw it.
-            theirs = not (mine or isinstance(current, _Unencodable)) and (
-                key in change.contested
-                or any(user.baseline.get(key, _ABSENT) != current for user in others)
-                # Another request's write in flight carries the value there now, a value this
-                # request did not set: whether it stays is that write's outcome (its own
-                # revert if it fails).
-                or (
-                    change.own.get(key, _NOT_OWN) != current
-                    and any(
-                        key in user.inFlight and user.baseline.get(key, _ABSENT) == current
-                        for user in others
+                before = setters[-1].own[key]
+            else:
+                # This request's for certain: it set this value while rendering, it is
+                # still there, and no other request set the key while rendering.
+                mine = change.own.get(key, _NOT_OWN) == current and not setters
+                # A value nobody can write is nobody's to keep: it goes back whoever else
+                # saw it.
+                theirs = not (mine or isinstance(current, _Unencodable)) and (
+                    key in change.contested
+                    or any(user.baseline.get(key, _ABSENT) != current for user in others)
+                    # Another request's write in flight carries the value there now, a value
+                    # this request did not set: whether it stays is that write's outcome (its
+                    # own revert if it fails).
+                    or (
+                        change.own.get(key, _NOT_OWN) != current
+                        and any(
+                            key in user.inFlight and user.baseline.get(key, _ABSENT) == current
+                            for user in others
+                        )
                     )
                 )
-            )
-            if theirs:
-                # Another request changed it too: it stays, and that request writes it.
-                for user, userKey, prior in change.priors:
-                    if userKey == key:
-                        _set(user.baseline, key, prior)
-                # A request that began while this one's value was there took it as its
-                # baseline: that value is undone, so what was there before is its baseline
-                # now (else its own revert would put back this failed request's value).
-                set_ = change.own.get(key, _NOT_OWN)
-                if set_ is not _NOT_OWN:
-                    for user in others:
-                        if user.baseline.get(key, _ABSENT) == set_:
-                            _set(user.baseline, key, before)
-                continue
+                if theirs:
+                    # Another request changed it too: it stays, and that request writes it.
+                    for user, userKey, prior in change.priors:
+                        if userKey == key:
+                            _set(user.baseline, key, prior)
+                    # A request that began while this one's value was there took it as its
+                    # baseline: that value is undone, so what was there before is its
+                    # baseline now (else its own revert would put back this failed request's
+                    # value).
+                    set_ = change.own.get(key, _NOT_OWN)
+                    if set_ is not _NOT_OWN:
+                        for user in others:
+                            if user.baseline.get(key, _ABSENT) == set_:
+                                _set(user.baseline, key, before)
+                    continue
             if before is _ABSENT:
                 namespaces.pop(key, None)
             elif isinstance(before, _Unencodable):
