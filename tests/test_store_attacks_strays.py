@@ -165,3 +165,37 @@ class OverwrittenValueDefectTests(_Case):
         code, _ = yield slow
         self.assertEqual(code, 200)
         self.assertEqual(self.storedValues(uid), {"a": 12, "b": 1})
+
+
+class LostWriteOverARenderingValueDefectTests(_Case):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_lostWriteGivesBackTheRenderingRequestsChange(self):
+        """
+        README: a failing request never touches another request's changes. R_A sets a=11 and
+        is still rendering; R_B, on the same session, starts from what R_A shows (a=11), sets
+        a=15 and writes it, and its write is lost (a 503). Putting R_B's change back restored
+        a=11, but also gave R_A a=11 as what the store held, so R_A wrote nothing and answered
+        200 without its change in Redis (found by the model test in CI). Now R_A sees again
+        what it saw before R_B's write (no a), and writes a=11 with its 200.
+        """
+        a, proxy = yield self.proxied(timeout=0.5)
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=b&value=1")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        slow = self.get(client, a, b"set?key=a&value=11&delay=1.2", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("a") == 11:
+                break
+            yield sleep(0.005)
+        proxy.stall(UPSTREAM)
+        code, _ = yield self.get(client, a, b"set?key=a&value=15")
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        self.assertEqual(session.sessionNamespaces.get("a"), 11)
+        code, _ = yield slow
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(uid), {"a": 11, "b": 1})

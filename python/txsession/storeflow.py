@@ -906,9 +906,7 @@ class StoreFlow:
                 )
                 if theirs:
                     # Another request changed it too: it stays, and that request writes it.
-                    for user, userKey, prior in change.priors:
-                        if userKey == key:
-                            _set(user.baseline, key, prior)
+                    self._unclaim(change, key)
                     # A request that began while this one's value was there took it as its
                     # baseline: that value is undone, so what was there before is its
                     # baseline now (else its own revert would put back this failed request's
@@ -925,10 +923,14 @@ class StoreFlow:
                 namespaces[key] = before.value
             else:
                 namespaces[key] = loads(before)
+            # A request whose baseline this request's write moved sees again what it saw
+            # before: where that was not the value put back (a change of its own, made
+            # while this one's write was out), it still writes it.
+            claimed = self._unclaim(change, key)
             for user in others:
                 # Only where that request saw no change: one that saw it changed (its own,
                 # or another failing request's) still does, and writes or reverts it.
-                if user.baseline.get(key, _ABSENT) == current:
+                if user not in claimed and user.baseline.get(key, _ABSENT) == current:
                     _set(user.baseline, key, before)
         if change.inFlight:
             change.reverted = True
@@ -939,6 +941,19 @@ class StoreFlow:
             self._unrename(change)
         if change.made and copy.storedAs is None and copy.creating is None:
             self.dropFound(session)
+
+    def _unclaim(self, change: Change, key: str) -> set[Change]:
+        """
+        Undo what C{change}'s writes in flight did to the other requests' baselines for
+        C{key} (L{_claim}): each has what it saw before the first of them again. The
+        requests put back.
+        """
+        restored: set[Change] = set()
+        for user, userKey, prior in change.priors:
+            if userKey == key and user not in restored:
+                _set(user.baseline, key, prior)
+                restored.add(user)
+        return restored
 
     def _unrename(self, change: Change) -> None:
         """
