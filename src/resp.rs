@@ -22,13 +22,14 @@ use crate::traverse_fields;
 #[pyfunction]
 pub fn encode_commands<'py>(
     py: Python<'py>,
-    commands: Vec<Vec<Vec<u8>>>,
+    commands: Vec<Vec<Bound<'py, PyBytes>>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let mut out = Vec::new();
     for command in &commands {
+        // Each argument borrowed from its `bytes`, not copied.
         let args: Vec<BorrowedFrame<'_>> = command
             .iter()
-            .map(|arg| BorrowedFrame::BulkString(arg))
+            .map(|arg| BorrowedFrame::BulkString(arg.as_bytes()))
             .collect();
         let frame = BorrowedFrame::Array(&args);
         let start = out.len();
