@@ -313,7 +313,7 @@ class CookieOptionTests(_Served, unittest.TestCase):
         self.assertEqual(json.loads((yield client.get(b"whoami"))[1])["user"], "bob")
 
     def test_badOptions(self):
-        for name in (b"", b"a b", "sess;ion", b"x=y", 42):
+        for name in (b"", b"a b", "sess;ion", b"x=y", 42, b"SID\n", "SID\n"):
             self.assertRaises(ValueError, Site, resource.Resource(), cookieName=name)
         self.assertRaises(ValueError, Site, resource.Resource(), cookieSameSite=b"sometimes")
         self.assertRaises(ValueError, Site, resource.Resource(), cookieMaxAge=-1)

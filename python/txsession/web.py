@@ -39,7 +39,7 @@ DEFAULT_COOKIE_NAME = b"TWISTED_SESSION"
 _HOST_PREFIX = b"__Host-"
 _SAME_SITE = (b"lax", b"strict", b"none")
 # RFC 6265's cookie-name: a token, no control characters or separators.
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def secureCookieName(name: bytes) -> bytes:
@@ -473,7 +473,7 @@ def _twistedAcceptsSameSiteNone() -> bool:
 
 def _cookieNameBytes(value: bytes | str) -> bytes:
     name = value.encode("ascii", "replace") if isinstance(value, str) else value
-    if not isinstance(name, bytes) or not _TOKEN.match(name):
+    if not isinstance(name, bytes) or not _TOKEN.fullmatch(name):
         raise ValueError(f"Invalid cookie name: {value!r}")
     return name
 
@@ -894,7 +894,13 @@ class Site(server.Site):
         uids: list[bytes] = []
         for name, secure in ((self.cookieName, False), (self._secureCookieName(), True)):
             value = cookies.get(name)
-            if value and len(value) <= 256 and _TOKEN.match(value) and value not in uids:
+            if (
+                value
+                and len(value) <= 256
+                # Letters and digits (as this site's ids are) need no regular expression.
+                and (value.isalnum() or _TOKEN.fullmatch(value))
+                and value not in uids
+            ):
                 if not secure or request.isSecure():
                     uids.append(value)
         return uids
