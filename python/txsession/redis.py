@@ -1241,7 +1241,7 @@ class RedisStore:
         return self._execute([command]).addCallback(lambda replies: len(replies[0]))
 
     def endUserSession(self, user: str, id: str) -> Deferred[bool]:
-        if not _MEMBER.match(id):
+        if not _MEMBER.fullmatch(id):
             return succeed(False)
         command = [
             b"EVALSHA",
@@ -1285,7 +1285,7 @@ def member(uid: bytes) -> bytes:
     return hashlib.sha256(uid).hexdigest().encode()
 
 
-_MEMBER = re.compile(r"^(\{[0-9a-f]{8}\})?[0-9a-f]{64}$")
+_MEMBER = re.compile(r"(\{[0-9a-f]{8}\})?[0-9a-f]{64}")
 
 
 def _userHash(user: str) -> bytes:
