@@ -924,8 +924,8 @@ class StoreFlow:
             else:
                 namespaces[key] = loads(before)
             # A request whose baseline this request's write moved sees again what it saw
-            # before: where that was not the value put back (a change of its own, made
-            # while this one's write was out), it still writes it.
+            # before: where that differs from the value put back (a change of its own, made
+            # while it rendered, which this request started from), it still writes it.
             claimed = self._unclaim(change, key)
             for user in others:
                 # Only where that request saw no change: one that saw it changed (its own,
@@ -945,8 +945,8 @@ class StoreFlow:
     def _unclaim(self, change: Change, key: str) -> set[Change]:
         """
         Undo what C{change}'s writes in flight did to the other requests' baselines for
-        C{key} (L{_claim}): each has what it saw before the first of them again. The
-        requests put back.
+        C{key} (L{_claim}): each has what it saw before the first of them again. Returns
+        those requests.
         """
         restored: set[Change] = set()
         for user, userKey, prior in change.priors:
