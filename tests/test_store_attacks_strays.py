@@ -44,6 +44,41 @@ class _LateFail(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class _Op(resource.Resource):
+    """
+    C{/op?now=K:V&now=K:&delay=S&end=ok|fail}: while rendering, sets each K to V (a JSON
+    value; K: alone deletes K); C{delay} seconds later answers with the session's values, or
+    fails (a 500) when C{end=fail}.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        session = request.getSession()
+        namespaces = session.sessionNamespaces
+        for raw in request.args.get(b"now", []):
+            key, _, value = raw.decode().partition(":")
+            if value:
+                namespaces[key] = json.loads(value)
+            else:
+                namespaces.pop(key, None)
+        delay = float(request.args.get(b"delay", [b"0"])[0])
+        failing = request.args.get(b"end", [b"ok"])[0] == b"fail"
+
+        def end():
+            if failing:
+                try:
+                    raise RuntimeError("the page failed on purpose")
+                except RuntimeError:
+                    request.processingFailed(Failure())
+                return
+            request.write(json.dumps({"values": dict(namespaces)}).encode())
+            request.finish()
+
+        reactor.callLater(delay, end)
+        return server.NOT_DONE_YET
+
+
 class StrayHoldsTests(_Case):
     timeout = 30
 
@@ -199,3 +234,69 @@ class LostWriteOverARenderingValueDefectTests(_Case):
         code, _ = yield slow
         self.assertEqual(code, 200)
         self.assertEqual(self.storedValues(uid), {"a": 11, "b": 1})
+
+
+class DeletedNewKeyDefectTests(_Case):
+    """
+    README: a failing request never touches another request's changes. R_A adds a key and
+    answers later; R_F, on the same session, starts from what R_A shows, deletes that key and
+    fails. Putting R_F's change back restored the key, and also gave R_A the key as what the
+    store held (its baseline, no key, equalled R_F's deletion), so R_A wrote nothing and
+    answered 200 without its key in Redis (found by an attack). Now only a request that began
+    after R_F takes R_F's put-back as its baseline.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self):
+        a, proxy = yield self.proxied(timeout=0.5)
+        a.resource.putChild(b"op", _Op())
+        b = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=b&value=1")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        slow = self.get(client, a, b"op?now=c:3&delay=1.5", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("c") == 3:
+                break
+            yield sleep(0.005)
+        return a, b, proxy, client, uid, slow
+
+    @defer.inlineCallbacks
+    def settled(self, a, b, client, uid, slow):
+        code, _ = yield slow
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(uid), {"b": 1, "c": 3})
+        _, here = yield self.get(client, a, b"get")
+        _, there = yield self.get(_withCookie(b, uid), b, b"get")
+        self.assertEqual(here["values"], {"b": 1, "c": 3})
+        self.assertEqual(there["values"], {"b": 1, "c": 3})
+
+    @defer.inlineCallbacks
+    def test_failingDeletion(self):
+        """
+        R_F deletes the key and fails (a 500): nothing of the store is involved.
+        """
+        a, b, proxy, client, uid, slow = yield self.start()
+        code, _ = yield self.get(client, a, b"op?now=c:&delay=0.1&end=fail")
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(a.sessions[uid.encode()].sessionNamespaces.get("c"), 3)
+        yield self.settled(a, b, client, uid, slow)
+
+    @defer.inlineCallbacks
+    def test_lostDeletion(self):
+        """
+        R_F deletes the key and sets another, and its write is lost (a 503).
+        """
+        a, b, proxy, client, uid, slow = yield self.start()
+        proxy.stall(UPSTREAM)
+        code, _ = yield self.get(client, a, b"op?now=c:&now=a:15")
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        yield a.store.load([b"warm-up"])
+        self.assertEqual(a.sessions[uid.encode()].sessionNamespaces.get("c"), 3)
+        yield self.settled(a, b, client, uid, slow)

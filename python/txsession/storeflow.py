@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import weakref
 from functools import partial
+from itertools import count
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -139,11 +140,16 @@ class Change:
         "riding",
         "user",
         "reverted",
+        "serial",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
         self.session = session
         self.copy = copy
+        # Which of two records began first (the greater began later): one that began after
+        # a failing request changed a key may have that change in its baseline, one that
+        # began before cannot.
+        self.serial = next(_SERIALS)
         # The id this request found the session under in the store; its writes go there.
         self.name = copy.storedAs
         self.baseline = baseline
@@ -914,7 +920,10 @@ class StoreFlow:
                     set_ = change.own.get(key, _NOT_OWN)
                     if set_ is not _NOT_OWN:
                         for user in others:
-                            if user.baseline.get(key, _ABSENT) == set_:
+                            if (
+                                user.serial > change.serial
+                                and user.baseline.get(key, _ABSENT) == set_
+                            ):
                                 _set(user.baseline, key, before)
                     continue
             if before is _ABSENT:
@@ -928,9 +937,17 @@ class StoreFlow:
             # while it rendered, which this request started from), it still writes it.
             claimed = self._unclaim(change, key)
             for user in others:
-                # Only where that request saw no change: one that saw it changed (its own,
-                # or another failing request's) still does, and writes or reverts it.
-                if user not in claimed and user.baseline.get(key, _ABSENT) == current:
+                # A request that began after this one and saw its value as unchanged (it
+                # took it as its baseline) has what was there before as its baseline now.
+                # Not one that saw it changed (its own, or another failing request's): it
+                # still does, and writes or reverts it. Nor one that began before this one,
+                # whose baseline this request's change never was, although it may be equal
+                # (a key that request added, which this one deleted): it writes its change.
+                if (
+                    user not in claimed
+                    and user.serial > change.serial
+                    and user.baseline.get(key, _ABSENT) == current
+                ):
                     _set(user.baseline, key, before)
         if change.inFlight:
             change.reverted = True
@@ -1207,6 +1224,7 @@ class _Outcome:
 
 
 _PENDING = object()
+_SERIALS = count()
 
 
 def _fire(waiter: Deferred[None], result: object) -> None:
