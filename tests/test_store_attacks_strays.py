@@ -13,8 +13,8 @@ from twisted.web import resource, server
 
 from tests._proxy import UPSTREAM
 from tests.test_store import sleep
-from tests.test_store_attacks import _withCookie
-from tests.test_store_attacks_renew import _Case
+from tests.test_store_attacks import _withCookie, rawGet
+from tests.test_store_attacks_renew import _Case, _port, _sendAndHangUp
 from tests.test_web import Client
 from txsession.store import StoreUnavailable
 
@@ -300,3 +300,80 @@ class DeletedNewKeyDefectTests(_Case):
         yield a.store.load([b"warm-up"])
         self.assertEqual(a.sessions[uid.encode()].sessionNamespaces.get("c"), 3)
         yield self.settled(a, b, client, uid, slow)
+
+
+class FailedValueAsALaterPriorDefectTests(_Case):
+    """
+    README: a failing request's changes are not in Redis, and it never touches another
+    request's changes. Stored k=0. R_F sets k=5 while rendering and fails later (a 500). R_X
+    begins after R_F's change (so it starts from k=5), sets k=7, and sends its write, which
+    is still out when R_F fails; then R_X fails too (its write lost, or its client gone).
+    R_X's revert put back what was there before its write, k=5: R_F's failed value, which
+    the next request then wrote as its own change, with a 200 (found by an attack). Now R_F's
+    failure makes k=0 what was there before R_X's write.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self, timeout):
+        a, proxy = yield self.proxied(timeout=timeout)
+        a.resource.putChild(b"op", _Op())
+        b = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=0")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        failing = self.get(client, a, b"op?now=k:5&delay=0.25&end=fail", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("k") == 5:
+                break
+            yield sleep(0.005)
+        return a, b, proxy, client, uid, failing
+
+    @defer.inlineCallbacks
+    def settled(self, a, b, client, uid):
+        yield _resetAndWarm(a, self.proxy)
+        code, seen = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        stored = self.storedValues(uid)
+        self.assertNotEqual(stored.get("k"), 5)
+        self.assertEqual(seen["values"], stored)
+        _, there = yield self.get(_withCookie(b, uid), b, b"get")
+        self.assertEqual(there["values"], stored)
+        return stored
+
+    @defer.inlineCallbacks
+    def test_laterWriteLost(self):
+        a, b, self.proxy, client, uid, failing = yield self.start(timeout=0.5)
+        self.proxy.stall(UPSTREAM)
+        lost = self.get(client, a, b"set?key=k&value=7", sync=False)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        code, _ = yield lost
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(RuntimeError, StoreUnavailable)
+        stored = yield self.settled(a, b, client, uid)
+        self.assertEqual(stored, {"k": 0})
+
+    @defer.inlineCallbacks
+    def test_laterClientLeft(self):
+        """
+        R_X's write is slow and its client hangs up after R_F failed: the write may land
+        (k=7), and R_F's k=5 never does.
+        """
+        a, b, self.proxy, client, uid, failing = yield self.start(timeout=2)
+        self.proxy.latency(400, direction=UPSTREAM)
+        yield _sendAndHangUp(_port(a), rawGet(b"set?key=k&value=7", uid), 0.3)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors(RuntimeError)
+        yield sleep(0.6)
+        stored = yield self.settled(a, b, client, uid)
+        self.assertIn(stored, ({"k": 0}, {"k": 7}))
+
+
+@defer.inlineCallbacks
+def _resetAndWarm(site, proxy):
+    yield proxy.reset()
+    yield site.store.load([b"warm-up"])

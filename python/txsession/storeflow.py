@@ -141,6 +141,7 @@ class Change:
         "user",
         "reverted",
         "serial",
+        "ownBefore",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -168,6 +169,8 @@ class Change:
         # (encoded): its own for certain (what changes later, from a callback, could be
         # anyone's).
         self.own: dict[str, Any] = {}
+        # For each of those keys, what was there before this request's change.
+        self.ownBefore: dict[str, Any] = {}
         # Other requests' writes that moved this baseline: a change this request made to
         # those keys is carried by them, so while one is in flight when the request ends,
         # the request answers as it does.
@@ -859,6 +862,10 @@ class StoreFlow:
                 namespaces = change.session.sessionNamespaces
                 values = {key: self.encoded(namespaces, key) for key in keys}
             change.own.update((key, values.get(key, _ABSENT)) for key in keys)
+            inFlight, baseline = change.inFlight, change.baseline
+            change.ownBefore.update(
+                (key, inFlight.get(key, baseline.get(key, _ABSENT))) for key in keys
+            )
 
     def _changedKeys(self, change: Change) -> list[str]:
         """
@@ -949,6 +956,10 @@ class StoreFlow:
                     and user.baseline.get(key, _ABSENT) == current
                 ):
                     _set(user.baseline, key, before)
+        if change.own:
+            later = [user for user in others if user.serial > change.serial]
+            if later:
+                self._disown(change, later)
         if change.inFlight:
             change.reverted = True
         change.inFlight.clear()
@@ -958,6 +969,32 @@ class StoreFlow:
             self._unrename(change)
         if change.made and copy.storedAs is None and copy.creating is None:
             self.dropFound(session)
+
+    def _disown(self, change: Change, later: list[Change]) -> None:
+        """
+        C{change}'s request failed. Where a request that began after it took a value it set
+        while rendering as what was there before its own write in flight (the write's prior,
+        or one it keeps for another such request), what was there before the failed change
+        takes its place: if that write fails too, its revert puts that back, not the failed
+        value (which the next request would then write as its own change).
+        """
+        own, befores = change.own, change.ownBefore
+        for user in later:
+            inFlight = user.inFlight
+            for key, prior in inFlight.items():
+                if key in own and prior == own[key]:
+                    inFlight[key] = befores[key]
+            if user.priors:
+                user.priors = [
+                    (
+                        other,
+                        key,
+                        befores[key]
+                        if key in own and prior == own[key] and other.serial > change.serial
+                        else prior,
+                    )
+                    for other, key, prior in user.priors
+                ]
 
     def _unclaim(self, change: Change, key: str) -> set[Change]:
         """
