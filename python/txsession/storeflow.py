@@ -148,8 +148,8 @@ class Change:
         self.session = session
         self.copy = copy
         # Which of two records began first (the greater began later): one that began after
-        # a failing request changed a key may have that change in its baseline, one that
-        # began before cannot.
+        # a failing request changed a key may have taken that change as its baseline, one
+        # that began before took its baseline without it.
         self.serial = next(_SERIALS)
         # The id this request found the session under in the store; its writes go there.
         self.name = copy.storedAs
@@ -861,11 +861,12 @@ class StoreFlow:
                 keys = self._changedKeys(change)
                 namespaces = change.session.sessionNamespaces
                 values = {key: self.encoded(namespaces, key) for key in keys}
-            change.own.update((key, values.get(key, _ABSENT)) for key in keys)
-            inFlight, baseline = change.inFlight, change.baseline
-            change.ownBefore.update(
-                (key, inFlight.get(key, baseline.get(key, _ABSENT))) for key in keys
-            )
+            if keys:
+                change.own.update((key, values.get(key, _ABSENT)) for key in keys)
+                inFlight, baseline = change.inFlight, change.baseline
+                change.ownBefore.update(
+                    (key, inFlight.get(key, baseline.get(key, _ABSENT))) for key in keys
+                )
 
     def _changedKeys(self, change: Change) -> list[str]:
         """
