@@ -316,7 +316,7 @@ class FailedValueAsALaterPriorDefectTests(_Case):
     timeout = 30
 
     @defer.inlineCallbacks
-    def start(self, timeout):
+    def start(self, timeout, delay=0.25):
         a, proxy = yield self.proxied(timeout=timeout)
         a.resource.putChild(b"op", _Op())
         b = self.makeSite()
@@ -324,7 +324,7 @@ class FailedValueAsALaterPriorDefectTests(_Case):
         _, state = yield self.get(client, a, b"set?key=k&value=0")
         uid = state["session"]
         session = a.sessions[uid.encode()]
-        failing = self.get(client, a, b"op?now=k:5&delay=0.25&end=fail", sync=False)
+        failing = self.get(client, a, b"op?now=k:5&delay=%g&end=fail" % delay, sync=False)
         for _ in range(200):
             if session.sessionNamespaces.get("k") == 5:
                 break
@@ -337,7 +337,6 @@ class FailedValueAsALaterPriorDefectTests(_Case):
         code, seen = yield self.get(client, a, b"get")
         self.assertEqual(code, 200)
         stored = self.storedValues(uid)
-        self.assertNotEqual(stored.get("k"), 5)
         self.assertEqual(seen["values"], stored)
         _, there = yield self.get(_withCookie(b, uid), b, b"get")
         self.assertEqual(there["values"], stored)
@@ -371,6 +370,35 @@ class FailedValueAsALaterPriorDefectTests(_Case):
         yield sleep(0.6)
         stored = yield self.settled(a, b, client, uid)
         self.assertIn(stored, ({"k": 0}, {"k": 7}))
+
+    @defer.inlineCallbacks
+    def test_failedValueThatA200WroteSinceStays(self):
+        """
+        R_F's value is the later write's prior only by being equal: R_V then R_W, while R_F
+        runs, set k=6 then k=5 with 200s, so Redis's k=5 is R_W's. R_X, begun after, sets
+        k=9 and its write is lost; R_F fails while it is out. R_X's revert puts back R_W's
+        k=5 (taking it for R_F's and putting back k=0 instead was found by an attack).
+        """
+        a, b, self.proxy, client, uid, failing = yield self.start(timeout=2, delay=1.5)
+        code, _ = yield self.get(client, a, b"op?now=k:6")
+        self.assertEqual(code, 200)
+        code, _ = yield self.get(client, a, b"op?now=k:5")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(uid), {"k": 5})
+        lost = self.get(client, a, b"op?now=k:9&delay=0.2", sync=False)
+        session = a.sessions[uid.encode()]
+        for _ in range(200):
+            if session.sessionNamespaces.get("k") == 9:
+                break
+            yield sleep(0.005)
+        self.proxy.stall(UPSTREAM)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        code, _ = yield lost
+        self.assertEqual(code, 503)
+        self.flushLoggedErrors(RuntimeError, StoreUnavailable)
+        stored = yield self.settled(a, b, client, uid)
+        self.assertEqual(stored, {"k": 5})
 
 
 @defer.inlineCallbacks

@@ -977,13 +977,30 @@ class StoreFlow:
         while rendering as what was there before its own write in flight (the write's prior,
         or one it keeps for another such request), what was there before the failed change
         takes its place: if that write fails too, its revert puts that back, not the failed
-        value (which the next request would then write as its own change).
+        value (which the next request would then write as its own change). Not where the
+        value is also another's: the store holds it, or another request's write carries it.
         """
-        own, befores = change.own, change.ownBefore
+        fields = change.copy.fields
+        users = change.copy.users
+        # Not a value the store holds, or that another request's write in flight carries:
+        # that is no longer only the failed request's, whoever set it first.
+        failed = {
+            key: value
+            for key, value in change.own.items()
+            if fields.get(key, _ABSENT) != value
+            and not any(
+                key in user.inFlight and user.baseline.get(key, _ABSENT) == value
+                for user in users
+                if user is not change
+            )
+        }
+        if not failed:
+            return
+        befores = change.ownBefore
         for user in later:
             inFlight = user.inFlight
             for key, prior in inFlight.items():
-                if key in own and prior == own[key]:
+                if key in failed and prior == failed[key]:
                     inFlight[key] = befores[key]
             if user.priors:
                 user.priors = [
@@ -991,7 +1008,7 @@ class StoreFlow:
                         other,
                         key,
                         befores[key]
-                        if key in own and prior == own[key] and other.serial > change.serial
+                        if key in failed and prior == failed[key] and other.serial > change.serial
                         else prior,
                     )
                     for other, key, prior in user.priors
