@@ -405,3 +405,54 @@ class FailedValueAsALaterPriorDefectTests(_Case):
 def _resetAndWarm(site, proxy):
     yield proxy.reset()
     yield site.store.load([b"warm-up"])
+
+
+class OtherProcessValueDefectTests(_Case):
+    """
+    README: a failing request never touches another request's changes. Stored k=0. On site
+    A, R_F sets k while rendering and fails later (a 500). Meanwhile site B writes k (a 200),
+    and a request on A reads B's value: A's copy keeps R_F's unwritten change, and learns
+    that Redis holds B's value. R_F's revert put back k=0, what Redis held before B's write,
+    and the next plain GET on A wrote it, over B's change (found by an attack). Now what the
+    running requests on A took Redis to hold moves with what A reads.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def check(self, theirs):
+        a, proxy = yield self.proxied(timeout=2)
+        a.resource.putChild(b"op", _Op())
+        b = self.makeSite()
+        b.resource.putChild(b"op", _Op())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=0")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        failing = self.get(client, a, b"op?now=k:5&delay=1.0&end=fail", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("k") == 5:
+                break
+            yield sleep(0.005)
+        there = _withCookie(b, uid)
+        code, _ = yield self.get(there, b, b"op?now=k:%d" % theirs)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.storedValues(uid), {"k": theirs})
+        yield sleep(0.3)  # A has B's invalidation: this GET reads B's value
+        code, _ = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(session.sessionNamespaces.get("k"), theirs)
+        code, seen = yield self.get(client, a, b"get")
+        self.assertEqual(seen["values"], {"k": theirs})
+        self.assertEqual(self.storedValues(uid), {"k": theirs})
+        _, seen = yield self.get(there, b, b"get")
+        self.assertEqual(seen["values"], {"k": theirs})
+
+    def test_sameValue(self):
+        return self.check(5)
+
+    def test_otherValue(self):
+        return self.check(7)

@@ -452,8 +452,15 @@ class StoreFlow:
         for key in [*fields, *(k for k in known if k not in fields)]:
             stored = fields.get(key, _ABSENT)
             was = known.get(key, _ABSENT)
-            if stored != was and self.encoded(namespaces, key) == was:
+            if stored == was:
+                continue
+            if self.encoded(namespaces, key) == was:
                 theirs[key] = stored
+            else:
+                # Changed here and not written: the change stays. What the running requests
+                # took the store to hold is what it holds now, so that a request that
+                # fails puts that back, not what the store held before.
+                self._restored(copy, key, was, stored)
         decoded = self._decode({k: v for k, v in theirs.items() if v is not _ABSENT})
         for key, stored in theirs.items():
             if stored is _ABSENT:
@@ -463,6 +470,25 @@ class StoreFlow:
             for user in copy.users:
                 _set(user.baseline, key, stored)
         copy.fields = dict(fields)
+
+    def _restored(self, copy: SessionCopy, key: str, was: Any, stored: Any) -> None:
+        """
+        The store holds C{stored} for C{key} where C{copy}'s users knew C{was}: each record
+        of theirs that says C{was} is there (a baseline, what was there before a change or a
+        write) says C{stored} now.
+        """
+        for user in copy.users:
+            if user.baseline.get(key, _ABSENT) == was:
+                _set(user.baseline, key, stored)
+            # These two hold _ABSENT itself for a key that was not there.
+            for record in (user.ownBefore, user.inFlight):
+                if key in record and record[key] == was:
+                    record[key] = stored
+            if user.priors:
+                user.priors = [
+                    (other, k, stored if k == key and prior == was else prior)
+                    for other, k, prior in user.priors
+                ]
 
     def isLive(self, session: Any) -> bool:
         return session in self.copies
