@@ -456,3 +456,45 @@ class OtherProcessValueDefectTests(_Case):
 
     def test_otherValue(self):
         return self.check(7)
+
+
+class TwoFailuresDefectTests(_Case):
+    """
+    README: a failing request's changes are not in Redis. Stored k=0. R_F1 sets k=5 while
+    rendering and fails later; R_F2, begun after it (so from k=5), sets k=0 and fails after
+    R_F1. R_F1's revert had nothing to put back (k already equalled what it started from),
+    and R_F2 kept R_F1's k=5 as what the store holds: its revert put k=5 back, and the next
+    plain GET wrote it with a 200 (found by an attack). Now R_F1's failure gives R_F2 k=0 as
+    its baseline.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_secondSetsBackToStored(self):
+        a = self.makeSite()
+        a.resource.putChild(b"op", _Op())
+        b = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=0")
+        uid = state["session"]
+        session = a.sessions[uid.encode()]
+        first = self.get(client, a, b"op?now=k:5&delay=0.6&end=fail", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("k") == 5:
+                break
+            yield sleep(0.005)
+        second = self.get(client, a, b"op?now=k:0&delay=1.2&end=fail", sync=False)
+        for _ in range(200):
+            if session.sessionNamespaces.get("k") == 0:
+                break
+            yield sleep(0.005)
+        self.assertEqual((yield first)[0], 500)
+        self.assertEqual((yield second)[0], 500)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(session.sessionNamespaces.get("k"), 0)
+        code, seen = yield self.get(client, a, b"get")
+        self.assertEqual((code, seen["values"]), (200, {"k": 0}))
+        self.assertEqual(self.storedValues(uid), {"k": 0})
+        _, seen = yield self.get(_withCookie(b, uid), b, b"get")
+        self.assertEqual(seen["values"], {"k": 0})

@@ -1000,11 +1000,12 @@ class StoreFlow:
     def _disown(self, change: Change, later: list[Change]) -> None:
         """
         C{change}'s request failed. Where a request that began after it took a value it set
-        while rendering as what was there before its own write in flight (the write's prior,
-        or one it keeps for another such request), what was there before the failed change
-        takes its place: if that write fails too, its revert puts that back, not the failed
-        value (which the next request would then write as its own change). Not where the
-        value is also another's: the store holds it, or another request's write carries it.
+        while rendering as what the store holds, or as what was there before its own write
+        in flight (the write's prior, or one it keeps for another such request), what was
+        there before the failed change takes its place: if that request or its write fails
+        too, its revert puts that back, not the failed value (which the next request would
+        then write as its own change). Not where the value is also another's: the store
+        holds it, or another request's write carries it.
         """
         fields = change.copy.fields
         users = change.copy.users
@@ -1024,6 +1025,13 @@ class StoreFlow:
             return
         befores = change.ownBefore
         for user in later:
+            # Its baseline, too, where it took the failed value as what the store holds
+            # (a key the failing request's revert did not put back, because a request after
+            # it changed the key again).
+            baseline = user.baseline
+            for key, value in failed.items():
+                if baseline.get(key, _ABSENT) == value:
+                    _set(baseline, key, befores[key])
             inFlight = user.inFlight
             for key, prior in inFlight.items():
                 if key in failed and prior == failed[key]:
