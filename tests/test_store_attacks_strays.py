@@ -44,6 +44,17 @@ class _LateFail(resource.Resource):
         return server.NOT_DONE_YET
 
 
+@defer.inlineCallbacks
+def _until(session, key, value):
+    """
+    Wait (up to a second) until C{session} holds C{value} under C{key}.
+    """
+    for _ in range(200):
+        if session.sessionNamespaces.get(key) == value:
+            return
+        yield sleep(0.005)
+
+
 class _Op(resource.Resource):
     """
     C{/op?now=K:V&now=K:&delay=S&end=ok|fail}: while rendering, sets each K to V (a JSON
@@ -189,10 +200,7 @@ class OverwrittenValueDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         slow = self.get(client, a, b"set?key=a&value=12&delay=0.3")
-        for _ in range(200):
-            if session.sessionNamespaces.get("a") == 12:
-                break
-            yield sleep(0.005)
+        yield _until(session, "a", 12)
         code, _ = yield self.get(client, a, b"fail?key=a&value=11")
         self.assertEqual(code, 500)
         self.flushLoggedErrors(RuntimeError)
@@ -221,10 +229,7 @@ class LostWriteOverARenderingValueDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         slow = self.get(client, a, b"set?key=a&value=11&delay=1.2", sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("a") == 11:
-                break
-            yield sleep(0.005)
+        yield _until(session, "a", 11)
         proxy.stall(UPSTREAM)
         code, _ = yield self.get(client, a, b"set?key=a&value=15")
         self.assertEqual(code, 503)
@@ -258,10 +263,7 @@ class DeletedNewKeyDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         slow = self.get(client, a, b"op?now=c:3&delay=1.5", sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("c") == 3:
-                break
-            yield sleep(0.005)
+        yield _until(session, "c", 3)
         return a, b, proxy, client, uid, slow
 
     @defer.inlineCallbacks
@@ -325,10 +327,7 @@ class FailedValueAsALaterPriorDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         failing = self.get(client, a, b"op?now=k:5&delay=%g&end=fail" % delay, sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("k") == 5:
-                break
-            yield sleep(0.005)
+        yield _until(session, "k", 5)
         return a, b, proxy, client, uid, failing
 
     @defer.inlineCallbacks
@@ -387,10 +386,7 @@ class FailedValueAsALaterPriorDefectTests(_Case):
         self.assertEqual(self.storedValues(uid), {"k": 5})
         lost = self.get(client, a, b"op?now=k:9&delay=0.2", sync=False)
         session = a.sessions[uid.encode()]
-        for _ in range(200):
-            if session.sessionNamespaces.get("k") == 9:
-                break
-            yield sleep(0.005)
+        yield _until(session, "k", 9)
         self.proxy.stall(UPSTREAM)
         code, _ = yield failing
         self.assertEqual(code, 500)
@@ -430,10 +426,7 @@ class OtherProcessValueDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         failing = self.get(client, a, b"op?now=k:5&delay=1.0&end=fail", sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("k") == 5:
-                break
-            yield sleep(0.005)
+        yield _until(session, "k", 5)
         there = _withCookie(b, uid)
         code, _ = yield self.get(there, b, b"op?now=k:%d" % theirs)
         self.assertEqual(code, 200)
@@ -480,15 +473,9 @@ class TwoFailuresDefectTests(_Case):
         uid = state["session"]
         session = a.sessions[uid.encode()]
         first = self.get(client, a, b"op?now=k:5&delay=0.6&end=fail", sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("k") == 5:
-                break
-            yield sleep(0.005)
+        yield _until(session, "k", 5)
         second = self.get(client, a, b"op?now=k:0&delay=1.2&end=fail", sync=False)
-        for _ in range(200):
-            if session.sessionNamespaces.get("k") == 0:
-                break
-            yield sleep(0.005)
+        yield _until(session, "k", 0)
         self.assertEqual((yield first)[0], 500)
         self.assertEqual((yield second)[0], 500)
         self.flushLoggedErrors(RuntimeError)
