@@ -90,6 +90,33 @@ class _Op(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class _OpCase(_Case):
+    """
+    Two sites sharing a Redis, each with L{_Op} at C{/op}; the first behind a fault proxy
+    when given a store timeout.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def opSites(self, key, value, timeout=None):
+        """
+        Sites A and B (and A's proxy, or C{None}), a client of A, and the id and A's copy of
+        a session stored with C{key} set to C{value}.
+        """
+        if timeout is None:
+            a, proxy = self.makeSite(), None
+        else:
+            a, proxy = yield self.proxied(timeout=timeout)
+        a.resource.putChild(b"op", _Op())
+        b = self.makeSite()
+        b.resource.putChild(b"op", _Op())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=%s&value=%d" % (key.encode(), value))
+        uid = state["session"]
+        return a, b, proxy, client, uid, a.sessions[uid.encode()]
+
+
 class StrayHoldsTests(_Case):
     timeout = 30
 
@@ -241,7 +268,7 @@ class LostWriteOverARenderingValueDefectTests(_Case):
         self.assertEqual(self.storedValues(uid), {"a": 11, "b": 1})
 
 
-class DeletedNewKeyDefectTests(_Case):
+class DeletedNewKeyDefectTests(_OpCase):
     """
     README: a failing request never touches another request's changes. R_A adds a key and
     answers later; R_F, on the same session, starts from what R_A shows, deletes that key and
@@ -251,17 +278,9 @@ class DeletedNewKeyDefectTests(_Case):
     after R_F takes R_F's put-back as its baseline.
     """
 
-    timeout = 30
-
     @defer.inlineCallbacks
     def start(self):
-        a, proxy = yield self.proxied(timeout=0.5)
-        a.resource.putChild(b"op", _Op())
-        b = self.makeSite()
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"set?key=b&value=1")
-        uid = state["session"]
-        session = a.sessions[uid.encode()]
+        a, b, proxy, client, uid, session = yield self.opSites("b", 1, timeout=0.5)
         slow = self.get(client, a, b"op?now=c:3&delay=1.5", sync=False)
         yield _until(session, "c", 3)
         return a, b, proxy, client, uid, slow
@@ -304,7 +323,7 @@ class DeletedNewKeyDefectTests(_Case):
         yield self.settled(a, b, client, uid, slow)
 
 
-class FailedValueAsALaterPriorDefectTests(_Case):
+class FailedValueAsALaterPriorDefectTests(_OpCase):
     """
     README: a failing request's changes are not in Redis, and it never touches another
     request's changes. Stored k=0. R_F sets k=5 while rendering and fails later (a 500). R_X
@@ -315,17 +334,9 @@ class FailedValueAsALaterPriorDefectTests(_Case):
     failure makes k=0 what was there before R_X's write.
     """
 
-    timeout = 30
-
     @defer.inlineCallbacks
     def start(self, timeout, delay=0.25):
-        a, proxy = yield self.proxied(timeout=timeout)
-        a.resource.putChild(b"op", _Op())
-        b = self.makeSite()
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"set?key=k&value=0")
-        uid = state["session"]
-        session = a.sessions[uid.encode()]
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=timeout)
         failing = self.get(client, a, b"op?now=k:5&delay=%g&end=fail" % delay, sync=False)
         yield _until(session, "k", 5)
         return a, b, proxy, client, uid, failing
@@ -403,7 +414,7 @@ def _resetAndWarm(site, proxy):
     yield site.store.load([b"warm-up"])
 
 
-class OtherProcessValueDefectTests(_Case):
+class OtherProcessValueDefectTests(_OpCase):
     """
     README: a failing request never touches another request's changes. Stored k=0. On site
     A, R_F sets k while rendering and fails later (a 500). Meanwhile site B writes k (a 200),
@@ -413,18 +424,9 @@ class OtherProcessValueDefectTests(_Case):
     running requests on A took Redis to hold moves with what A reads.
     """
 
-    timeout = 30
-
     @defer.inlineCallbacks
     def check(self, theirs):
-        a, proxy = yield self.proxied(timeout=2)
-        a.resource.putChild(b"op", _Op())
-        b = self.makeSite()
-        b.resource.putChild(b"op", _Op())
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"set?key=k&value=0")
-        uid = state["session"]
-        session = a.sessions[uid.encode()]
+        a, b, _, client, uid, session = yield self.opSites("k", 0, timeout=2)
         failing = self.get(client, a, b"op?now=k:5&delay=1.0&end=fail", sync=False)
         yield _until(session, "k", 5)
         there = _withCookie(b, uid)
@@ -451,7 +453,7 @@ class OtherProcessValueDefectTests(_Case):
         return self.check(7)
 
 
-class TwoFailuresDefectTests(_Case):
+class TwoFailuresDefectTests(_OpCase):
     """
     README: a failing request's changes are not in Redis. Stored k=0. R_F1 sets k=5 while
     rendering and fails later; R_F2, begun after it (so from k=5), sets k=0 and fails after
@@ -461,17 +463,9 @@ class TwoFailuresDefectTests(_Case):
     its baseline.
     """
 
-    timeout = 30
-
     @defer.inlineCallbacks
     def test_secondSetsBackToStored(self):
-        a = self.makeSite()
-        a.resource.putChild(b"op", _Op())
-        b = self.makeSite()
-        client = Client(a.base)
-        _, state = yield self.get(client, a, b"set?key=k&value=0")
-        uid = state["session"]
-        session = a.sessions[uid.encode()]
+        a, b, _, client, uid, session = yield self.opSites("k", 0)
         first = self.get(client, a, b"op?now=k:5&delay=0.6&end=fail", sync=False)
         yield _until(session, "k", 5)
         second = self.get(client, a, b"op?now=k:0&delay=1.2&end=fail", sync=False)
