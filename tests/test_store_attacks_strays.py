@@ -479,3 +479,37 @@ class TwoFailuresDefectTests(_OpCase):
         self.assertEqual(self.storedValues(uid), {"k": 0})
         _, seen = yield self.get(_withCookie(b, uid), b, b"get")
         self.assertEqual(seen["values"], {"k": 0})
+
+
+class ChangedBackToStoredDefectTests(_OpCase):
+    """
+    README: a 200 means the request's changes are in Redis, the later write winning. Stored
+    k=0. On site A, R1 sets k=5 while rendering and answers later; R2, begun after it (so
+    from k=5), sets k=0 and answers later still. Site B writes k=7 (a 200), and a request on
+    A reads it. A's copy held k=0, what A last read from Redis, so the read took k as
+    unchanged here and B's 7 replaced R2's unwritten change: R2 answered 200, having written
+    nothing, and Redis kept 7 (found by an attack). Now a key that a running request will
+    write (its baseline differs from the copy's value) counts as changed here.
+    """
+
+    @defer.inlineCallbacks
+    def test_changeBackToStoredOutlivesAnotherProcessWrite(self):
+        a, b, _, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        first = self.get(client, a, b"op?now=k:5&delay=1.0", sync=False)
+        yield _until(session, "k", 5)
+        second = self.get(client, a, b"op?now=k:0&delay=1.3", sync=False)
+        yield _until(session, "k", 0)
+        there = _withCookie(b, uid)
+        code, _ = yield self.get(there, b, b"op?now=k:7")
+        self.assertEqual(code, 200)
+        yield sleep(0.3)  # A has B's invalidation: this GET reads B's value
+        code, _ = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        self.assertEqual((yield first)[0], 200)
+        code, seen = yield second
+        self.assertEqual((code, seen["values"]), (200, {"k": 0}))
+        self.assertEqual(self.storedValues(uid), {"k": 0})
+        _, seen = yield self.get(client, a, b"get")
+        self.assertEqual(seen["values"], {"k": 0})
+        _, seen = yield self.get(there, b, b"get")
+        self.assertEqual(seen["values"], {"k": 0})

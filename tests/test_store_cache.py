@@ -258,31 +258,36 @@ class InvalidationTests(CacheTestCase):
         import socket
 
         from txsession._redistracking import PEEK, Waiting
+        from txsession._txsession import RespDecoder
+        from txsession.store import StoreError
 
         ours, theirs = socket.socketpair()
         self.addCleanup(ours.close)
         self.addCleanup(theirs.close)
         ours.setblocking(False)
-        plain, tls = Waiting(ours, True), Waiting(ours, False)
-        self.assertFalse(plain.pushMayWait(0))
+        decoder, partway = RespDecoder(StoreError), RespDecoder(StoreError)
+        partway.feed(b"$5\r\nab")
+        plain, tls = Waiting(ours, True, decoder), Waiting(ours, False, decoder)
+        holding = Waiting(ours, True, partway)
+        self.assertFalse(plain.pushMayWait())
         theirs.sendall(b":1\r\n*2\r\n$3\r\nm:t\r\n$2\r\n10\r\n")
-        self.assertFalse(plain.pushMayWait(0))
-        self.assertTrue(tls.pushMayWait(0))
-        self.assertTrue(plain.pushMayWait(5))
+        self.assertFalse(plain.pushMayWait())
+        self.assertTrue(tls.pushMayWait())
+        self.assertTrue(holding.pushMayWait())
         theirs.sendall(b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n")
-        self.assertTrue(plain.pushMayWait(0))
+        self.assertTrue(plain.pushMayWait())
         ours.recv(1 << 16)
-        self.assertFalse(plain.pushMayWait(0))
+        self.assertFalse(plain.pushMayWait())
         theirs.sendall(b"x" * PEEK)
-        self.assertTrue(plain.pushMayWait(0))
+        self.assertTrue(plain.pushMayWait())
         while True:
             try:
                 ours.recv(1 << 16)
             except BlockingIOError:
                 break
         theirs.close()
-        self.assertTrue(plain.pushMayWait(0))
-        self.assertTrue(Waiting(None, True).pushMayWait(0))
+        self.assertTrue(plain.pushMayWait())
+        self.assertTrue(Waiting(None, True, decoder).pushMayWait())
 
     @defer.inlineCallbacks
     def test_cacheOff(self):

@@ -255,11 +255,13 @@ class Waiting:
     What waits, unread by the reactor, on one connection's socket.
     """
 
-    __slots__ = ("sock", "plain", "poller")
+    __slots__ = ("sock", "plain", "decoder", "poller")
 
-    def __init__(self, sock: Any, plain: bool) -> None:
+    def __init__(self, sock: Any, plain: bool, decoder: Any) -> None:
         self.sock = sock
         self.plain = plain
+        # The connection's RESP decoder: what of a reply it holds (its buffered bytes).
+        self.decoder = decoder
         # A poll with no timeout says whether anything waits, without the exception a
         # non-blocking recv raises when nothing does.
         self.poller: Any = None
@@ -267,11 +269,11 @@ class Waiting:
             self.poller = select.poll()
             self.poller.register(sock, select.POLLIN)
 
-    def pushMayWait(self, buffered: int) -> bool:
+    def pushMayWait(self) -> bool:
         """
         Whether an invalidation may be waiting: C{False} when nothing waits, or when what
         waits is bytes of the connection's own (no TLS) that start at a reply's boundary (the
-        decoder holds no part of one: C{buffered} is 0), fit in L{PEEK} bytes and hold no
+        decoder holds none of one), fit in L{PEEK} bytes and hold no
         C{invalidate}, which every invalidation push spells out. Replies to other commands,
         which wait there whenever requests are in flight, are no reason to read: the copy is
         then as Redis held it before those commands, which have not answered yet. C{True}
@@ -288,7 +290,7 @@ class Waiting:
             return False
         except OSError:
             return True
-        if not waiting or not self.plain or buffered or len(waiting) == PEEK:
+        if not waiting or not self.plain or self.decoder.buffered or len(waiting) == PEEK:
             # The end of the stream, bytes TLS still has to decrypt, or more than was seen.
             return True
         return b"invalidate" in waiting

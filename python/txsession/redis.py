@@ -24,7 +24,7 @@ import hashlib
 import random
 import re
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
@@ -383,10 +383,15 @@ class _RedisProtocol(Protocol):
         self._trackedSince = 0
         self._tableLooking = False
         self._tableWatch: Any = None
-        self._unread = _redistracking.Waiting(None, False)
+        # Whether an invalidation may wait on this connection, unread by the reactor: the
+        # socket's Waiting.pushMayWait, called directly (it is asked on every cached read).
+        self.pushMayWait: Callable[[], bool] = _redistracking.Waiting(
+            None, False, self._decoder
+        ).pushMayWait
 
     def connectionMade(self) -> None:
-        self._unread = _redistracking.Waiting(*_redistracking.socketOf(self.transport))
+        sock, plain = _redistracking.socketOf(self.transport)
+        self.pushMayWait = _redistracking.Waiting(sock, plain, self._decoder).pushMayWait
 
     def tableHasRoom(self, now: float) -> bool:
         """
@@ -444,12 +449,6 @@ class _RedisProtocol(Protocol):
 
     def _tableUnseen(self, reason: Any) -> None:
         self._tableLooking = False
-
-    def pushMayWait(self) -> bool:
-        """
-        Whether an invalidation may wait on this connection, unread by the reactor.
-        """
-        return self._unread.pushMayWait(self._decoder.buffered)
 
     def ready(self, tracking: bool = False, tableLimit: int = 0, table: Any = None) -> None:
         """
@@ -1039,7 +1038,9 @@ class RedisStore:
         return hashed
 
     def _key(self, uid: bytes) -> bytes:
-        return self.keyPrefix + self._member(uid)
+        # _member's own first step, inline where there is no hash tag: a key is derived
+        # for every request.
+        return self.keyPrefix + (self._member(uid) if self.cluster else member(uid))
 
     def _userKey(self, user: str) -> bytes:
         if self.cluster:

@@ -287,8 +287,9 @@ class StoreFlow:
         state = request._txsStore = RequestSessions(self)
         if not uids:
             return None
-        if not state.watching:
-            self._watch(request, state)
+        state.watching = True
+        if not hasattr(request, "_txsRelease"):
+            request.notifyFinish().addBoth(partial(self.release, request))
         sessions = self.site.sessions
         cached = self._cached
         reading = []
@@ -328,7 +329,7 @@ class StoreFlow:
     def _watch(self, request: Any, state: RequestSessions) -> None:
         # The request's finish() or connectionLost() calls release(); a request that has
         # no such hooks (one that is not a SessionCookieMixin) is watched through
-        # notifyFinish.
+        # notifyFinish. (read() does the same, inline.)
         if not state.watching:
             state.watching = True
             if not hasattr(request, "_txsRelease"):
@@ -441,8 +442,10 @@ class StoreFlow:
     def _merge(self, session: Any, copy: SessionCopy, fields: dict[str, bytes]) -> None:
         """
         Bring C{copy} up to what the store holds, C{fields}: what changed there since this
-        process last saw it wins, except a key changed here and not written yet, which stays
-        (its request writes it later, so the later write wins, as in the store).
+        process last saw it wins, except a key changed here and not written yet (its value
+        differs from what this process last read, or from what a running request started
+        from), which stays: its request writes it later, so the later write wins, as in the
+        store.
         """
         known = copy.fields
         if fields == known:
@@ -454,12 +457,15 @@ class StoreFlow:
             was = known.get(key, _ABSENT)
             if stored == was:
                 continue
-            if self.encoded(namespaces, key) == was:
+            here = self.encoded(namespaces, key)
+            if here == was and all(user.baseline.get(key, _ABSENT) == here for user in copy.users):
                 theirs[key] = stored
             else:
-                # Changed here and not written: the change stays. What the running requests
-                # took the store to hold is what it holds now, so that a request that
-                # fails puts that back, not what the store held before.
+                # Changed here and not written: the change stays. That includes a value set
+                # back to what the store held, over a running request's change, which the
+                # request that set it back still writes (its baseline differs). What the
+                # running requests took the store to hold is what it holds now, so that a
+                # request that fails puts that back, not what the store held before.
                 self._restored(copy, key, was, stored)
         decoded = self._decode({k: v for k, v in theirs.items() if v is not _ABSENT})
         for key, stored in theirs.items():
@@ -498,12 +504,12 @@ class StoreFlow:
         The session C{request} may use for the cookie C{cookiename}, and whether it is new:
         the one read for it, or else a new one (C{site.makeSession()}).
         """
-        state = self.stateOf(request)
+        state = request._txsStore or self.stateOf(request)
         if state.readFailure is not None:
             _raiseReadFailure(state.readFailure)
         uid = request.getCookie(cookiename)
         session = state.confirmed.get(uid) if uid else None
-        if session is not None and (session.uid != uid or not self.isLive(session)):
+        if session is not None and (session.uid != uid or session not in self.copies):
             # Renewed, logged out or dropped since it was read: its id is dead.
             session = None
         made = session is None
@@ -522,7 +528,7 @@ class StoreFlow:
         """
         C{request}'s change record for C{session}, started now if it has none.
         """
-        state = self.stateOf(request)
+        state = request._txsStore or self.stateOf(request)
         change = state.changes.get(session)
         if change is not None:
             return change
@@ -670,7 +676,7 @@ class StoreFlow:
         waits: list[Deferred[Any]] = []
         for change in state.changes.values():
             session = change.session
-            if not self.isLive(session):
+            if session not in self.copies:
                 # Ended while this request used it: by a logout here (the answer waits for
                 # its deletion), elsewhere, or by a rename elsewhere. What it changed (now,
                 # or while rendering, even if another request undid it since) cannot be
@@ -707,7 +713,8 @@ class StoreFlow:
 
     def _written(self, state: RequestSessions) -> None:
         for change in state.changes.values():
-            self._renameDone(change)
+            if change.renamedFrom is not None:
+                self._renameDone(change)
 
     def _plan(
         self, change: Change, changed: dict[str, bytes], deleted: list[str]

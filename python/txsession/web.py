@@ -42,6 +42,15 @@ _SAME_SITE = (b"lax", b"strict", b"none")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+def _isSessionId(value: bytes) -> bool:
+    """
+    Whether a session cookie's value can be a session id, to be looked up in the store: a
+    token of at most 256 bytes.
+    """
+    # Letters and digits (as this site's ids are) need no regular expression.
+    return len(value) <= 256 and (value.isalnum() or _TOKEN.fullmatch(value) is not None)
+
+
 def secureCookieName(name: bytes) -> bytes:
     """
     The name of the secure session cookie for the insecure one C{name}, derived as Twisted
@@ -163,7 +172,7 @@ class SessionCookieMixin:
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
         if flow is None:
             return super().render(resrc)  # type: ignore[misc]
-        state = flow.stateOf(self)
+        state = self._txsStore or flow.stateOf(self)
         # A logout (expire()) while this renders is this request's own.
         outer, flow.rendering = flow.rendering, self
         state.rendering = True
@@ -892,17 +901,14 @@ class Site(server.Site):
         # on the transport) is asked only of a request that sends the secure cookie.
         cookies = request.received_cookies
         uids: list[bytes] = []
-        for name, secure in ((self.cookieName, False), (self._secureCookieName(), True)):
-            value = cookies.get(name)
-            if (
-                value
-                and len(value) <= 256
-                # Letters and digits (as this site's ids are) need no regular expression.
-                and (value.isalnum() or _TOKEN.fullmatch(value))
-                and value not in uids
-            ):
-                if not secure or request.isSecure():
-                    uids.append(value)
+        value = cookies.get(self.cookieName)
+        if value and _isSessionId(value):
+            uids.append(value)
+        # A request whose only cookie is the insecure one has no secure one to look for.
+        if len(cookies) > len(uids):
+            value = cookies.get(self._secureCookieName())
+            if value and _isSessionId(value) and value not in uids and request.isSecure():
+                uids.append(value)
         return uids
 
     def _isSessionCookie(self, name: bytes) -> bool:
