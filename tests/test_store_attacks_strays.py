@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from tests._proxy import UPSTREAM
+from tests._proxy import DOWNSTREAM, UPSTREAM
 from tests.test_store import sleep
 from tests.test_store_attacks import _withCookie, rawGet
 from tests.test_store_attacks_renew import _Case, _port, _sendAndHangUp
@@ -489,7 +489,10 @@ class ChangedBackToStoredDefectTests(_OpCase):
     A reads it. A's copy held k=0, what A last read from Redis, so the read took k as
     unchanged here and B's 7 replaced R2's unwritten change: R2 answered 200, having written
     nothing, and Redis kept 7 (found by an attack). Now a key that a running request will
-    write (its baseline differs from the copy's value) counts as changed here.
+    write (its baseline differs from the copy's value) counts as changed here; and once the
+    other process writes that very value, the change counts as written, so that its next
+    write replaces it (the first fix left R2's baseline at R1's value, and R1's 200 then wrote
+    0 over B's later 6, found by an attack on it).
     """
 
     @defer.inlineCallbacks
@@ -513,3 +516,152 @@ class ChangedBackToStoredDefectTests(_OpCase):
         self.assertEqual(seen["values"], {"k": 0})
         _, seen = yield self.get(there, b, b"get")
         self.assertEqual(seen["values"], {"k": 0})
+
+    @defer.inlineCallbacks
+    def writtenElsewhereThenReplaced(self, firstOp, end=b"ok"):
+        """
+        R1 (C{firstOp}), then R2 sets k=0; B writes 3, then 0 (R2's very value), then 6,
+        and A reads each. B's 6 replaces R2's change, here and in Redis, whatever R1 and R2
+        answer.
+        """
+        a, b, _, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        first = self.get(client, a, b"op?%s&delay=2.0&end=%s" % (firstOp, end), sync=False)
+        yield _until(session, "k", None if firstOp == b"now=k:" else 5)
+        second = self.get(client, a, b"op?now=k:0&delay=2.3", sync=False)
+        yield _until(session, "k", 0)
+        there = _withCookie(b, uid)
+        for value in (3, 0, 6):
+            code, _ = yield self.get(there, b, b"op?now=k:%d" % value)
+            self.assertEqual(code, 200)
+            yield sleep(0.3)
+            code, seen = yield self.get(client, a, b"get")
+            self.assertEqual(code, 200)
+        self.assertEqual(seen["values"], {"k": 6})
+        self.assertEqual((yield first)[0], 200 if end == b"ok" else 500)
+        self.assertEqual((yield second)[0], 200)
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(self.storedValues(uid), {"k": 6})
+        _, seen = yield self.get(client, a, b"get")
+        self.assertEqual(seen["values"], {"k": 6})
+
+    def test_writtenElsewhereThenReplaced(self):
+        return self.writtenElsewhereThenReplaced(b"now=k:5")
+
+    def test_writtenElsewhereThenReplacedFirstFails(self):
+        return self.writtenElsewhereThenReplaced(b"now=k:5", end=b"fail")
+
+    def test_deletedReAddedWrittenElsewhereThenReplaced(self):
+        return self.writtenElsewhereThenReplaced(b"now=k:")
+
+
+class WrittenElsewhereDefectTests(_OpCase):
+    """
+    README: a change whose very value another process has written counts as written, and
+    that process's next write, once read here, replaces it; a failure undoes only its own
+    request's changes. A failing request gave back, over the other process's later write, a
+    value set while rendering by another running request that the other process had
+    written (that request's 200 then wrote it again); and a read answered after a write of
+    the same key had been sent took the other process's value, though the write landed
+    after it (the copy then said k=7 while Redis held 0, and a 200 setting k=7 wrote
+    nothing). All four found by an attack.
+    """
+
+    @defer.inlineCallbacks
+    def bWrites(self, there, b, client, a, op):
+        code, _ = yield self.get(there, b, b"op?" + op)
+        self.assertEqual(code, 200)
+        yield sleep(0.3)
+        code, seen = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        return seen
+
+    @defer.inlineCallbacks
+    def ends(self, a, b, client, there, uid, expected):
+        self.flushLoggedErrors(RuntimeError)
+        stored = self.storedValues(uid)
+        _, seenA = yield self.get(client, a, b"get")
+        _, seenB = yield self.get(there, b, b"get")
+        self.assertEqual((stored, seenA["values"], seenB["values"]), (expected, expected, expected))
+
+    # 1. R1 sets 5; B writes 5 (R1's change counts as written); R2 (begun after) sets 0;
+    # B writes 6; R2 fails. Only R2's change is undone: k is 6 (B's write replaced R1's
+    # counted-as-written change), and R1's 200 must not write 5 over B's 6.
+    @defer.inlineCallbacks
+    def test_failureResurrectsValueCountedAsWritten(self):
+        a, b, _, client, uid, session = yield self.opSites("k", 0)
+        first = self.get(client, a, b"op?now=k:5&delay=2.5", sync=False)
+        yield _until(session, "k", 5)
+        there = _withCookie(b, uid)
+        yield self.bWrites(there, b, client, a, b"now=k:5")
+        second = self.get(client, a, b"op?now=k:0&delay=1.0&end=fail", sync=False)
+        yield _until(session, "k", 0)
+        yield self.bWrites(there, b, client, a, b"now=k:6")
+        self.assertEqual((yield second)[0], 500)
+        self.assertEqual((yield first)[0], 200)
+        yield self.ends(a, b, client, there, uid, {"k": 6})
+
+    # 2. Same, R2 begun before B writes 5.
+    @defer.inlineCallbacks
+    def test_failureResurrectsValueWrittenElsewhereR2First(self):
+        a, b, _, client, uid, session = yield self.opSites("k", 0)
+        first = self.get(client, a, b"op?now=k:5&delay=2.5", sync=False)
+        yield _until(session, "k", 5)
+        second = self.get(client, a, b"op?now=k:0&delay=1.5&end=fail", sync=False)
+        yield _until(session, "k", 0)
+        there = _withCookie(b, uid)
+        yield self.bWrites(there, b, client, a, b"now=k:5")
+        yield self.bWrites(there, b, client, a, b"now=k:6")
+        self.assertEqual((yield second)[0], 500)
+        self.assertEqual((yield first)[0], 200)
+        yield self.ends(a, b, client, there, uid, {"k": 6})
+
+    # 3. Deletion variant: R1 deletes k; R2 (after) sets 5; B deletes k, then writes 6;
+    # R2 fails: R1's deletion counts as written, B's 6 replaces it.
+    @defer.inlineCallbacks
+    def test_failureResurrectsDeletionWrittenElsewhere(self):
+        a, b, _, client, uid, session = yield self.opSites("k", 0)
+        first = self.get(client, a, b"op?now=k:&delay=2.5", sync=False)
+        yield _until(session, "k", None)
+        second = self.get(client, a, b"op?now=k:5&delay=1.5&end=fail", sync=False)
+        yield _until(session, "k", 5)
+        there = _withCookie(b, uid)
+        yield self.bWrites(there, b, client, a, b"now=k:")
+        yield self.bWrites(there, b, client, a, b"now=k:6")
+        self.assertEqual((yield second)[0], 500)
+        self.assertEqual((yield first)[0], 200)
+        yield self.ends(a, b, client, there, uid, {"k": 6})
+
+    # 4. A read sent before a write of the key and answered after it: R1 sets 5, R2 (after)
+    # sets 0; B writes 7; A's GET reads (reply held), R2's write of 0 goes out, then both
+    # replies. Redis applied B's 7 then R2's 0: 0. A must not keep 7 as if Redis held it.
+    @defer.inlineCallbacks
+    def test_readAnsweredAcrossAWriteInFlight(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=3)
+        first = self.get(client, a, b"op?now=k:5&delay=0.8", sync=False)
+        yield _until(session, "k", 5)
+        second = self.get(client, a, b"op?now=k:0&delay=1.0", sync=False)
+        yield _until(session, "k", 0)
+        there = _withCookie(b, uid)
+        code, _ = yield self.get(there, b, b"op?now=k:7")
+        self.assertEqual(code, 200)
+        yield sleep(0.3)
+        proxy.stall(DOWNSTREAM)
+        reading = self.get(client, a, b"get", sync=False)
+        yield sleep(1.2)  # R1 ends (nothing to write), R2's write is sent, replies held
+        proxy.release(DOWNSTREAM)
+        code, seen = yield reading
+        self.assertEqual(code, 200)
+        self.assertEqual((yield first)[0], 200)
+        self.assertEqual((yield second)[0], 200)
+        self.assertEqual(self.storedValues(uid), {"k": 0})
+        _, seenB = yield self.get(there, b, b"get")
+        _, seen = yield self.get(client, a, b"get")
+        trips = a.store.roundTrips
+        code, _ = yield self.get(client, a, b"op?now=k:7")
+        after = (self.storedValues(uid), code, a.store.roundTrips - trips)
+        # Observed: A {'k': 7} (from its copy), B {'k': 0}; then A's op?now=k:7 answers 200
+        # with no round trip and Redis keeps {'k': 0}.
+        self.assertEqual(
+            (seen["values"], seenB["values"], after),
+            ({"k": 0}, {"k": 0}, ({"k": 7}, 200, 1)),
+        )

@@ -457,8 +457,21 @@ class StoreFlow:
             was = known.get(key, _ABSENT)
             if stored == was:
                 continue
+            for user in copy.users:
+                if user.own.get(key, _NOT_OWN) == stored:
+                    # The other process wrote this very value: the change the request made
+                    # while rendering counts as written, and is its own no longer (a
+                    # failure does not give it back over that process's next write).
+                    del user.own[key]
+                    user.ownBefore.pop(key, None)
             here = self.encoded(namespaces, key)
-            if here == was and all(user.baseline.get(key, _ABSENT) == here for user in copy.users):
+            if (
+                here == was
+                and all(user.baseline.get(key, _ABSENT) == here for user in copy.users)
+                # A write of the key in flight lands after what this read saw: its value
+                # stays.
+                and not any(key in user.inFlight for user in copy.users)
+            ):
                 theirs[key] = stored
             else:
                 # Changed here and not written: the change stays. That includes a value set
@@ -467,6 +480,11 @@ class StoreFlow:
                 # running requests took the store to hold is what it holds now, so that a
                 # request that fails puts that back, not what the store held before.
                 self._restored(copy, key, was, stored)
+                if stored == here:
+                    # The other process wrote this very value: every running request's
+                    # change to it counts as written (its next write there replaces it).
+                    for user in copy.users:
+                        _set(user.baseline, key, stored)
         decoded = self._decode({k: v for k, v in theirs.items() if v is not _ABSENT})
         for key, stored in theirs.items():
             if stored is _ABSENT:
@@ -484,7 +502,9 @@ class StoreFlow:
         write) says C{stored} now.
         """
         for user in copy.users:
-            if user.baseline.get(key, _ABSENT) == was:
+            # Not the baseline of a request whose write of the key is in flight: it is
+            # what that write carries.
+            if key not in user.inFlight and user.baseline.get(key, _ABSENT) == was:
                 _set(user.baseline, key, stored)
             # These two hold _ABSENT itself for a key that was not there.
             for record in (user.ownBefore, user.inFlight):
