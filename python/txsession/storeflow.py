@@ -624,7 +624,8 @@ class StoreFlow:
         changed: dict[str, bytes] = {}
         namespaces = change.session.sessionNamespaces
         # A dict's items, iterated in C (Namespaces' items() is a Python mapping view).
-        for key, value in namespaces.copy().items():
+        current = namespaces.copy()
+        for key, value in current.items():
             was = baseline.get(key, _ABSENT)
             if exactJSON:
                 known = atoms.get(key)
@@ -673,7 +674,9 @@ class StoreFlow:
             if exactJSON and type(value) in _JSON_ATOMS:
                 atoms[key] = (value, data)
             changed[key] = data
-        deleted = [key for key in baseline if key not in namespaces]
+        # In the baseline's order; a request that deleted nothing pays one set difference.
+        gone = baseline.keys() - current.keys()
+        deleted = [key for key in baseline if key in gone] if gone else []
         if len(atoms) > len(namespaces):
             # Keys deleted since: their values are not kept alive here.
             for key in [key for key in atoms if key not in namespaces]:

@@ -210,7 +210,8 @@ class SessionCookieMixin:
             return None
         if state.failed:
             return None
-        if not self.startedWriting and self._txsMustFlush():  # type: ignore[attr-defined]
+        # The first write of a request whose session changes are not written yet.
+        if not (self.startedWriting or state.settled or self._disconnected):  # type: ignore[attr-defined]
             if state.rendering:
                 # Held until render() returns (see render).
                 state.held = [data]
@@ -228,7 +229,7 @@ class SessionCookieMixin:
                 return None
             if state.failed:
                 return None
-            if self._txsMustFlush():
+            if not (state.settled or self._disconnected):  # type: ignore[attr-defined]
                 self._txsFlush([], finishing=True)
                 return None
         result = super().finish()  # type: ignore[misc]
@@ -283,10 +284,6 @@ class SessionCookieMixin:
             # Through the flow that made the state: a request whose client left while its
             # sessions were read has no site yet.
             state.flow.release(self, reason)
-
-    def _txsMustFlush(self) -> bool:
-        state = self._txsStore
-        return state is not None and not state.settled and not self._disconnected  # type: ignore[attr-defined]
 
     def _txsFlush(self, held: list[bytes], finishing: bool) -> None:
         """
