@@ -142,6 +142,7 @@ class Change:
         "reverted",
         "serial",
         "ownBefore",
+        "ownWritten",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -171,6 +172,9 @@ class Change:
         self.own: dict[str, Any] = {}
         # For each of those keys, what was there before this request's change.
         self.ownBefore: dict[str, Any] = {}
+        # A key of those left them when another process wrote that very value (the change
+        # counts as written): still a change of this request's, for a logout's 409.
+        self.ownWritten = False
         # Other requests' writes that moved this baseline: a change this request made to
         # those keys is carried by them, so while one is in flight when the request ends,
         # the request answers as it does.
@@ -464,13 +468,15 @@ class StoreFlow:
                     # failure does not give it back over that process's next write).
                     del user.own[key]
                     user.ownBefore.pop(key, None)
+                    user.ownWritten = True
             here = self.encoded(namespaces, key)
+            # A write of the key in flight was sent after this read, on the same connection:
+            # it lands after what the read saw, so its value is what the store will hold.
+            flying = any(key in user.inFlight for user in copy.users)
             if (
-                here == was
+                not flying
+                and here == was
                 and all(user.baseline.get(key, _ABSENT) == here for user in copy.users)
-                # A write of the key in flight lands after what this read saw: its value
-                # stays.
-                and not any(key in user.inFlight for user in copy.users)
             ):
                 theirs[key] = stored
             else:
@@ -478,9 +484,13 @@ class StoreFlow:
                 # back to what the store held, over a running request's change, which the
                 # request that set it back still writes (its baseline differs). What the
                 # running requests took the store to hold is what it holds now, so that a
-                # request that fails puts that back, not what the store held before.
-                self._restored(copy, key, was, stored)
-                if stored == here:
+                # request that fails puts that back, not what the store held before; but
+                # while a write of the key is in flight, what the store will hold is that
+                # write's value, and only what its failure would put back moves.
+                self._restored(copy, key, was, stored, baselines=not flying)
+                if flying:
+                    self._whenLost(copy, key, was, stored)
+                elif stored == here:
                     # The other process wrote this very value: every running request's
                     # change to it counts as written (its next write there replaces it).
                     for user in copy.users:
@@ -495,16 +505,30 @@ class StoreFlow:
                 _set(user.baseline, key, stored)
         copy.fields = dict(fields)
 
-    def _restored(self, copy: SessionCopy, key: str, was: Any, stored: Any) -> None:
+    def _whenLost(self, copy: SessionCopy, key: str, was: Any, stored: Any) -> None:
+        """
+        The store holds C{stored} for C{key} where C{copy}'s users knew C{was}, and writes of
+        the key are in flight: a request whose baseline says C{was} keeps it while they may
+        land (it is what they carry, or what they leave), and has C{stored} as its baseline
+        if they fail, as a prior of each (L{_unclaim}).
+        """
+        writers = [user for user in copy.users if key in user.inFlight]
+        for user in copy.users:
+            if key not in user.inFlight and user.baseline.get(key, _ABSENT) == was:
+                for writer in writers:
+                    if not any(other is user and k == key for other, k, _ in writer.priors):
+                        writer.priors.append((user, key, stored))
+
+    def _restored(
+        self, copy: SessionCopy, key: str, was: Any, stored: Any, baselines: bool = True
+    ) -> None:
         """
         The store holds C{stored} for C{key} where C{copy}'s users knew C{was}: each record
-        of theirs that says C{was} is there (a baseline, what was there before a change or a
-        write) says C{stored} now.
+        of theirs that says C{was} is there (a baseline, unless C{baselines} is false; what
+        was there before a change or a write) says C{stored} now.
         """
         for user in copy.users:
-            # Not the baseline of a request whose write of the key is in flight: it is
-            # what that write carries.
-            if key not in user.inFlight and user.baseline.get(key, _ABSENT) == was:
+            if baselines and user.baseline.get(key, _ABSENT) == was:
                 _set(user.baseline, key, stored)
             # These two hold _ABSENT itself for a key that was not there.
             for record in (user.ownBefore, user.inFlight):
@@ -705,7 +729,7 @@ class StoreFlow:
                 # or while rendering, even if another request undid it since) cannot be
                 # written: a 409, unless this request is the one that logged it out.
                 changed, _ = self.diff(change)
-                mine = changed or change.own or change.renamedFrom is not None
+                mine = changed or change.own or change.ownWritten or change.renamedFrom is not None
                 if mine and not change.endedHere:
                     raise SessionEnded()
                 logout = self.logouts.get(session)
