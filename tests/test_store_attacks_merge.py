@@ -371,3 +371,47 @@ class MergeSequenceTests(_OpCase):
         self.assertEqual((yield r2)[0], 200)
         self.assertEqual((yield r3)[0], 200)
         yield self.ends(a, b, client, there, uid, {"k": 0})
+
+
+class LostLaterWriteTests(_OpCase):
+    """
+    Two writes of one key in flight from two requests: W1 (k=5) lands, W2 (k=0, sent after
+    it) is lost. W2's write had moved W1's baseline to 0, and W1's answer recorded that as
+    what Redis held; after W2's revert the copy showed 5 while this process took Redis to
+    hold 0, so the next request that changed nothing wrote 5, over another process's later
+    200 (found by an attack). Now an answered write records the values it carried.
+    """
+
+    @defer.inlineCallbacks
+    def secondWriteLost(self, theirs):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        a.resource.putChild(b"later", _Later())
+        first = self.get(client, a, b"op?now=k:5&delay=0.7", sync=False)
+        yield _until(session, "k", 5)
+        second = self.get(client, a, b"later?set=k:0&after=0.95&delay=1.0", sync=False)
+        yield sleep(0.3)
+        proxy.stall(DOWNSTREAM)
+        yield sleep(0.55)  # W1 (k=5) sent at 0.7; its answer held
+        proxy.stall(UPSTREAM)
+        yield sleep(0.5)  # W2 (k=0) sent at 1.0; held on its way, so lost
+        proxy.release(DOWNSTREAM)
+        yield first
+        yield second
+        yield proxy.reset()
+        yield a.store.load([b"warm-up"])
+        self.flushLoggedErrors(RuntimeError, StoreUnavailable)
+        self.assertEqual(
+            (self.storedValues(uid), session.sessionNamespaces.get("k")), ({"k": 5}, 5)
+        )
+        there = _withCookie(b, uid)
+        code, _ = yield self.get(there, b, b"op?now=k:%d" % theirs)
+        self.assertEqual(code, 200)
+        yield sleep(0.3)
+        _, seen = yield self.get(client, a, b"get")
+        self.assertEqual((seen["values"], self.storedValues(uid)), ({"k": theirs}, {"k": theirs}))
+
+    def test_otherProcessWritesAfter(self):
+        return self.secondWriteLost(9)
+
+    def test_otherProcessWritesTheLostValue(self):
+        return self.secondWriteLost(0)

@@ -828,7 +828,7 @@ class StoreFlow:
             **options,
         )
         saving.addCallbacks(
-            partial(self._saved, change, source, target),
+            partial(self._saved, change, source, target, changed, deleted),
             partial(self._notSaved, change, source, target),
         )
         if not riders:
@@ -857,16 +857,29 @@ class StoreFlow:
                 _set(user.baseline, key, value)
                 riders[user] = None
 
-    def _saved(self, change: Change, source: bytes | None, target: bytes, _: object) -> None:
+    def _saved(
+        self,
+        change: Change,
+        source: bytes | None,
+        target: bytes,
+        changed: dict[str, bytes],
+        deleted: list[str],
+        _: object,
+    ) -> None:
         copy = change.copy
         if change.reverted and self._forget is not None:
             # Written after all: the copy is not what the store holds, so the next request
             # reads it rather than use it.
             self._forget(target, self)
-        fields = copy.fields
-        namespaces_baseline = change.baseline
-        for key in change.inFlight:
-            _set(fields, key, namespaces_baseline.get(key, _ABSENT))
+        if not change.reverted:
+            # What the store holds now: what this write carried (not the request's
+            # baseline, which a later write of the key, still in flight, has moved to its
+            # own value). A reverted copy keeps what it knew, so that the read it now needs
+            # finds the write's values changed in the store, and takes them.
+            fields = copy.fields
+            fields.update(changed)
+            for key in deleted:
+                fields.pop(key, None)
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
