@@ -65,15 +65,6 @@ class ReadAcrossWriteTests(_OpCase):
     """
 
     @defer.inlineCallbacks
-    def bWrites(self, there, b, client, a, op):
-        code, _ = yield self.get(there, b, b"op?" + op)
-        self.assertEqual(code, 200)
-        yield sleep(0.3)
-        code, seen = yield self.get(client, a, b"get")
-        self.assertEqual(code, 200)
-        return seen
-
-    @defer.inlineCallbacks
     def finalState(self, a, b, client, there, uid):
         self.flushLoggedErrors(RuntimeError, StoreUnavailable, SessionEnded)
         stored0 = self.storedValues(uid)
@@ -173,8 +164,6 @@ class WrittenElsewhereLogoutTests(_OpCase):
     A change counted as written because another process wrote that very value is still the
     request's change for a logout: the request gets a 409, as in one process (it got a 200).
     """
-
-    bWrites = ReadAcrossWriteTests.bWrites
 
     # L1. R sets 5 while rendering; B writes 5 (R's change counts as written); A logs the
     # session out; R answers: README wants 409 ("never a 200").
@@ -297,16 +286,6 @@ class MergeSequenceTests(_OpCase):
     """
     Sequences of running requests, another process's writes and failures that held.
     """
-
-    bWrites = ReadAcrossWriteTests.bWrites
-
-    @defer.inlineCallbacks
-    def ends(self, a, b, client, there, uid, expected):
-        self.flushLoggedErrors(RuntimeError)
-        stored = self.storedValues(uid)
-        _, seenA = yield self.get(client, a, b"get")
-        _, seenB = yield self.get(there, b, b"get")
-        self.assertEqual((stored, seenA["values"], seenB["values"]), (expected,) * 3)
 
     # T1. Two keys: k changed here (R1, fails), j B's; R2 begun after the read sets j=4.
     @defer.inlineCallbacks

@@ -116,6 +116,30 @@ class _OpCase(_Case):
         uid = state["session"]
         return a, b, proxy, client, uid, a.sessions[uid.encode()]
 
+    @defer.inlineCallbacks
+    def bWrites(self, there, b, client, a, op):
+        """
+        B's client C{there} runs C{op} on L{_Op} (a 200); once A has had B's invalidation, a
+        GET on A reads B's values. Returns what that GET saw.
+        """
+        code, _ = yield self.get(there, b, b"op?" + op)
+        self.assertEqual(code, 200)
+        yield sleep(0.3)
+        code, seen = yield self.get(client, a, b"get")
+        self.assertEqual(code, 200)
+        return seen
+
+    @defer.inlineCallbacks
+    def ends(self, a, b, client, there, uid, expected):
+        """
+        Redis, a GET on A and a GET on B all hold C{expected}.
+        """
+        self.flushLoggedErrors(RuntimeError)
+        stored = self.storedValues(uid)
+        _, seenA = yield self.get(client, a, b"get")
+        _, seenB = yield self.get(there, b, b"get")
+        self.assertEqual((stored, seenA["values"], seenB["values"]), (expected,) * 3)
+
 
 class StrayHoldsTests(_Case):
     timeout = 30
@@ -565,23 +589,6 @@ class WrittenElsewhereDefectTests(_OpCase):
     after it (the copy then said k=7 while Redis held 0, and a 200 setting k=7 wrote
     nothing). All four found by an attack.
     """
-
-    @defer.inlineCallbacks
-    def bWrites(self, there, b, client, a, op):
-        code, _ = yield self.get(there, b, b"op?" + op)
-        self.assertEqual(code, 200)
-        yield sleep(0.3)
-        code, seen = yield self.get(client, a, b"get")
-        self.assertEqual(code, 200)
-        return seen
-
-    @defer.inlineCallbacks
-    def ends(self, a, b, client, there, uid, expected):
-        self.flushLoggedErrors(RuntimeError)
-        stored = self.storedValues(uid)
-        _, seenA = yield self.get(client, a, b"get")
-        _, seenB = yield self.get(there, b, b"get")
-        self.assertEqual((stored, seenA["values"], seenB["values"]), (expected, expected, expected))
 
     # 1. R1 sets 5; B writes 5 (R1's change counts as written); R2 (begun after) sets 0;
     # B writes 6; R2 fails. Only R2's change is undone: k is 6 (B's write replaced R1's
