@@ -143,6 +143,10 @@ class Change:
         "serial",
         "ownBefore",
         "ownWritten",
+        "sending",
+        "mayHaveLanded",
+        "undoneTo",
+        "undoing",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -184,6 +188,17 @@ class Change:
         # The request failed (its client left, say) while its write was in flight: this
         # process's copy was put back, and no longer says what the write leaves in the store.
         self.reverted = False
+        # Writes sent and not answered; and whether one failed in a way that may have been
+        # applied all the same (a timeout, a cut connection, too few replicas).
+        self.sending = 0
+        self.mayHaveLanded = False
+        # Keys whose baseline is the value a failed request's write carries, a write that may
+        # land: what this request's own failure puts back instead (what was there before that
+        # write), as (that value, what was there before). None until there is one.
+        self.undoneTo: dict[str, tuple[Any, Any]] | None = None
+        # This request failed with such a write: the requests it left their baseline to, each
+        # with the key and its undoneTo entry, settled when the write answers.
+        self.undoing: list[tuple[Change, str, tuple[Any, Any]]] | None = None
 
 
 class RequestSessions:
@@ -818,6 +833,7 @@ class StoreFlow:
             options["user"] = change.user
         if self._cached is not None:
             options["owner"] = self
+        change.sending += 1
         saving = maybeDeferred(
             self.store.save,
             target,
@@ -867,10 +883,14 @@ class StoreFlow:
         _: object,
     ) -> None:
         copy = change.copy
+        change.sending -= 1
         if change.reverted and self._forget is not None:
             # Written after all: the copy is not what the store holds, so the next request
             # reads it rather than use it.
             self._forget(target, self)
+        if change.undoing:
+            # The value it carried is what the store holds: the baselines left to it stay.
+            self._settleUndoing(change, landed=True)
         if not change.reverted:
             # What the store holds now: what this write carried (not the request's
             # baseline, which a later write of the key, still in flight, has moved to its
@@ -898,11 +918,24 @@ class StoreFlow:
         self, change: Change, source: bytes | None, target: bytes, reason: Failure
     ) -> Failure:
         copy = change.copy
+        change.sending -= 1
+        unavailable = reason.check(StoreUnavailable)
+        if unavailable:
+            # Perhaps applied all the same: this process's copy may not be what the store
+            # holds (its stamp may even have outlived the write, which answered before
+            # too few replicas confirmed it), so the next request reads it.
+            change.mayHaveLanded = True
+            if self._forget is not None:
+                self._forget(target, self)
+                if source is not None and source != target:
+                    self._forget(source, self)
+        elif change.undoing:
+            self._settleUndoing(change, landed=False)
         if copy.creating == target:
             copy.creating = None
         if copy.renaming == target:
             copy.renaming = None
-        if source != target and reason.check(StoreUnavailable) and target not in copy.uncertain:
+        if source != target and unavailable and target not in copy.uncertain:
             # A create or a rename that may have been applied: the session may be stored
             # under target, an id no client was given.
             copy.uncertain += (target,)
@@ -913,6 +946,25 @@ class StoreFlow:
             else:
                 self._setAside(change.session)
         return reason
+
+    def _settleUndoing(self, change: Change, landed: bool) -> None:
+        """
+        The write of C{change}'s failed request has answered: each running request that kept
+        the value it carried as its baseline (L{_revert}) keeps it if it C{landed}, and has
+        what was there before it otherwise.
+        """
+        undoing, change.undoing = change.undoing or [], None
+        for user, key, entry in undoing:
+            undoneTo = user.undoneTo
+            if undoneTo is None or undoneTo.get(key) is not entry:
+                continue
+            del undoneTo[key]
+            carried, before = entry
+            if not landed:
+                if user.baseline.get(key, _ABSENT) == carried:
+                    _set(user.baseline, key, before)
+                if user.inFlight.get(key, _NOT_OWN) == carried:
+                    user.inFlight[key] = before
 
     def _renameDone(self, change: Change) -> None:
         if change.renamedFrom is None:
@@ -983,8 +1035,21 @@ class StoreFlow:
         namespaces = session.sessionNamespaces
         keys = self._changedKeys(change)
         loads = self.store.serializer.loads
+        # Its write was sent and may land (unanswered, or failed in a way that may have been
+        # applied): the keys it carries, with their values.
+        landing = (
+            {key: change.baseline.get(key, _ABSENT) for key in change.inFlight}
+            if change.inFlight and (change.sending or change.mayHaveLanded)
+            else {}
+        )
+        undoneTo = change.undoneTo
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
+            if undoneTo:
+                entry = undoneTo.get(key)
+                if entry is not None and before == entry[0]:
+                    # Another failed request's value, whose write may land: not put back.
+                    before = entry[1]
             current = self.encoded(namespaces, key)
             setters = [user for user in others if key in user.own]
             if setters and change.own.get(key, _NOT_OWN) == current:
@@ -1020,12 +1085,20 @@ class StoreFlow:
                     # value).
                     set_ = change.own.get(key, _NOT_OWN)
                     if set_ is not _NOT_OWN:
+                        # Unless this request's write carries that value and may land: then
+                        # the store may hold it, so such a request keeps it as its baseline
+                        # (it writes its own change over it, whatever that write's outcome),
+                        # and puts back what was there before if it fails too.
+                        kept = key in landing and landing[key] == set_
                         for user in others:
                             if (
                                 user.serial > change.serial
                                 and user.baseline.get(key, _ABSENT) == set_
                             ):
-                                _set(user.baseline, key, before)
+                                if kept:
+                                    self._leaveUndone(change, user, key, set_, before)
+                                else:
+                                    _set(user.baseline, key, before)
                     continue
             if before is _ABSENT:
                 namespaces.pop(key, None)
@@ -1053,7 +1126,7 @@ class StoreFlow:
         if change.own:
             later = [user for user in others if user.serial > change.serial]
             if later:
-                self._disown(change, later)
+                self._disown(change, later, landing)
         if change.inFlight:
             change.reverted = True
         change.inFlight.clear()
@@ -1064,7 +1137,22 @@ class StoreFlow:
         if change.made and copy.storedAs is None and copy.creating is None:
             self.dropFound(session)
 
-    def _disown(self, change: Change, later: list[Change]) -> None:
+    def _leaveUndone(
+        self, change: Change, user: Change, key: str, carried: Any, before: Any
+    ) -> None:
+        """
+        C{user} keeps C{carried}, the value failed C{change}'s write carries for C{key}, as its
+        baseline while that write may land; its own failure puts back C{before}.
+        """
+        entry = (carried, before)
+        if user.undoneTo is None:
+            user.undoneTo = {}
+        user.undoneTo[key] = entry
+        if change.undoing is None:
+            change.undoing = []
+        change.undoing.append((user, key, entry))
+
+    def _disown(self, change: Change, later: list[Change], landing: dict[str, Any]) -> None:
         """
         C{change}'s request failed. Where a request that began after it took a value it set
         while rendering as what the store holds, or as what was there before its own write
@@ -1091,11 +1179,24 @@ class StoreFlow:
         if not failed:
             return
         befores = change.ownBefore
+        # Values the failed request's own write carries, and may land: the store may hold
+        # them, so they stay where they are, and what was there before is what a failure
+        # puts back (L{_leaveUndone}).
+        maybe = {key: value for key, value in failed.items() if landing.get(key, _NOT_OWN) == value}
+        for key in maybe:
+            del failed[key]
         for user in later:
             # Its baseline, too, where it took the failed value as what the store holds
             # (a key the failing request's revert did not put back, because a request after
             # it changed the key again).
             baseline = user.baseline
+            for key, value in maybe.items():
+                if (
+                    baseline.get(key, _ABSENT) == value or user.inFlight.get(key, _NOT_OWN) == value
+                ) and not (user.undoneTo and key in user.undoneTo):
+                    self._leaveUndone(change, user, key, value, befores[key])
+            if not failed:
+                continue
             for key, value in failed.items():
                 if baseline.get(key, _ABSENT) == value:
                     _set(baseline, key, befores[key])
