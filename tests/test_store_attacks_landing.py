@@ -154,3 +154,33 @@ class ReplicaShortfallTests(_OpCase):
         self.flushLoggedErrors(StoreUnavailable)
         self.assertEqual((code, a.store.roundTrips - before), (503, 1))
         self.assertEqual(self.storedValues(uid), {"k": 0})
+
+
+class UncertainWriteThenReadTests(_OpCase):
+    """
+    R1 fails (its client left) with its write of k=5 in flight, and the connection is cut:
+    the write may have landed, and nothing will say. R2, begun from the copy (k=5), sets k=0
+    and keeps its baseline at 5, its own failure to put back 0. B then writes k=7, and a
+    read on A sees it while R2 runs: what R2's failure puts back is 7 now, what Redis holds
+    (it put back 0, which the next request on A wrote as its change).
+    """
+
+    @defer.inlineCallbacks
+    def test_readMovesWhatAFailurePutsBack(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        leaving = _sendAndHangUp(_port(a), rawGet(b"op?now=k:5&delay=0.3", uid), 0.8)
+        yield sleep(0.15)
+        proxy.stall(UPSTREAM)
+        yield sleep(0.35)  # R1's write held at 0.3 s
+        r2 = self.get(client, a, b"op?now=k:0&delay=2.2&end=fail", sync=False)
+        yield leaving  # R1 fails at 0.8 s
+        yield sleep(0.1)
+        proxy.cut()
+        proxy.release(UPSTREAM)
+        there = _withCookie(b, uid)
+        seen = yield self.bWrites(there, b, client, a, b"now=k:7")
+        self.assertEqual(seen["values"], {"k": 0})  # R2's change, running
+        code, _ = yield r2
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertEqual((code, self.storedValues(uid)), (500, {"k": 7}))
+        yield self.ends(a, b, client, there, uid, {"k": 7})

@@ -1177,10 +1177,10 @@ class RedisStore:
             _SAVE_SHA,
             b"2",
             key,
-            key if storedAs is None else self._key(storedAs),
+            key if storedAs is None or storedAs == uid else self._key(storedAs),
             _milliseconds(timeout),
             mode,
-            self._member(uid),
+            key[len(self.keyPrefix) :],  # _member(uid)
             str(len(changed)).encode(),
             now,
             now if created is None else _clockMilliseconds(created),

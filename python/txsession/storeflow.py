@@ -194,11 +194,12 @@ class Change:
         self.mayHaveLanded = False
         # Keys whose baseline is the value a failed request's write carries, a write that may
         # land: what this request's own failure puts back instead (what was there before that
-        # write), as (that value, what was there before). None until there is one.
-        self.undoneTo: dict[str, tuple[Any, Any]] | None = None
+        # write), as [that value, what was there before] (a read of the key moves the
+        # latter, as it moves the other records of what was there). None until there is one.
+        self.undoneTo: dict[str, list[Any]] | None = None
         # This request failed with such a write: the requests it left their baseline to, each
         # with the key and its undoneTo entry, settled when the write answers.
-        self.undoing: list[tuple[Change, str, tuple[Any, Any]]] | None = None
+        self.undoing: list[tuple[Change, str, list[Any]]] | None = None
 
 
 class RequestSessions:
@@ -549,6 +550,9 @@ class StoreFlow:
             for record in (user.ownBefore, user.inFlight):
                 if key in record and record[key] == was:
                     record[key] = stored
+            undone = user.undoneTo.get(key) if user.undoneTo else None
+            if undone is not None and undone[1] == was:
+                undone[1] = stored
             if user.priors:
                 user.priors = [
                     (other, k, stored if k == key and prior == was else prior)
@@ -903,6 +907,10 @@ class StoreFlow:
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
+        if change.undoneTo:
+            # What it wrote is what the store holds: a failure puts that back.
+            for key in (*changed, *deleted):
+                change.undoneTo.pop(key, None)
         copy.storedAs = target
         if target in copy.uncertain:
             # Stored there now, for certain.
@@ -1144,7 +1152,7 @@ class StoreFlow:
         C{user} keeps C{carried}, the value failed C{change}'s write carries for C{key}, as its
         baseline while that write may land; its own failure puts back C{before}.
         """
-        entry = (carried, before)
+        entry = [carried, before]
         if user.undoneTo is None:
             user.undoneTo = {}
         user.undoneTo[key] = entry
