@@ -15,6 +15,7 @@ from tests._proxy import DOWNSTREAM, UPSTREAM
 from tests.apps import store_app
 from tests.test_store import sleep
 from tests.test_store_attacks import _withCookie, rawGet
+from tests.test_store_attacks_merge import _Later
 from tests.test_store_attacks_renew import _port, _sendAndHangUp
 from tests.test_store_attacks_strays import _OpCase
 from tests.test_web import Client
@@ -184,3 +185,164 @@ class UncertainWriteThenReadTests(_OpCase):
         self.flushLoggedErrors(StoreUnavailable)
         self.assertEqual((code, self.storedValues(uid)), (500, {"k": 7}))
         yield self.ends(a, b, client, there, uid, {"k": 7})
+
+
+class ReadOfTheLandedValueTests(_OpCase):
+    """
+    R1 sets k=5 and its client leaves with the write in flight; the write reaches Redis, but
+    the connection is cut before its answer. R2, begun from the copy (k=5), sets k=0, to fail
+    later. A GET on A reads Redis (k=5). R2 fails: it puts back 5, what A read (it put back
+    0, and the next GET on A wrote 0 as its change).
+    """
+
+    @defer.inlineCallbacks
+    def test_failurePutsBackWhatTheReadFound(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        leaving = _sendAndHangUp(_port(a), rawGet(b"op?now=k:5&delay=0.3", uid), 0.8)
+        yield sleep(0.15)
+        proxy.stall(DOWNSTREAM)
+        yield sleep(0.35)  # R1's write applied at 0.3 s, its answer held
+        r2 = self.get(client, a, b"op?now=k:0&delay=1.4&end=fail", sync=False)
+        yield leaving  # R1 fails at 0.8 s
+        yield sleep(0.1)
+        proxy.cut()
+        proxy.release(DOWNSTREAM)
+        yield sleep(0.2)
+        self.assertEqual(self.storedValues(uid), {"k": 5})
+        code, seen = yield self.get(client, a, b"get", sync=False)  # reads: k=5
+        self.assertEqual((code, seen["values"]), (200, {"k": 0}))  # R2's change, running
+        code, _ = yield r2
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertEqual((code, self.storedValues(uid)), (500, {"k": 5}))
+        yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 5})
+
+
+class TwoFailedWritesTests(_OpCase):
+    """
+    R1 sets k=5 (its write W1 sent at 0.3 s); R3 begins from the copy (k=5) and sets k=6 (W3
+    sent at 0.45 s); R2 begins (k=6) and sets k=0, to fail later. R3's client leaves, then
+    R1's, then R2 fails, and the connection is cut. Nothing of theirs stays in A's copy but
+    what Redis holds: 6 when both writes landed, 0 when both were lost (A's copy held R1's
+    5, and the next GET on A wrote it).
+    """
+
+    @defer.inlineCallbacks
+    def twoLeave(self, direction):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        port = _port(a)
+        r1 = _sendAndHangUp(port, rawGet(b"op?now=k:5&delay=0.3", uid), 0.9)
+        yield sleep(0.15)
+        proxy.stall(direction)
+        yield sleep(0.2)
+        r3 = _sendAndHangUp(port, rawGet(b"op?now=k:6&delay=0.1", uid), 0.45)
+        yield sleep(0.2)
+        r2 = self.get(client, a, b"op?now=k:0&delay=0.6&end=fail", sync=False)
+        yield r3  # R3's client leaves at 0.8 s
+        yield r1  # R1's at 0.9 s
+        code, _ = yield r2  # R2 fails at 1.15 s
+        proxy.cut()
+        proxy.release(direction)
+        yield sleep(0.3)
+        self.flushLoggedErrors(StoreUnavailable)
+        return a, b, client, _withCookie(b, uid), uid, code
+
+    @defer.inlineCallbacks
+    def test_bothLanded(self):
+        a, b, client, there, uid, code = yield self.twoLeave(DOWNSTREAM)
+        self.assertEqual((code, self.storedValues(uid)), (500, {"k": 6}))
+        yield self.ends(a, b, client, there, uid, {"k": 6})
+
+    @defer.inlineCallbacks
+    def test_bothLost(self):
+        a, b, client, there, uid, code = yield self.twoLeave(UPSTREAM)
+        self.assertEqual((code, self.storedValues(uid)), (500, {"k": 0}))
+        yield self.ends(a, b, client, there, uid, {"k": 0})
+
+
+class EarlierRequestTests(_OpCase):
+    """
+    R0 begins first (k=0). R1 sets k=5; its write, sent at 0.35 s, moves R0's baseline to 5.
+    At 0.5 s R0 sets k back to 0 (from a callback). R1's client leaves at 0.85 s with its
+    write in flight, which lands: R0's change is written after it (its 200 left Redis at 5).
+    """
+
+    @defer.inlineCallbacks
+    def earlierChangeBack(self, answered):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        a.resource.putChild(b"later", _Later())
+        r0 = self.get(client, a, b"later?set=k:0&after=0.5&delay=1.2", sync=False)
+        yield sleep(0.05)
+        leaving = _sendAndHangUp(_port(a), rawGet(b"op?now=k:5&delay=0.3", uid), 0.8)
+        yield sleep(0.1)
+        proxy.stall(DOWNSTREAM)
+        yield leaving
+        yield sleep(0.1)
+        if not answered:
+            # Applied, and its answer lost: the outcome is not known.
+            proxy.cut()
+        proxy.release(DOWNSTREAM)
+        code, seen = yield r0
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertEqual(seen["values"], {"k": 0})
+        self.assertEqual((code, self.storedValues(uid)), (200, {"k": 0}))
+        yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 0})
+
+    def test_earlierChangeBackWrittenUnderTheLandedWrite(self):
+        return self.earlierChangeBack(answered=True)
+
+    def test_earlierChangeBackWrittenUnderAWriteThatMayHaveLanded(self):
+        return self.earlierChangeBack(answered=False)
+
+
+class LandedThenReadTests(_OpCase):
+    """
+    R1 sets k=5, its client leaves with the write in flight; R2 (begun from the copy, k=5)
+    sets k=0, to fail later. R1's write lands and is answered. B writes k=7, and a GET on A
+    reads it. R2 fails: it puts back 7, what A read (it put back 5, which the next GET on A
+    wrote).
+    """
+
+    @defer.inlineCallbacks
+    def test_failureAfterLandingPutsBackWhatTheReadFound(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        leaving = _sendAndHangUp(_port(a), rawGet(b"op?now=k:5&delay=0.3", uid), 0.8)
+        yield sleep(0.15)
+        proxy.stall(DOWNSTREAM)
+        yield sleep(0.35)
+        r2 = self.get(client, a, b"op?now=k:0&delay=2.0&end=fail", sync=False)
+        yield leaving  # R1 fails at 0.8 s
+        yield sleep(0.1)
+        proxy.release(DOWNSTREAM)  # R1's write answered: landed
+        yield sleep(0.1)
+        self.assertEqual(self.storedValues(uid), {"k": 5})
+        there = _withCookie(b, uid)
+        seen = yield self.bWrites(there, b, client, a, b"now=k:7")
+        self.assertEqual(seen["values"], {"k": 0})  # R2's change, running
+        code, _ = yield r2
+        self.assertEqual((code, self.storedValues(uid)), (500, {"k": 7}))
+        yield self.ends(a, b, client, there, uid, {"k": 7})
+
+
+class LaterChangeAfterTheFailureTests(_OpCase):
+    """
+    R1 sets k=5, its client leaves with the write in flight. R2, begun from the copy (k=5),
+    changes nothing while rendering; after R1's failure it sets k=0 (from a callback), and
+    R1's write lands: R2's change is written after it (its 200 left Redis at 5).
+    """
+
+    @defer.inlineCallbacks
+    def test_laterChangeBackAfterTheFailure(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=1.5)
+        a.resource.putChild(b"later", _Later())
+        leaving = _sendAndHangUp(_port(a), rawGet(b"op?now=k:5&delay=0.3", uid), 0.8)
+        yield sleep(0.15)
+        proxy.stall(DOWNSTREAM)
+        yield sleep(0.35)
+        r2 = self.get(client, a, b"later?set=k:0&after=0.5&delay=0.8", sync=False)
+        yield leaving  # R1 fails at 0.8 s, R2 sets k=0 at 1.0 s
+        yield sleep(0.3)
+        proxy.release(DOWNSTREAM)
+        code, seen = yield r2
+        self.assertEqual(seen["values"], {"k": 0})
+        self.assertEqual((code, self.storedValues(uid)), (200, {"k": 0}))
+        yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 0})

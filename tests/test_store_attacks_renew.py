@@ -316,8 +316,8 @@ class HangUpWhileHeldDefectTests(AttackTestCase):
         before the answer, so the request fails and this process's copy goes back to k=1.
         The write then succeeded: Redis holds 2, and the tracking stamp stayed valid (a
         write keeps the writer's stamp), so this process served k=1 from its copy without
-        reading, while every other process read 2. Now a write that succeeds after its
-        request was reverted drops the stamp, and the next request reads.
+        reading, while every other process read 2. Now the request's failure waits for its
+        write's answer, and the copy keeps what a write that landed carried.
         """
         a, proxy = yield self.proxied(timeout=2)
         b = self.makeSite()

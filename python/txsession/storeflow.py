@@ -145,6 +145,7 @@ class Change:
         "ownWritten",
         "sending",
         "mayHaveLanded",
+        "abandoned",
         "undoneTo",
         "undoing",
     )
@@ -185,13 +186,20 @@ class Change:
         self.riding: list[_Outcome] = []
         # The user this request binds the session to (renewSession's user), until written.
         self.user: str | None = None
-        # The request failed (its client left, say) while its write was in flight: this
-        # process's copy was put back, and no longer says what the write leaves in the store.
+        # Its changes were put back while one of its writes was in flight (the request's
+        # other write failed): this process's copy no longer says what that write leaves in
+        # the store.
         self.reverted = False
-        # Writes sent and not answered; and whether one failed in a way that may have been
-        # applied all the same (a timeout, a cut connection, too few replicas).
+        # Writes sent and not answered; and what those that failed in a way that may have
+        # been applied all the same (a timeout, a cut connection, too few replicas) carried,
+        # by key (None if none did).
         self.sending = 0
-        self.mayHaveLanded = False
+        self.mayHaveLanded: dict[str, Any] | None = None
+        # The request failed (its client left, say) while a write was in flight: what the
+        # write leaves in the store is its outcome, as for a request waiting for it. The
+        # record stays one of the copy's users until the write answers, then is reverted
+        # (what the write did not carry, or all of it if the write failed).
+        self.abandoned = False
         # Keys whose baseline is the value a failed request's write carries, a write that may
         # land: what this request's own failure puts back instead (what was there before that
         # write), as [that value, what was there before] (a read of the key moves the
@@ -631,8 +639,19 @@ class StoreFlow:
             copy.readers -= 1
         state.pinned.clear()
         for change in state.changes.values():
-            if change in change.copy.users:
+            if change in change.copy.users and not change.abandoned:
                 change.copy.users.remove(change)
+
+    def _answeredAbandoned(self, change: Change) -> None:
+        """
+        The last write of C{change}, whose request failed while it was in flight, has
+        answered: what the request changed that the store does not now hold goes back, and
+        the record goes.
+        """
+        change.abandoned = False
+        self._revert(change)
+        if change in change.copy.users:
+            change.copy.users.remove(change)
 
     # Encoding.
 
@@ -849,7 +868,7 @@ class StoreFlow:
         )
         saving.addCallbacks(
             partial(self._saved, change, source, target, changed, deleted),
-            partial(self._notSaved, change, source, target),
+            partial(self._notSaved, change, source, target, changed, deleted),
         )
         if not riders:
             return saving
@@ -921,9 +940,20 @@ class StoreFlow:
             copy.creating = None
         if copy.renaming == target:
             copy.renaming = None
+        if change.abandoned and not change.sending:
+            # Its renewal, if it made one, is done: the store holds the session under the
+            # new id.
+            self._renameDone(change)
+            self._answeredAbandoned(change)
 
     def _notSaved(
-        self, change: Change, source: bytes | None, target: bytes, reason: Failure
+        self,
+        change: Change,
+        source: bytes | None,
+        target: bytes,
+        changed: dict[str, bytes],
+        deleted: list[str],
+        reason: Failure,
     ) -> Failure:
         copy = change.copy
         change.sending -= 1
@@ -932,7 +962,9 @@ class StoreFlow:
             # Perhaps applied all the same: this process's copy may not be what the store
             # holds (its stamp may even have outlived the write, which answered before
             # too few replicas confirmed it), so the next request reads it.
-            change.mayHaveLanded = True
+            carried = change.mayHaveLanded = change.mayHaveLanded or {}
+            carried.update(changed)
+            carried.update(dict.fromkeys(deleted, _ABSENT))
             if self._forget is not None:
                 self._forget(target, self)
                 if source is not None and source != target:
@@ -953,6 +985,8 @@ class StoreFlow:
                 self.dropFound(change.session)
             else:
                 self._setAside(change.session)
+        if change.abandoned and not change.sending:
+            self._answeredAbandoned(change)
         return reason
 
     def _settleUndoing(self, change: Change, landed: bool) -> None:
@@ -994,7 +1028,10 @@ class StoreFlow:
             return
         state.settled = True
         for change in state.changes.values():
-            self._revert(change)
+            if change.sending:
+                change.abandoned = True
+            else:
+                self._revert(change)
 
     def rendered(self, request: Any) -> None:
         """
@@ -1043,14 +1080,29 @@ class StoreFlow:
         namespaces = session.sessionNamespaces
         keys = self._changedKeys(change)
         loads = self.store.serializer.loads
-        # Its write was sent and may land (unanswered, or failed in a way that may have been
-        # applied): the keys it carries, with their values.
-        landing = (
-            {key: change.baseline.get(key, _ABSENT) for key in change.inFlight}
-            if change.inFlight and (change.sending or change.mayHaveLanded)
-            else {}
-        )
+        # Its writes that were sent and may land (unanswered, or failed in a way that may
+        # have been applied): the keys they carry, with their values.
+        landing: dict[str, Any] = {}
+        if change.inFlight:
+            if change.sending:
+                landing = {key: change.baseline.get(key, _ABSENT) for key in change.inFlight}
+            if change.mayHaveLanded:
+                landing.update(
+                    (key, value)
+                    for key, value in change.mayHaveLanded.items()
+                    if key in change.inFlight
+                )
         undoneTo = change.undoneTo
+        if undoneTo:
+            # A key it keeps another failed request's value for as its baseline, a value that
+            # may not be in the store: changed, as far as its revert goes, from what was
+            # there before.
+            baseline = change.baseline
+            keys += [
+                key
+                for key, entry in undoneTo.items()
+                if key not in keys and baseline.get(key, _ABSENT) == entry[0]
+            ]
         for key in keys:
             before = change.inFlight.get(key, change.baseline.get(key, _ABSENT))
             if undoneTo:
@@ -1086,7 +1138,13 @@ class StoreFlow:
                 )
                 if theirs:
                     # Another request changed it too: it stays, and that request writes it.
-                    self._unclaim(change, key)
+                    # The baselines this request's write moved go back to what they were,
+                    # unless that write may have landed: then they keep its value, and what
+                    # they were is what their own failure puts back.
+                    if key in landing:
+                        self._unclaimLanding(change, key, landing[key])
+                    else:
+                        self._unclaim(change, key)
                     # A request that began while this one's value was there took it as its
                     # baseline: that value is undone, so what was there before is its
                     # baseline now (else its own revert would put back this failed request's
@@ -1223,6 +1281,21 @@ class StoreFlow:
                     )
                     for other, key, prior in user.priors
                 ]
+
+    def _unclaimLanding(self, change: Change, key: str, carried: Any) -> None:
+        """
+        L{_unclaim} for a write of C{change}'s that may have landed, carrying C{carried} for
+        C{key}: each request whose baseline it moved keeps that value (L{_leaveUndone}).
+        """
+        done: set[Change] = set()
+        for user, userKey, prior in change.priors:
+            if userKey != key or user in done:
+                continue
+            done.add(user)
+            if user.baseline.get(key, _ABSENT) == carried:
+                self._leaveUndone(change, user, key, carried, prior)
+            else:
+                _set(user.baseline, key, prior)
 
     def _unclaim(self, change: Change, key: str) -> set[Change]:
         """
