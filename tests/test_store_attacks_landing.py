@@ -17,7 +17,7 @@ from tests.test_store import sleep
 from tests.test_store_attacks import _withCookie, rawGet
 from tests.test_store_attacks_merge import _Later
 from tests.test_store_attacks_renew import _port, _sendAndHangUp
-from tests.test_store_attacks_strays import _OpCase
+from tests.test_store_attacks_strays import _LateFail, _OpCase
 from tests.test_web import Client
 from txsession.redis import RedisStore
 from txsession.store import StoreUnavailable
@@ -346,3 +346,59 @@ class LaterChangeAfterTheFailureTests(_OpCase):
         self.assertEqual(seen["values"], {"k": 0})
         self.assertEqual((code, self.storedValues(uid)), (200, {"k": 0}))
         yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 0})
+
+
+class FailedRiderThenLostWriteTests(_OpCase):
+    """
+    R0 takes the session and changes nothing while rendering; R1 sets k=5 while rendering,
+    to fail later. R0 finishes: its write carries k=5 (a change made while several requests
+    use the session counts as each one's), and is lost (a 503). R1 fails (a 500) while that
+    write is out. Nothing of theirs is in Redis, and A's copy must not keep k=5: R0's revert
+    left it for R1 to write (R1 had seen it changed), but R1 was gone, and the next GET on A
+    wrote it.
+    """
+
+    @defer.inlineCallbacks
+    def test_riderFailsThenTheWriteIsLost(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=0.6)
+        r0 = self.get(client, a, b"op?delay=0.3", sync=False)
+        yield sleep(0.1)
+        r1 = self.get(client, a, b"op?now=k:5&delay=0.4&end=fail", sync=False)
+        yield sleep(0.1)
+        proxy.stall(UPSTREAM)
+        code0, _ = yield r0  # R0's write (k=5) sent at 0.3 s, lost: a 503 at 0.9 s
+        code1, _ = yield r1  # R1 fails at 0.5 s
+        yield proxy.reset()
+        yield a.store.load([b"warm-up"])
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertEqual((code0, code1, self.storedValues(uid)), (503, 500, {"k": 0}))
+        self.assertEqual([c.users for c in a._flow.copies.values()], [[]])
+        yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 0})
+
+
+class CallbackFailureBesideAFinishedWriteTests(_OpCase):
+    """
+    R_F takes the session and changes nothing while rendering. R_A sets k=1; its render()
+    returns its body, so its one write is sent with the finish, over a slow link. While it
+    is out, R_F sets j=2 from a callback and fails. j=2 is R_F's alone and goes back: R_F's
+    revert left it for R_A to write (R_A's baseline lacks it), but R_A had no write left,
+    and the next GET on A wrote it.
+    """
+
+    @defer.inlineCallbacks
+    def test_failedCallbackValueNotWrittenByTheNextRequest(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        a.resource.putChild(b"latefail", _LateFail())
+        failing = self.get(client, a, b"latefail?key=j&value=2&delay=0.25", sync=False)
+        yield sleep(0.05)
+        proxy.latency(400, direction=UPSTREAM)
+        writing = self.get(client, a, b"set?key=k&value=1", sync=False)
+        code, _ = yield failing
+        self.assertEqual(code, 500)
+        code, _ = yield writing
+        self.assertEqual(code, 200)
+        yield proxy.reset()
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual([c.users for c in a._flow.copies.values()], [[]])
+        self.assertEqual(self.storedValues(uid), {"k": 1})
+        yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 1})

@@ -146,6 +146,7 @@ class Change:
         "sending",
         "mayHaveLanded",
         "abandoned",
+        "final",
         "undoneTo",
         "undoing",
     )
@@ -200,6 +201,8 @@ class Change:
         # record stays one of the copy's users until the write answers, then is reverted
         # (what the write did not carry, or all of it if the write failed).
         self.abandoned = False
+        # Its request's last write was sent (with the finish): it writes nothing more.
+        self.final = False
         # Keys whose baseline is the value a failed request's write carries, a write that may
         # land: what this request's own failure puts back instead (what was there before that
         # write), as [that value, what was there before] (a read of the key moves the
@@ -757,6 +760,9 @@ class StoreFlow:
         state = request._txsStore
         if state is None or state.settled:
             return None
+        if state.flushedFinished:
+            for change in state.changes.values():
+                change.final = True
         plans = []
         waits: list[Deferred[Any]] = []
         for change in state.changes.values():
@@ -1122,9 +1128,18 @@ class StoreFlow:
                 mine = change.own.get(key, _NOT_OWN) == current and not setters
                 # A value nobody can write is nobody's to keep: it goes back whoever else
                 # saw it.
+                # (Another request that saw it changed writes it: one still running, and
+                # with a write left to send.)
                 theirs = not (mine or isinstance(current, _Unencodable)) and (
-                    key in change.contested
-                    or any(user.baseline.get(key, _ABSENT) != current for user in others)
+                    (
+                        key in change.contested
+                        and any(k == key and user in copy.users for user, k, _ in change.priors)
+                    )
+                    or any(
+                        user.baseline.get(key, _ABSENT) != current
+                        for user in others
+                        if not user.final
+                    )
                     # Another request's write in flight carries the value there now, a value
                     # this request did not set: whether it stays is that write's outcome (its
                     # own revert if it fails).
@@ -1139,9 +1154,10 @@ class StoreFlow:
                 if theirs:
                     # Another request changed it too: it stays, and that request writes it.
                     # The baselines this request's write moved go back to what they were,
-                    # unless that write may have landed: then they keep its value, and what
-                    # they were is what their own failure puts back.
-                    if key in landing:
+                    # unless that write may have landed and its value is not there now: then
+                    # they keep its value, and what they were is what their own failure
+                    # puts back.
+                    if key in landing and landing[key] != current:
                         self._unclaimLanding(change, key, landing[key])
                     else:
                         self._unclaim(change, key)
@@ -1248,7 +1264,12 @@ class StoreFlow:
         # Values the failed request's own write carries, and may land: the store may hold
         # them, so they stay where they are, and what was there before is what a failure
         # puts back (L{_leaveUndone}).
-        maybe = {key: value for key, value in failed.items() if landing.get(key, _NOT_OWN) == value}
+        namespaces = change.session.sessionNamespaces
+        maybe = {
+            key: value
+            for key, value in failed.items()
+            if landing.get(key, _NOT_OWN) == value and self.encoded(namespaces, key) != value
+        }
         for key in maybe:
             del failed[key]
         for user in later:
@@ -1285,7 +1306,10 @@ class StoreFlow:
     def _unclaimLanding(self, change: Change, key: str, carried: Any) -> None:
         """
         L{_unclaim} for a write of C{change}'s that may have landed, carrying C{carried} for
-        C{key}: each request whose baseline it moved keeps that value (L{_leaveUndone}).
+        C{key}, a value the session no longer holds: each request whose baseline it moved
+        keeps that value (L{_leaveUndone}), so that it writes what the session holds now
+        whether or not the write landed. (Where the session holds the carried value, the
+        baselines go back, so that those requests write it themselves.)
         """
         done: set[Change] = set()
         for user, userKey, prior in change.priors:
@@ -1471,6 +1495,7 @@ class StoreFlow:
             for key in user.own.keys() & set(self._changedKeys(user)):
                 _set(baseline, key, self.encoded(namespaces, key))
         change = Change(session, copy, baseline, made=False)
+        change.final = True
         copy.users.append(change)
 
         def done(result: object) -> object:
