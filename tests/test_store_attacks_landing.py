@@ -20,7 +20,7 @@ from tests.test_store_attacks_renew import _port, _sendAndHangUp
 from tests.test_store_attacks_strays import _LateFail, _OpCase
 from tests.test_web import Client
 from txsession.redis import RedisStore
-from txsession.store import StoreUnavailable
+from txsession.store import SessionEnded, StoreUnavailable
 
 
 class ClientLeftWriteLandsTests(_OpCase):
@@ -402,3 +402,58 @@ class CallbackFailureBesideAFinishedWriteTests(_OpCase):
         self.assertEqual([c.users for c in a._flow.copies.values()], [[]])
         self.assertEqual(self.storedValues(uid), {"k": 1})
         yield self.ends(a, b, client, _withCookie(b, uid), uid, {"k": 1})
+
+
+class RiderOfAStaleIdWriteTests(_OpCase):
+    """
+    Y takes the session under id U and changes nothing. Another tab logs in (renew: U ->
+    U2). R, under U2, sets j=1 while rendering. Y finishes: its write, to U, carried j=1 (a
+    change Y saw made) and was refused (U is dead after the login): Y's 409 is right. But R,
+    which finished while that write was out, had nothing left to write and answered as that
+    write did, a 409, though it used the session under its live id after the rename: j=1 was
+    nowhere. Now Y's write is refused before it is sent, and R writes its change.
+    """
+
+    @defer.inlineCallbacks
+    def test_riderOfARefusedStaleWriteIsWritten(self):
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        stale = _withCookie(a, uid)
+        y = self.get(stale, a, b"op?delay=0.5", sync=False)  # Y: under U, ends at 0.5 s
+        yield sleep(0.1)
+        code, state = yield self.get(client, a, b"renew")  # U -> U2, at 0.1 s
+        self.assertEqual(code, 200)
+        new = state["session"]
+        r = self.get(client, a, b"op?now=j:1&delay=0.5", sync=False)  # R: under U2
+        yield sleep(0.2)
+        proxy.stall(DOWNSTREAM)  # answers held from 0.3 s
+        yield sleep(0.6)
+        proxy.release(DOWNSTREAM)
+        codeY, _ = yield y
+        codeR, _ = yield r
+        self.flushLoggedErrors(SessionEnded)
+        self.assertEqual(codeY, 409)
+        self.assertEqual((codeR, self.storedValues(new)), (200, {"k": 0, "j": 1}))
+        yield self.ends(a, b, client, _withCookie(b, new), new, {"k": 0, "j": 1})
+
+    @defer.inlineCallbacks
+    def test_riderWithItsOwnWriteLanded(self):
+        # R also sets m=2 from a callback after Y's write was sent: its own write (m=2, to
+        # U2) landed, yet it answered 409, with j=1 lost and m=2 in Redis.
+        a, b, proxy, client, uid, session = yield self.opSites("k", 0, timeout=2)
+        a.resource.putChild(b"later", _Later())
+        stale = _withCookie(a, uid)
+        y = self.get(stale, a, b"op?delay=0.5", sync=False)
+        yield sleep(0.1)
+        code, state = yield self.get(client, a, b"renew")
+        new = state["session"]
+        r = self.get(client, a, b"later?now=j:1&set=m:2&after=0.45&delay=0.5", sync=False)
+        yield sleep(0.2)
+        proxy.stall(DOWNSTREAM)
+        yield sleep(0.6)
+        proxy.release(DOWNSTREAM)
+        codeY, _ = yield y
+        codeR, _ = yield r
+        self.flushLoggedErrors(SessionEnded)
+        self.assertEqual(
+            (codeY, codeR, self.storedValues(new)), (409, 200, {"k": 0, "j": 1, "m": 2})
+        )

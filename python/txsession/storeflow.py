@@ -833,7 +833,11 @@ class StoreFlow:
                 return change, copy.creating, copy.creating, changed, deleted
             return change, None, uid, changed, deleted
         # Where this request found it; a session renamed since is not this request's to
-        # write (the store refuses, the request fails).
+        # write (the store would refuse it, and the request fails). Renamed here: refused
+        # now, without a write that would carry other requests' changes to an id that is
+        # dead (they would answer as it does, their own changes unwritten).
+        if change.name is not None and copy.storedAs is not None and change.name != copy.storedAs:
+            raise SessionEnded()
         target = change.name if change.name is not None else copy.storedAs
         return change, target, target, changed, deleted
 
