@@ -139,7 +139,6 @@ class Change:
         "own",
         "riding",
         "user",
-        "reverted",
         "serial",
         "ownBefore",
         "ownWritten",
@@ -148,7 +147,6 @@ class Change:
         "abandoned",
         "final",
         "undoneTo",
-        "undoing",
     )
 
     def __init__(self, session: Any, copy: SessionCopy, baseline: dict[str, Any], made: bool):
@@ -187,10 +185,6 @@ class Change:
         self.riding: list[_Outcome] = []
         # The user this request binds the session to (renewSession's user), until written.
         self.user: str | None = None
-        # Its changes were put back while one of its writes was in flight (the request's
-        # other write failed): this process's copy no longer says what that write leaves in
-        # the store.
-        self.reverted = False
         # Writes sent and not answered; and what those that failed in a way that may have
         # been applied all the same (a timeout, a cut connection, too few replicas) carried,
         # by key (None if none did).
@@ -203,14 +197,12 @@ class Change:
         self.abandoned = False
         # Its request's last write was sent (with the finish): it writes nothing more.
         self.final = False
-        # Keys whose baseline is the value a failed request's write carries, a write that may
-        # land: what this request's own failure puts back instead (what was there before that
-        # write), as [that value, what was there before] (a read of the key moves the
-        # latter, as it moves the other records of what was there). None until there is one.
+        # Keys whose baseline is the value a failed request's write carried, a write that may
+        # have landed: what this request's own failure puts back instead (what was there
+        # before that write), as [that value, what was there before] (a read of the key moves
+        # the latter, as it moves the other records of what was there). None until there is
+        # one.
         self.undoneTo: dict[str, list[Any]] | None = None
-        # This request failed with such a write: the requests it left their baseline to, each
-        # with the key and its undoneTo entry, settled when the write answers.
-        self.undoing: list[tuple[Change, str, list[Any]]] | None = None
 
 
 class RequestSessions:
@@ -917,22 +909,14 @@ class StoreFlow:
     ) -> None:
         copy = change.copy
         change.sending -= 1
-        if change.reverted and self._forget is not None:
-            # Written after all: the copy is not what the store holds, so the next request
-            # reads it rather than use it.
-            self._forget(target, self)
-        if change.undoing:
-            # The value it carried is what the store holds: the baselines left to it stay.
-            self._settleUndoing(change, landed=True)
-        if not change.reverted:
-            # What the store holds now: what this write carried (not the request's
-            # baseline, which a later write of the key, still in flight, has moved to its
-            # own value). A reverted copy keeps what it knew, so that the read it now needs
-            # finds the write's values changed in the store, and takes them.
-            fields = copy.fields
-            fields.update(changed)
-            for key in deleted:
-                fields.pop(key, None)
+        # What the store holds now: what this write carried (not the request's baseline,
+        # which a later write of the key, still in flight, has moved to its own value). A
+        # request is put back only once its writes have answered (an abandoned one too), so
+        # no write answers for a copy already put back.
+        fields = copy.fields
+        fields.update(changed)
+        for key in deleted:
+            fields.pop(key, None)
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
@@ -979,8 +963,6 @@ class StoreFlow:
                 self._forget(target, self)
                 if source is not None and source != target:
                     self._forget(source, self)
-        elif change.undoing:
-            self._settleUndoing(change, landed=False)
         if copy.creating == target:
             copy.creating = None
         if copy.renaming == target:
@@ -998,25 +980,6 @@ class StoreFlow:
         if change.abandoned and not change.sending:
             self._answeredAbandoned(change)
         return reason
-
-    def _settleUndoing(self, change: Change, landed: bool) -> None:
-        """
-        The write of C{change}'s failed request has answered: each running request that kept
-        the value it carried as its baseline (L{_revert}) keeps it if it C{landed}, and has
-        what was there before it otherwise.
-        """
-        undoing, change.undoing = change.undoing or [], None
-        for user, key, entry in undoing:
-            undoneTo = user.undoneTo
-            if undoneTo is None or undoneTo.get(key) is not entry:
-                continue
-            del undoneTo[key]
-            carried, before = entry
-            if not landed:
-                if user.baseline.get(key, _ABSENT) == carried:
-                    _set(user.baseline, key, before)
-                if user.inFlight.get(key, _NOT_OWN) == carried:
-                    user.inFlight[key] = before
 
     def _renameDone(self, change: Change) -> None:
         if change.renamedFrom is None:
@@ -1090,18 +1053,14 @@ class StoreFlow:
         namespaces = session.sessionNamespaces
         keys = self._changedKeys(change)
         loads = self.store.serializer.loads
-        # Its writes that were sent and may land (unanswered, or failed in a way that may
-        # have been applied): the keys they carry, with their values.
-        landing: dict[str, Any] = {}
-        if change.inFlight:
-            if change.sending:
-                landing = {key: change.baseline.get(key, _ABSENT) for key in change.inFlight}
-            if change.mayHaveLanded:
-                landing.update(
-                    (key, value)
-                    for key, value in change.mayHaveLanded.items()
-                    if key in change.inFlight
-                )
+        # Its writes answered (a request is put back only then): those that failed in a way
+        # that may have been applied all the same, the keys they carried, with their values.
+        carried = change.mayHaveLanded
+        landing = (
+            {key: value for key, value in carried.items() if key in change.inFlight}
+            if carried
+            else {}
+        )
         undoneTo = change.undoneTo
         if undoneTo:
             # A key it keeps another failed request's value for as its baseline, a value that
@@ -1118,7 +1077,8 @@ class StoreFlow:
             if undoneTo:
                 entry = undoneTo.get(key)
                 if entry is not None and before == entry[0]:
-                    # Another failed request's value, whose write may land: not put back.
+                    # Another failed request's value, whose write may have landed: not
+                    # put back.
                     before = entry[1]
             current = self.encoded(namespaces, key)
             setters = [user for user in others if key in user.own]
@@ -1171,8 +1131,8 @@ class StoreFlow:
                     # value).
                     set_ = change.own.get(key, _NOT_OWN)
                     if set_ is not _NOT_OWN:
-                        # Unless this request's write carries that value and may land: then
-                        # the store may hold it, so such a request keeps it as its baseline
+                        # Unless this request's write carried that value and may have landed:
+                        # then the store may hold it, so such a request keeps it as its baseline
                         # (it writes its own change over it, whatever that write's outcome),
                         # and puts back what was there before if it fails too.
                         kept = key in landing and landing[key] == set_
@@ -1182,7 +1142,7 @@ class StoreFlow:
                                 and user.baseline.get(key, _ABSENT) == set_
                             ):
                                 if kept:
-                                    self._leaveUndone(change, user, key, set_, before)
+                                    self._leaveUndone(user, key, set_, before)
                                 else:
                                     _set(user.baseline, key, before)
                     continue
@@ -1213,8 +1173,6 @@ class StoreFlow:
             later = [user for user in others if user.serial > change.serial]
             if later:
                 self._disown(change, later, landing)
-        if change.inFlight:
-            change.reverted = True
         change.inFlight.clear()
         change.contested.clear()
         change.priors.clear()
@@ -1223,20 +1181,14 @@ class StoreFlow:
         if change.made and copy.storedAs is None and copy.creating is None:
             self.dropFound(session)
 
-    def _leaveUndone(
-        self, change: Change, user: Change, key: str, carried: Any, before: Any
-    ) -> None:
+    def _leaveUndone(self, user: Change, key: str, carried: Any, before: Any) -> None:
         """
-        C{user} keeps C{carried}, the value failed C{change}'s write carries for C{key}, as its
-        baseline while that write may land; its own failure puts back C{before}.
+        C{user} keeps C{carried}, the value a failed request's write carried for C{key} and
+        that may have landed, as its baseline; its own failure puts back C{before}.
         """
-        entry = [carried, before]
         if user.undoneTo is None:
             user.undoneTo = {}
-        user.undoneTo[key] = entry
-        if change.undoing is None:
-            change.undoing = []
-        change.undoing.append((user, key, entry))
+        user.undoneTo[key] = [carried, before]
 
     def _disown(self, change: Change, later: list[Change], landing: dict[str, Any]) -> None:
         """
@@ -1265,8 +1217,8 @@ class StoreFlow:
         if not failed:
             return
         befores = change.ownBefore
-        # Values the failed request's own write carries, and may land: the store may hold
-        # them, so they stay where they are, and what was there before is what a failure
+        # Values the failed request's own write carried, and may have landed: the store may
+        # hold them, so they stay where they are, and what was there before is what a failure
         # puts back (L{_leaveUndone}).
         namespaces = change.session.sessionNamespaces
         maybe = {
@@ -1285,7 +1237,7 @@ class StoreFlow:
                 if (
                     baseline.get(key, _ABSENT) == value or user.inFlight.get(key, _NOT_OWN) == value
                 ) and not (user.undoneTo and key in user.undoneTo):
-                    self._leaveUndone(change, user, key, value, befores[key])
+                    self._leaveUndone(user, key, value, befores[key])
             if not failed:
                 continue
             for key, value in failed.items():
@@ -1321,7 +1273,7 @@ class StoreFlow:
                 continue
             done.add(user)
             if user.baseline.get(key, _ABSENT) == carried:
-                self._leaveUndone(change, user, key, carried, prior)
+                self._leaveUndone(user, key, carried, prior)
             else:
                 _set(user.baseline, key, prior)
 
