@@ -622,7 +622,8 @@ class StoreFlow:
     def release(self, request: Any, result: object = None) -> None:
         """
         C{request} is over: one whose connection was lost before its changes were written
-        has them reverted; every record is let go.
+        has them reverted (once its writes in flight have answered); every record is let go,
+        but one whose write is in flight, which goes when that write answers.
         """
         state = request._txsStore
         if state is None:
@@ -994,7 +995,9 @@ class StoreFlow:
     def fail(self, request: Any) -> None:
         """
         C{request} failed: put back what it changed in its sessions, and nothing else;
-        drop a session it made that was never stored.
+        drop a session it made that was never stored. Where its write is in flight, that
+        write's outcome comes first: its record is put back when the write answers
+        (L{Change.abandoned}).
         """
         state = self.stateOf(request)
         if state.settled:
