@@ -1114,6 +1114,49 @@ class ClientTests(StoreTestCase):
             yield store.load([b"s"])
         self.assertEqual((yield store.load([b"t"])), [None])
 
+    @defer.inlineCallbacks
+    def test_writtenAtOnce(self):
+        """
+        A command goes to the socket when it is sent, not on the reactor's next turn: the
+        connection is not watched for writing, and Redis applies the write while the
+        reactor has not turned.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        self.assertEqual((yield store.load([b"u"])), [None])
+        transport = store._client._protocol.transport
+        saving = store.save(b"u", None, 5, {"k": b"1"}, [])
+        self.assertNotIn(transport, reactor.getWriters())
+        deadline = time.monotonic() + 10
+        while self.redis.hgetall(sessionKey(b"u")).get(b"n:k") != b"1":
+            # Without turning the reactor: only a write made at once can get there.
+            self.assertLess(time.monotonic(), deadline, "the write did not reach Redis")
+            time.sleep(0.01)
+        self.assertIsNone((yield saving))
+
+    @defer.inlineCallbacks
+    def test_writeBehindAPartialOne(self):
+        """
+        What the socket does not take of a command is left to the transport, and a command
+        sent after it goes behind it: both are answered, in order.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        yield store.load([b"u"])
+        client = store._client
+        transport = client._protocol.transport
+        big = os.urandom(1 << 20) * 24
+        setting = client.execute([[b"SET", b"big", big]])
+        self.assertIn(transport, reactor.getWriters())
+        getting = client.execute([[b"GET", b"big"], [b"STRLEN", b"big"]])
+        self.assertIn(transport, reactor.getWriters())
+        replies = yield defer.gatherResults([setting, getting])
+        self.assertEqual([r[-1] for r in replies], ["OK", len(big)])
+        self.assertTrue(replies[1][0] == big)
+        self.assertNotIn(transport, reactor.getWriters())
+
 
 class SaveSessionTests(StoreTestCase):
     @defer.inlineCallbacks

@@ -202,11 +202,11 @@ class SentinelClient(_RedisClient):
         ]
         self._checking = False
 
-    def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def _dispatch(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if not self._service.running:
             for subscription in self._subscriptions:
                 subscription.startService()
-        return super().send(commands)
+        return super()._dispatch(commands)
 
     def switchMessage(self, message: bytes) -> None:
         """

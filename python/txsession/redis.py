@@ -23,10 +23,12 @@ import functools
 import hashlib
 import random
 import re
+import socket
 from collections import deque
 from typing import Any, Callable
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
@@ -368,6 +370,8 @@ class _RedisProtocol(Protocol):
         self._decoder = RespDecoder(StoreError, resp3=client._tracker is not None)
         self._waiting: deque[_Batch] = deque()
         self._timer: Any = None
+        # The socket of a plain TCP connection, written at once (see _write).
+        self._sock: socket.socket | None = None
         # Redis tracks the keys this connection reads (set once HELLO 3 and CLIENT TRACKING
         # succeeded), and the connection is up.
         self.tracking = False
@@ -391,6 +395,9 @@ class _RedisProtocol(Protocol):
 
     def connectionMade(self) -> None:
         sock, plain = _redistracking.socketOf(self.transport)
+        if plain and isinstance(self.transport, tcp.Connection):
+            # The reactor's own TCP connection: writes may go to its socket (see _write).
+            self._sock = sock
         self.pushMayWait = _redistracking.Waiting(sock, plain, self._decoder).pushMayWait
 
     def tableHasRoom(self, now: float) -> bool:
@@ -476,10 +483,36 @@ class _RedisProtocol(Protocol):
         self._waiting.append(_Batch(commands, deferred, clock.seconds() + client._timeout))
         if self._timer is None:
             self._timer = clock.callLater(client._timeout, self._late)
-        # The transport writes on the reactor's next turn: the commands of every request
-        # handled in this turn go out in one system call.
-        self.transport.write(encode_commands(commands))  # type: ignore[union-attr]
+        self._write(encode_commands(commands))
         return deferred
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write C{data}: on a plain TCP connection with nothing buffered ahead of it, to the
+        socket at once, as asyncio's transports do. Twisted's transports hold every write
+        for the reactor's next turn, which costs a request that waits for its reply one
+        more turn of the reactor and two epoll_ctl calls (the socket watched for writing,
+        then not). What the socket does not take goes through the transport, after it;
+        so does all of it on an error, which the transport meets again and reports as
+        the connection's loss.
+        """
+        transport: Any = self.transport
+        sock = self._sock
+        if (
+            sock is not None
+            and transport.connected
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def _late(self) -> None:
         """
@@ -742,6 +775,23 @@ class _RedisClient:
         Send C{commands} in one write; fires with their replies as they are (an error reply
         is a L{StoreError} in the list), or fails with L{StoreUnavailable}.
         """
+        return self._dispatch(commands).addErrback(self._unavailable)
+
+    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        Send C{commands} in one write; fires with their replies, or fails with
+        L{StoreError} (an error reply) or L{StoreUnavailable}.
+        """
+        self.roundTrips += 1
+        # One step of the Deferred for both outcomes (a step costs about what a short
+        # function call does, and a session write waits on several).
+        return self._dispatch(commands).addCallbacks(self._scripted, self._unavailable)
+
+    def _dispatch(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        Send C{commands} in one write; fires with their replies as they are, or fails with
+        what stopped them (L{send}'s failures before they are made L{StoreUnavailable}).
+        """
         if not self._service.running:
             self._down = None
             self._service.startService()
@@ -759,15 +809,7 @@ class _RedisClient:
                 lambda _: self._sendConnected(commands)
             )
             sent.addTimeout(self._timeout, self._reactor)
-        return sent.addErrback(self._unavailable)
-
-    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
-        """
-        Send C{commands} in one write; fires with their replies, or fails with
-        L{StoreError} (an error reply) or L{StoreUnavailable}.
-        """
-        self.roundTrips += 1
-        return self.send(commands).addCallback(self._scripted)
+        return sent
 
     def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         if self._protocol is None:

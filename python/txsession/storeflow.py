@@ -793,7 +793,8 @@ class StoreFlow:
         if not waits:
             self._written(state)
             return None
-        return _allAnswered(waits).addCallback(lambda _: self._written(state))
+        answered = waits[0] if len(waits) == 1 else _allAnswered(waits)
+        return answered.addCallback(lambda _: self._written(state))
 
     def _written(self, state: RequestSessions) -> None:
         for change in state.changes.values():
@@ -1487,8 +1488,6 @@ def _allAnswered(waits: list[Deferred[Any]]) -> Deferred[None]:
     """
     Fires once every one of C{waits} has answered: with C{None}, or the first failure.
     """
-    if len(waits) == 1:
-        return waits[0].addCallback(lambda _: None)
     done: Deferred[None] = Deferred()
     results: list[object] = []
 
