@@ -1136,6 +1136,31 @@ class ClientTests(StoreTestCase):
         self.assertIsNone((yield saving))
 
     @defer.inlineCallbacks
+    def test_nothingSentAfterAnAbort(self):
+        """
+        A command sent to a connection that was aborted (here by cancelling a command; a
+        timeout does the same) before the reactor has ended it fails, and never reaches
+        Redis: the replies to it would be read by no one.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        for i in range(5):
+            yield client.execute([[b"PING"]])
+            pinging = client.execute([[b"PING"]])
+            pinging.addErrback(lambda f: f.trap(defer.CancelledError, StoreUnavailable))
+            pinging.cancel()
+            key = b"after-%d" % i
+            with self.assertRaises(StoreUnavailable):
+                yield client.execute([[b"SET", key, b"1"]])
+            # A new connection (once the client has heard of the loss, a turn later), whose
+            # command Redis answers after it has read what the old one carried.
+            yield sleep(0.01)
+            self.assertEqual((yield client.execute([[b"PING"]])), ["PONG"])
+            self.assertEqual(self.redis.command(b"EXISTS", key), b":0\r\n")
+
+    @defer.inlineCallbacks
     def test_writeBehindAPartialOne(self):
         """
         What the socket does not take of a command is left to the transport, and a command

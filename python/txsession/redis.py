@@ -492,9 +492,12 @@ class _RedisProtocol(Protocol):
         socket at once, as asyncio's transports do. Twisted's transports hold every write
         for the reactor's next turn, which costs a request that waits for its reply one
         more turn of the reactor and two epoll_ctl calls (the socket watched for writing,
-        then not). What the socket does not take goes through the transport, after it;
-        so does all of it on an error, which the transport meets again and reports as
-        the connection's loss.
+        then not). What the socket does not take goes through the transport, after it; so
+        does all of it when the socket refuses it (full, or failed: the transport's own
+        write meets the failure again, and the connection is lost). Nothing goes to a
+        connection that is closing or aborted (a timeout, a cancelled command), whose
+        replies no one would read: the transport drops it, and its callers fail when the
+        connection is lost, as they did before anything was written at once.
         """
         transport: Any = self.transport
         sock = self._sock
@@ -504,6 +507,7 @@ class _RedisProtocol(Protocol):
             and not transport.dataBuffer
             and not transport._tempDataBuffer
             and not transport.disconnecting
+            and not transport._aborting
         ):
             try:
                 sent = sock.send(data)
