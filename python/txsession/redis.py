@@ -787,8 +787,9 @@ class _RedisClient:
         L{StoreError} (an error reply) or L{StoreUnavailable}.
         """
         self.roundTrips += 1
-        # One step of the Deferred for both outcomes (a step costs about what a short
-        # function call does, and a session write waits on several).
+        # One step of the Deferred for both outcomes: a step (adding a callback, and running
+        # it) costs about eight calls of a short Python function, and a session write
+        # answers through several.
         return self._dispatch(commands).addCallbacks(self._scripted, self._unavailable)
 
     def _dispatch(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
