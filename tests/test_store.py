@@ -1136,29 +1136,109 @@ class ClientTests(StoreTestCase):
         self.assertIsNone((yield saving))
 
     @defer.inlineCallbacks
-    def test_nothingSentAfterAnAbort(self):
+    def test_sentAfterAnAbortWaitsForTheNextConnection(self):
         """
-        A command sent to a connection that was aborted (here by cancelling a command; a
-        timeout does the same) before the reactor has ended it fails, and never reaches
-        Redis: the replies to it would be read by no one.
+        A command sent after the client aborted its connection (by cancelling a command, as
+        a timeout does, or by dropping it, as a failover does), before the reactor has ended
+        it, waits for the next connection and is answered there: nothing of it goes to the
+        aborted one, whose replies no one would read.
         """
         store = RedisStore(self.redis.url)
         store.bind(reactor)
         self.addCleanup(store.close)
         client = store._client
-        for i in range(5):
-            yield client.execute([[b"PING"]])
-            pinging = client.execute([[b"PING"]])
-            pinging.addErrback(lambda f: f.trap(defer.CancelledError, StoreUnavailable))
-            pinging.cancel()
+        for i in range(6):
+            (old,) = yield client.execute([[b"CLIENT", b"ID"]])
+            aborted = client._protocol
+            if i % 2:
+                client.drop()
+            else:
+                pinging = client.execute([[b"PING"]])
+                pinging.addErrback(lambda f: f.trap(defer.CancelledError, StoreUnavailable))
+                pinging.cancel()
+            self.assertTrue(aborted.ending)
             key = b"after-%d" % i
-            with self.assertRaises(StoreUnavailable):
-                yield client.execute([[b"SET", key, b"1"]])
-            # A new connection (once the client has heard of the loss, a turn later), whose
-            # command Redis answers after it has read what the old one carried.
-            yield sleep(0.01)
-            self.assertEqual((yield client.execute([[b"PING"]])), ["PONG"])
-            self.assertEqual(self.redis.command(b"EXISTS", key), b":0\r\n")
+            setting = client.execute([[b"SET", key, b"1"], [b"CLIENT", b"ID"]])
+            getting = client.execute([[b"GET", key]])
+            replies = yield defer.gatherResults([setting, getting])
+            self.assertEqual(replies[0][0], "OK")
+            self.assertNotEqual(replies[0][1], old)
+            self.assertEqual(replies[1], [b"1"])
+            self.assertIsNot(client._protocol, aborted)
+
+    @defer.inlineCallbacks
+    def test_waitingForARedisThatIsDown(self):
+        """
+        A command waiting for the next connection fails with StoreUnavailable when that
+        connection cannot be made, and the client recovers when Redis is back.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        client.drop()
+        self.redis.stop()
+        self.addCleanup(self.redis.start)
+        with self.assertRaises(StoreUnavailable) as raised:
+            yield client.execute([[b"SET", b"k", b"1"]])
+        self.assertIn("cannot be reached", str(raised.exception))
+        self.redis.start()
+        for _ in range(100):
+            try:
+                self.assertEqual((yield client.execute([[b"PING"]])), ["PONG"])
+                break
+            except StoreUnavailable:
+                yield sleep(0.05)
+        self.assertEqual(self.redis.keys(), [])
+
+    @defer.inlineCallbacks
+    def test_waitingTimesOutUnsent(self):
+        """
+        A command that waits for the next connection fails within the store's timeout when
+        that connection does not become ready (Redis stopped, its kernel still accepting
+        connections), and is never sent, not even once Redis runs again.
+        """
+        import signal
+
+        store = RedisStore(self.redis.url, timeout=0.3)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        pid = self.redis.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(os.kill, pid, signal.SIGCONT)
+        client.drop()
+        with self.assertRaises(StoreUnavailable) as raised:
+            yield client.execute([[b"SET", b"k", b"1"]])
+        self.assertIn("did not answer within", str(raised.exception))
+        self.assertEqual(client._next, [])
+        os.kill(pid, signal.SIGCONT)
+        for _ in range(100):
+            try:
+                self.assertEqual((yield client.execute([[b"PING"]])), ["PONG"])
+                break
+            except StoreUnavailable:
+                yield sleep(0.05)
+        self.flushLoggedErrors(StoreUnavailable)
+        self.assertEqual(self.redis.command(b"EXISTS", b"k"), b":0\r\n")
+
+    @defer.inlineCallbacks
+    def test_waitingWhenClosed(self):
+        """
+        Closing the store fails the commands that wait for the next connection.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        client.drop()
+        waiting = client.execute([[b"SET", b"k", b"1"]])
+        yield store.close()
+        with self.assertRaises(StoreUnavailable):
+            yield waiting
+        self.assertEqual(self.redis.keys(), [])
 
     @defer.inlineCallbacks
     def test_writeBehindAPartialOne(self):

@@ -356,6 +356,19 @@ class _Batch:
         self.deadline = deadline
 
 
+class _Next:
+    """
+    Commands waiting for the next connection; what they were sent as, once they are.
+    """
+
+    __slots__ = ("commands", "deferred", "sent")
+
+    def __init__(self, commands: list[list[bytes]], deferred: Deferred[list[Any]]) -> None:
+        self.commands = commands
+        self.deferred = deferred
+        self.sent: Deferred[list[Any]] | None = None
+
+
 class _RedisProtocol(Protocol):
     """
     One connection: batches of commands written at once, their replies matched in order.
@@ -376,6 +389,10 @@ class _RedisProtocol(Protocol):
         # succeeded), and the connection is up.
         self.tracking = False
         self.live = True
+        # Aborted by this client (a timeout, a cancelled command, a bad reply, a drop): the
+        # transport drops what is written to it, and the loss comes on the reactor's next
+        # turn. Commands sent meanwhile wait for the next connection (_RedisClient._dispatch).
+        self.ending = False
         # Redis's tracking-table-max-keys (0: no limit), and what the last look at the
         # table found (see tableHasRoom).
         self.tableLimit = 0
@@ -472,10 +489,17 @@ class _RedisProtocol(Protocol):
             self._tableWatch.start(1.0, now=False)
         self._client._ready(self)
 
+    def abort(self) -> None:
+        """
+        End the connection now: its callers fail when the reactor ends it, on its next turn.
+        """
+        self.ending = True
+        self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         def abort(_: Deferred[list[Any]]) -> None:
             # Replies would now be matched to the wrong commands: drop the connection.
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.abort()
 
         deferred: Deferred[list[Any]] = Deferred(abort)
         client = self._client
@@ -536,14 +560,14 @@ class _RedisProtocol(Protocol):
         if not batch.deferred.called:
             late = f"Redis at {client._url} did not answer within {client._timeout} s"
             batch.deferred.errback(StoreUnavailable(late))
-        self.transport.abortConnection()  # type: ignore[attr-defined]
+        self.abort()
 
     def dataReceived(self, data: bytes) -> None:
         try:
             replies = self._decoder.feed(data)
         except ValueError:
             _log.failure("Redis sent bytes that are not RESP2; disconnecting")
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            self.abort()
             return
         for reply in replies:
             if type(reply) is tuple:
@@ -554,7 +578,7 @@ class _RedisProtocol(Protocol):
                 continue
             if not self._waiting:
                 _log.error("Redis sent a reply to no command; disconnecting")
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                self.abort()
                 return
             batch = self._waiting[0]
             if self.tracking:
@@ -570,6 +594,7 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.live = False
+        self.ending = True
         if self._tableWatch is not None and self._tableWatch.running:
             self._tableWatch.stop()
         if self.tracking:
@@ -677,6 +702,8 @@ class _RedisClient:
             prepareConnection=self._prepare,
         )
         self._protocol: _RedisProtocol | None = None
+        # Commands that wait for the next connection (see _sendNext).
+        self._next: list[_Next] = []
         # Why the last connection attempt failed, until one succeeds.
         self._down: BaseException | None = None
         self.roundTrips = 0
@@ -740,13 +767,39 @@ class _RedisClient:
     def _ready(self, protocol: _RedisProtocol) -> None:
         self._protocol = protocol
         self._down = None
+        waiting, self._next = self._next, []
+        for entry in waiting:
+            entry.sent = protocol.send(entry.commands)
+            entry.sent.chainDeferred(entry.deferred)
 
     def _lost(self, protocol: _RedisProtocol) -> None:
+        # ClientService learns of the loss after the protocol: until then it would still
+        # hand out this connection. So both look on the next turn.
         if self._protocol is protocol:
             self._protocol = None
-            # ClientService learns of the loss after the protocol: until then it would
-            # still hand out this connection.
             self._connector.callLater(0, self._watch)
+        self._connector.callLater(0, self._awaitNext)
+
+    def _awaitNext(self) -> None:
+        """
+        Fail the commands waiting for the next connection (L{_sendNext}) if it cannot be
+        made; once it is ready, L{_ready} sends them.
+        """
+        if not self._next:
+            return
+
+        def failed(reason: Any) -> None:
+            if reason.check(CancelledError):
+                return
+            down = reason.value
+            if not isinstance(down, StoreUnavailable):
+                why = _redisurl.lostReason(down)
+                down = StoreUnavailable(f"Redis at {self._url} cannot be reached: {why}")
+            # Not from inside ClientService's own notification: those who wait may use the
+            # client again at once.
+            self._connector.callLater(0, self._failNext, down)
+
+        self._service.whenConnected(failAfterFailures=1).addErrback(failed)
 
     def _watch(self) -> None:
         """
@@ -772,7 +825,7 @@ class _RedisClient:
         protocol = self._protocol
         if protocol is not None:
             self._protocol = None
-            protocol.transport.abortConnection()  # type: ignore[attr-defined]
+            protocol.abort()
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         """
@@ -802,26 +855,58 @@ class _RedisClient:
             self._service.startService()
             self._watch()
         protocol = self._protocol
+        if protocol is not None and not protocol.ending:
+            return protocol.send(commands)
         if protocol is None and self._down is not None:
-            down = self._down
-            if not isinstance(down, StoreUnavailable):
-                down = StoreUnavailable(f"Redis at {self._url} cannot be reached: {down}")
-            return fail(down)
-        if protocol is not None:
-            sent = protocol.send(commands)
-        else:
+            return fail(self._unreachable())
+        if protocol is None:
             sent = self._service.whenConnected(failAfterFailures=1).addCallback(
                 lambda _: self._sendConnected(commands)
             )
-            sent.addTimeout(self._timeout, self._reactor)
+        else:
+            # This client aborted the connection (a timeout, a cancelled command); the
+            # reactor ends it on its next turn. Nothing was sent: the next connection takes
+            # the commands.
+            sent = self._sendNext(commands)
+        sent.addTimeout(self._timeout, self._reactor)
         return sent
 
     def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
-        if self._protocol is None:
-            if isinstance(self._down, StoreUnavailable):
-                raise StoreUnavailable(str(self._down))
-            raise StoreUnavailable(f"the connection to Redis at {self._url} was lost")
-        return self._protocol.send(commands)
+        protocol = self._protocol
+        if protocol is not None and not protocol.ending:
+            return protocol.send(commands)
+        if protocol is None and isinstance(self._down, StoreUnavailable):
+            raise StoreUnavailable(str(self._down))
+        # ClientService hears of a lost connection after the protocol does, and hands it
+        # out until then: the commands wait for the next one.
+        return self._sendNext(commands)
+
+    def _sendNext(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        C{commands}, sent on the next connection once it is ready, in the order asked.
+        Cancelled before then, they are never sent; after, as a command sent at once is.
+        """
+
+        def cancel(_: Deferred[list[Any]]) -> None:
+            if entry.sent is not None:
+                entry.sent.cancel()
+            elif entry in self._next:
+                self._next.remove(entry)
+
+        entry = _Next(commands, Deferred(cancel))
+        self._next.append(entry)
+        return entry.deferred
+
+    def _failNext(self, reason: StoreUnavailable) -> None:
+        waiting, self._next = self._next, []
+        for entry in waiting:
+            entry.deferred.errback(reason)
+
+    def _unreachable(self) -> StoreUnavailable:
+        down = self._down
+        if isinstance(down, StoreUnavailable):
+            return down
+        return StoreUnavailable(f"Redis at {self._url} cannot be reached: {down}")
 
     def _scripted(self, replies: list[Any]) -> Any:
         """
@@ -865,6 +950,9 @@ class _RedisClient:
         raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {why}")
 
     def close(self) -> Deferred[None]:
+        self._failNext(
+            StoreUnavailable(f"the connection to Redis at {self._url} was lost: the store closed")
+        )
         if not self._service.running:
             return succeed(None)
         closed: Deferred[None] = Deferred()
