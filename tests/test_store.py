@@ -1241,6 +1241,24 @@ class ClientTests(StoreTestCase):
         self.assertEqual(self.redis.keys(), [])
 
     @defer.inlineCallbacks
+    def test_usedInTheTurnItCloses(self):
+        """
+        A command sent while the store is closing, before its connection has ended, is
+        answered on a new connection: the closing one would not read its reply.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        (old,) = yield client.execute([[b"CLIENT", b"ID"]])
+        closing = store.close()
+        replies = yield client.execute([[b"SET", b"k", b"1"], [b"CLIENT", b"ID"]])
+        self.assertEqual(replies[0], "OK")
+        self.assertNotEqual(replies[1], old)
+        yield closing
+        self.assertEqual((yield client.execute([[b"GET", b"k"]])), [b"1"])
+
+    @defer.inlineCallbacks
     def test_writeBehindAPartialOne(self):
         """
         What the socket does not take of a command is left to the transport, and a command

@@ -519,9 +519,9 @@ class _RedisProtocol(Protocol):
         then not). What the socket does not take goes through the transport, after it; so
         does all of it when the socket refuses it (full, or failed: the transport's own
         write meets the failure again, and the connection is lost). Nothing goes to a
-        connection that is closing or aborted (a timeout, a cancelled command), whose
-        replies no one would read: the transport drops it, and its callers fail when the
-        connection is lost, as they did before anything was written at once.
+        connection that is closing or aborted, whose replies no one would read: the
+        transport drops it, and its callers fail when the connection is lost. (The client
+        sends nothing to a connection it aborted itself: the next connection takes it.)
         """
         transport: Any = self.transport
         sock = self._sock
@@ -955,6 +955,10 @@ class _RedisClient:
         )
         if not self._service.running:
             return succeed(None)
+        if self._protocol is not None:
+            # What is sent before the connection has ended waits for the next one (a store
+            # used again connects again), as after an abort: its replies would not be read.
+            self._protocol.ending = True
         closed: Deferred[None] = Deferred()
         # Fired from the reactor, not from inside ClientService's state machine, so that
         # whoever waits can use the store again at once.
