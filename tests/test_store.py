@@ -9,6 +9,7 @@ costs.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import re
@@ -1225,6 +1226,33 @@ class ClientTests(StoreTestCase):
         self.assertEqual(self.redis.command(b"EXISTS", b"k"), b":0\r\n")
 
     @defer.inlineCallbacks
+    def test_droppedThenDown(self):
+        """
+        After the client drops its connection (as a failover or a READONLY reply makes it
+        do), a Redis that cannot be reached is noted, as after any lost connection: the
+        commands sent meanwhile fail at once, without waiting for an attempt each.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        self.redis.stop()
+        self.addCleanup(self.redis.start)
+        client.drop()
+        with self.assertRaises(StoreUnavailable):
+            yield client.execute([[b"PING"]])
+        for _ in range(100):
+            if client._down is not None:
+                break
+            yield sleep(0.02)
+        self.assertIsNotNone(client._down)
+        failing = client.execute([[b"PING"]])
+        self.assertTrue(failing.called)
+        with self.assertRaises(StoreUnavailable):
+            yield failing
+
+    @defer.inlineCallbacks
     def test_waitingWhenClosed(self):
         """
         Closing the store fails the commands that wait for the next connection.
@@ -1239,6 +1267,76 @@ class ClientTests(StoreTestCase):
         with self.assertRaises(StoreUnavailable):
             yield waiting
         self.assertEqual(self.redis.keys(), [])
+        self.assertEqual(client._next, [])
+
+    @defer.inlineCallbacks
+    def test_sentAgainWhenClosed(self):
+        """
+        A command sent again by a caller whose waiting command the closing store failed is
+        not left waiting on the stopped store: it is sent on a new connection, as any
+        command sent to a closed store is.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        client.drop()
+        again = []
+
+        def retry(failure):
+            failure.trap(StoreUnavailable)
+            again.append(client.execute([[b"SET", b"k", b"2"]]))
+
+        client.execute([[b"SET", b"k", b"1"]]).addErrback(retry)
+        yield store.close()
+        self.assertEqual(len(again), 1)
+        self.assertEqual((yield again[0]), ["OK"])
+        self.assertEqual(self.redis.command(b"GET", b"k"), b"$1\r\n2\r\n")
+
+    @defer.inlineCallbacks
+    def test_recoversAfterAnAbortOnASlowLink(self):
+        """
+        On a link whose round trip is a good part of the timeout, one abort under steady
+        traffic is followed by the next connection serving every command: the commands that
+        waited for it wait for their replies for the timeout from when they are sent, and do
+        not time out there for the time they waited (ending that connection too, and the
+        next, for as long as the traffic lasts).
+        """
+        from tests._proxy import FaultProxy
+
+        proxy = FaultProxy(self.redis.port)
+        self.addCleanup(proxy.stop)
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.5)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        proxy.latency(150)
+        yield client.execute([[b"PING"]])
+        outcomes = []
+
+        def issue(i):
+            echoing = client.execute([[b"ECHO", b"%d" % i]])
+            echoing.addCallbacks(
+                lambda replies: outcomes.append(replies == [b"%d" % i]),
+                lambda f: (f.trap(StoreUnavailable), outcomes.append(False)),
+            )
+
+        numbers = itertools.count()
+        sending = task.LoopingCall(lambda: issue(next(numbers)))
+        sending.start(0.01)
+        pinging = client.execute([[b"PING"]])
+        pinging.addErrback(lambda f: f.trap(defer.CancelledError, StoreUnavailable))
+        pinging.cancel()
+        # Until 50 commands in a row have been answered (at most 15 seconds).
+        for _ in range(150):
+            yield sleep(0.1)
+            if len(outcomes) > 50 and all(outcomes[-50:]):
+                break
+        sending.stop()
+        self.assertTrue(all(outcomes[-50:]), outcomes.count(False))
+        self.flushLoggedErrors(StoreUnavailable)
 
     @defer.inlineCallbacks
     def test_usedInTheTurnItCloses(self):

@@ -358,15 +358,17 @@ class _Batch:
 
 class _Next:
     """
-    Commands waiting for the next connection; what they were sent as, once they are.
+    Commands waiting for the next connection: until when they wait, and what they were sent
+    as, once they are.
     """
 
-    __slots__ = ("commands", "deferred", "sent")
+    __slots__ = ("commands", "deferred", "sent", "timer")
 
     def __init__(self, commands: list[list[bytes]], deferred: Deferred[list[Any]]) -> None:
         self.commands = commands
         self.deferred = deferred
         self.sent: Deferred[list[Any]] | None = None
+        self.timer: Any = None
 
 
 class _RedisProtocol(Protocol):
@@ -702,8 +704,12 @@ class _RedisClient:
             prepareConnection=self._prepare,
         )
         self._protocol: _RedisProtocol | None = None
-        # Commands that wait for the next connection (see _sendNext).
+        # Commands that wait for the next connection (see _sendNext), and whether the
+        # client waits to hear if it can be made.
         self._next: list[_Next] = []
+        self._awaiting = False
+        # The connection drop() ended, until the reactor has ended it.
+        self._dropped: _RedisProtocol | None = None
         # Why the last connection attempt failed, until one succeeds.
         self._down: BaseException | None = None
         self.roundTrips = 0
@@ -769,6 +775,11 @@ class _RedisClient:
         self._down = None
         waiting, self._next = self._next, []
         for entry in waiting:
+            # From now on the command waits for its reply as one sent at once does: for the
+            # client's timeout from now, on the connection's own timer.
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
             entry.sent = protocol.send(entry.commands)
             entry.sent.chainDeferred(entry.deferred)
 
@@ -778,28 +789,76 @@ class _RedisClient:
         if self._protocol is protocol:
             self._protocol = None
             self._connector.callLater(0, self._watch)
+        elif self._dropped is protocol:
+            # Ended by drop(): whether the server can be reached is noted all the same.
+            self._dropped = None
+            self._connector.callLater(0, self._watch)
         self._connector.callLater(0, self._awaitNext)
+
+    def _sendNext(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+        """
+        C{commands}, sent on the next connection once it is ready, in the order asked. They
+        fail if that connection cannot be made, and if it is not ready within the client's
+        timeout: then they are never sent. Once sent, they wait for their replies as
+        commands sent at once do, for the timeout from then: so the commands that waited
+        for a connection do not time out on the new one for the time they waited, which
+        would end it, and the next.
+        """
+
+        def cancel(_: Deferred[list[Any]]) -> None:
+            if entry.sent is not None:
+                # As for a command sent at once: its connection is ended.
+                entry.sent.cancel()
+            else:
+                self._unqueue(entry)
+
+        entry = _Next(commands, Deferred(cancel))
+        entry.timer = self._reactor.callLater(self._timeout, self._waitedTooLong, entry)
+        self._next.append(entry)
+        return entry.deferred
+
+    def _waitedTooLong(self, entry: _Next) -> None:
+        entry.timer = None
+        self._unqueue(entry)
+        late = f"Redis at {self._url} did not answer within {self._timeout} s"
+        entry.deferred.errback(StoreUnavailable(late))
+
+    def _unqueue(self, entry: _Next) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        if entry in self._next:
+            self._next.remove(entry)
 
     def _awaitNext(self) -> None:
         """
         Fail the commands waiting for the next connection (L{_sendNext}) if it cannot be
         made; once it is ready, L{_ready} sends them.
         """
-        if not self._next:
+        if not self._next or self._awaiting or not self._service.running:
             return
+        self._awaiting = True
+
+        def connected(_: Any) -> None:
+            # A new connection, whose _ready sent what waited; or, in the turn a connection
+            # was lost, that one still (then _lost asks again on the next turn).
+            self._awaiting = False
 
         def failed(reason: Any) -> None:
+            self._awaiting = False
+            # Not from inside ClientService's own notification: those who wait may use the
+            # client again at once.
             if reason.check(CancelledError):
+                # The store closed.
+                self._connector.callLater(0, self._failNextIfStopped)
                 return
             down = reason.value
             if not isinstance(down, StoreUnavailable):
                 why = _redisurl.lostReason(down)
                 down = StoreUnavailable(f"Redis at {self._url} cannot be reached: {why}")
-            # Not from inside ClientService's own notification: those who wait may use the
-            # client again at once.
             self._connector.callLater(0, self._failNext, down)
 
-        self._service.whenConnected(failAfterFailures=1).addErrback(failed)
+        self._service.whenConnected(failAfterFailures=1).addCallbacks(connected, failed)
 
     def _watch(self) -> None:
         """
@@ -825,6 +884,7 @@ class _RedisClient:
         protocol = self._protocol
         if protocol is not None:
             self._protocol = None
+            self._dropped = protocol
             protocol.abort()
 
     def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
@@ -859,48 +919,28 @@ class _RedisClient:
             return protocol.send(commands)
         if protocol is None and self._down is not None:
             return fail(self._unreachable())
-        if protocol is None:
-            sent = self._service.whenConnected(failAfterFailures=1).addCallback(
-                lambda _: self._sendConnected(commands)
-            )
-        else:
-            # This client aborted the connection (a timeout, a cancelled command); the
-            # reactor ends it on its next turn. Nothing was sent: the next connection takes
-            # the commands.
-            sent = self._sendNext(commands)
-        sent.addTimeout(self._timeout, self._reactor)
-        return sent
-
-    def _sendConnected(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
-        protocol = self._protocol
-        if protocol is not None and not protocol.ending:
-            return protocol.send(commands)
-        if protocol is None and isinstance(self._down, StoreUnavailable):
-            raise StoreUnavailable(str(self._down))
-        # ClientService hears of a lost connection after the protocol does, and hands it
-        # out until then: the commands wait for the next one.
-        return self._sendNext(commands)
-
-    def _sendNext(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
-        """
-        C{commands}, sent on the next connection once it is ready, in the order asked.
-        Cancelled before then, they are never sent; after, as a command sent at once is.
-        """
-
-        def cancel(_: Deferred[list[Any]]) -> None:
-            if entry.sent is not None:
-                entry.sent.cancel()
-            elif entry in self._next:
-                self._next.remove(entry)
-
-        entry = _Next(commands, Deferred(cancel))
-        self._next.append(entry)
-        return entry.deferred
+        # No connection yet, or one this client ended (a timeout, a cancelled command, a
+        # drop, a close), which the reactor ends on its next turn: nothing of these goes to
+        # it; the next connection takes them.
+        waiting = self._sendNext(commands)
+        self._awaitNext()
+        return waiting
 
     def _failNext(self, reason: StoreUnavailable) -> None:
         waiting, self._next = self._next, []
         for entry in waiting:
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
             entry.deferred.errback(reason)
+
+    def _failNextIfStopped(self) -> None:
+        if not self._service.running:
+            self._failNext(
+                StoreUnavailable(
+                    f"the connection to Redis at {self._url} was lost: the store closed"
+                )
+            )
 
     def _unreachable(self) -> StoreUnavailable:
         down = self._down
@@ -950,10 +990,8 @@ class _RedisClient:
         raise StoreUnavailable(f"Redis at {self._url} cannot be reached: {why}")
 
     def close(self) -> Deferred[None]:
-        self._failNext(
-            StoreUnavailable(f"the connection to Redis at {self._url} was lost: the store closed")
-        )
         if not self._service.running:
+            self._failNextIfStopped()
             return succeed(None)
         if self._protocol is not None:
             # What is sent before the connection has ended waits for the next one (a store
@@ -965,6 +1003,9 @@ class _RedisClient:
         self._service.stopService().addBoth(
             lambda result: self._connector.callLater(0, closed.callback, None)
         )
+        # After the service stopped: a command sent again by one that fails here starts it
+        # again, and waits for its connection.
+        self._failNextIfStopped()
         return closed
 
 
