@@ -370,6 +370,11 @@ class _Next:
         self.sent: Deferred[list[Any]] | None = None
         self.timer: Any = None
 
+    def stopWaiting(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
 
 class _RedisProtocol(Protocol):
     """
@@ -391,9 +396,10 @@ class _RedisProtocol(Protocol):
         # succeeded), and the connection is up.
         self.tracking = False
         self.live = True
-        # Aborted by this client (a timeout, a cancelled command, a bad reply, a drop): the
-        # transport drops what is written to it, and the loss comes on the reactor's next
-        # turn. Commands sent meanwhile wait for the next connection (_RedisClient._dispatch).
+        # Ended, or being ended by this client (a timeout, a cancelled command, a bad reply,
+        # a drop, a close): no reply to what is written to it would be read, and the loss
+        # comes on the reactor's next turn. Commands sent meanwhile wait for the next
+        # connection (_RedisClient._dispatch).
         self.ending = False
         # Redis's tracking-table-max-keys (0: no limit), and what the last look at the
         # table found (see tableHasRoom).
@@ -777,9 +783,7 @@ class _RedisClient:
         for entry in waiting:
             # From now on the command waits for its reply as one sent at once does: for the
             # client's timeout from now, on the connection's own timer.
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
+            entry.stopWaiting()
             entry.sent = protocol.send(entry.commands)
             entry.sent.chainDeferred(entry.deferred)
 
@@ -824,9 +828,7 @@ class _RedisClient:
         entry.deferred.errback(StoreUnavailable(late))
 
     def _unqueue(self, entry: _Next) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        entry.stopWaiting()
         if entry in self._next:
             self._next.remove(entry)
 
@@ -929,9 +931,7 @@ class _RedisClient:
     def _failNext(self, reason: StoreUnavailable) -> None:
         waiting, self._next = self._next, []
         for entry in waiting:
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
+            entry.stopWaiting()
             entry.deferred.errback(reason)
 
     def _failNextIfStopped(self) -> None:
