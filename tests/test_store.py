@@ -1270,6 +1270,53 @@ class ClientTests(StoreTestCase):
         self.assertEqual(client._next, [])
 
     @defer.inlineCallbacks
+    def test_cancelledByAnotherWhileWaiting(self):
+        """
+        A waiting command that a callback of another cancels (here, as the closing store
+        fails them) fails once, as cancelled commands do; the others fail as the rest do,
+        and close() is not disturbed.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        client.drop()
+        a, b, c = (client.execute([[b"SET", b"k%d" % i, b"1"]]) for i in range(3))
+        failures = []
+        a.addErrback(lambda f: (failures.append(("a", str(f.value))), b.cancel()))
+        b.addErrback(lambda f: failures.append(("b", str(f.value))))
+        c.addErrback(lambda f: failures.append(("c", str(f.value))))
+        yield store.close()
+        self.assertEqual([name for name, _ in failures], ["a", "b", "c"])
+        self.assertIn("the store closed", failures[0][1])
+        self.assertIn("did not answer", failures[1][1])
+        self.assertIn("the store closed", failures[2][1])
+        self.assertEqual(self.redis.keys(), [])
+
+    @defer.inlineCallbacks
+    def test_unencodableLeavesNothingBehind(self):
+        """
+        A command that cannot be encoded raises to its caller, whether a connection is up
+        or it would wait for the next one, and the replies to the commands around it go to
+        them.
+        """
+        store = RedisStore(self.redis.url)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        for waiting in (False, True):
+            if waiting:
+                client.drop()
+            before = client.execute([[b"ECHO", b"before"]])
+            with self.assertRaises(TypeError):
+                client.execute([[b"ECHO", "not bytes"]])
+            after = [client.execute([[b"ECHO", b"%d" % i]]) for i in range(3)]
+            replies = yield defer.gatherResults([before, *after])
+            self.assertEqual(replies, [[b"before"], [b"0"], [b"1"], [b"2"]])
+
+    @defer.inlineCallbacks
     def test_sentAgainWhenClosed(self):
         """
         A command sent again by a caller whose waiting command the closing store failed is

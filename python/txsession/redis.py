@@ -362,10 +362,13 @@ class _Next:
     as, once they are.
     """
 
-    __slots__ = ("commands", "deferred", "sent", "timer")
+    __slots__ = ("commands", "data", "deferred", "sent", "timer")
 
-    def __init__(self, commands: list[list[bytes]], deferred: Deferred[list[Any]]) -> None:
+    def __init__(
+        self, commands: list[list[bytes]], data: bytes, deferred: Deferred[list[Any]]
+    ) -> None:
         self.commands = commands
+        self.data = data
         self.deferred = deferred
         self.sent: Deferred[list[Any]] | None = None
         self.timer: Any = None
@@ -504,18 +507,26 @@ class _RedisProtocol(Protocol):
         self.ending = True
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def send(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def send(self, commands: list[list[bytes]], data: bytes | None = None) -> Deferred[list[Any]]:
+        """
+        Send C{commands} (C{data}: already encoded); fires with their replies. Commands that
+        cannot be encoded raise here, and leave nothing behind that replies would be
+        matched to.
+        """
+
         def abort(_: Deferred[list[Any]]) -> None:
             # Replies would now be matched to the wrong commands: drop the connection.
             self.abort()
 
+        if data is None:
+            data = encode_commands(commands)
         deferred: Deferred[list[Any]] = Deferred(abort)
         client = self._client
         clock = client._reactor
         self._waiting.append(_Batch(commands, deferred, clock.seconds() + client._timeout))
         if self._timer is None:
             self._timer = clock.callLater(client._timeout, self._late)
-        self._write(encode_commands(commands))
+        self._write(data)
         return deferred
 
     def _write(self, data: bytes) -> None:
@@ -781,10 +792,12 @@ class _RedisClient:
         self._down = None
         waiting, self._next = self._next, []
         for entry in waiting:
+            if entry.deferred.called:
+                continue  # cancelled meanwhile (by a callback of another's)
             # From now on the command waits for its reply as one sent at once does: for the
             # client's timeout from now, on the connection's own timer.
             entry.stopWaiting()
-            entry.sent = protocol.send(entry.commands)
+            entry.sent = protocol.send(entry.commands, entry.data)
             entry.sent.chainDeferred(entry.deferred)
 
     def _lost(self, protocol: _RedisProtocol) -> None:
@@ -816,7 +829,9 @@ class _RedisClient:
             else:
                 self._unqueue(entry)
 
-        entry = _Next(commands, Deferred(cancel))
+        # Encoded now: a command that cannot be encoded raises to its caller, as one sent at
+        # once does.
+        entry = _Next(commands, encode_commands(commands), Deferred(cancel))
         entry.timer = self._reactor.callLater(self._timeout, self._waitedTooLong, entry)
         self._next.append(entry)
         return entry.deferred
@@ -824,8 +839,9 @@ class _RedisClient:
     def _waitedTooLong(self, entry: _Next) -> None:
         entry.timer = None
         self._unqueue(entry)
-        late = f"Redis at {self._url} did not answer within {self._timeout} s"
-        entry.deferred.errback(StoreUnavailable(late))
+        if not entry.deferred.called:
+            late = f"Redis at {self._url} did not answer within {self._timeout} s"
+            entry.deferred.errback(StoreUnavailable(late))
 
     def _unqueue(self, entry: _Next) -> None:
         entry.stopWaiting()
@@ -932,7 +948,9 @@ class _RedisClient:
         waiting, self._next = self._next, []
         for entry in waiting:
             entry.stopWaiting()
-            entry.deferred.errback(reason)
+            # One cancelled meanwhile (by a callback of another's) has failed already.
+            if not entry.deferred.called:
+                entry.deferred.errback(reason)
 
     def _failNextIfStopped(self) -> None:
         if not self._service.running:
