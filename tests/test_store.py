@@ -1083,6 +1083,18 @@ class StreamingTests(StoreTestCase):
 
 class ClientTests(StoreTestCase):
     @defer.inlineCallbacks
+    def connected(self, **options):
+        """
+        A store on the test's Redis (with C{options}), closed after the test, and its client,
+        connected.
+        """
+        store = RedisStore(self.redis.url, **options)
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        yield store._client.execute([[b"PING"]])
+        return store, store._client
+
+    @defer.inlineCallbacks
     def test_closeAndUseAgain(self):
         """
         A closed store reconnects when used again, and counts its round trips.
@@ -1173,11 +1185,7 @@ class ClientTests(StoreTestCase):
         A command waiting for the next connection fails with StoreUnavailable when that
         connection cannot be made, and the client recovers when Redis is back.
         """
-        store = RedisStore(self.redis.url)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected()
         client.drop()
         self.redis.stop()
         self.addCleanup(self.redis.start)
@@ -1202,11 +1210,7 @@ class ClientTests(StoreTestCase):
         """
         import signal
 
-        store = RedisStore(self.redis.url, timeout=0.3)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected(timeout=0.3)
         pid = self.redis.process.pid
         os.kill(pid, signal.SIGSTOP)
         self.addCleanup(os.kill, pid, signal.SIGCONT)
@@ -1232,11 +1236,7 @@ class ClientTests(StoreTestCase):
         do), a Redis that cannot be reached is noted, as after any lost connection: the
         commands sent meanwhile fail at once, without waiting for an attempt each.
         """
-        store = RedisStore(self.redis.url)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected()
         self.redis.stop()
         self.addCleanup(self.redis.start)
         client.drop()
@@ -1276,11 +1276,7 @@ class ClientTests(StoreTestCase):
         fails them) fails once, as cancelled commands do; the others fail as the rest do,
         and close() is not disturbed.
         """
-        store = RedisStore(self.redis.url)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected()
         client.drop()
         a, b, c = (client.execute([[b"SET", b"k%d" % i, b"1"]]) for i in range(3))
         failures = []
@@ -1301,11 +1297,7 @@ class ClientTests(StoreTestCase):
         or it would wait for the next one, and the replies to the commands around it go to
         them.
         """
-        store = RedisStore(self.redis.url)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected()
         for waiting in (False, True):
             if waiting:
                 client.drop()
@@ -1323,11 +1315,7 @@ class ClientTests(StoreTestCase):
         not left waiting on the stopped store: it is sent on a new connection, as any
         command sent to a closed store is.
         """
-        store = RedisStore(self.redis.url)
-        store.bind(reactor)
-        self.addCleanup(store.close)
-        client = store._client
-        yield client.execute([[b"PING"]])
+        store, client = yield self.connected()
         client.drop()
         again = []
 
