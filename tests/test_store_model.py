@@ -8,7 +8,9 @@ A I{program} (drawn by hypothesis) is a list of steps: requests of a few clients
 twisted.web Agent with its own cookie jar: one user each), sent to a random site without
 waiting, so that several requests of one client (one cookie) run at once; faults on one proxy
 or all (latency with jitter, slicer, stall then release, cut, data limit, Redis unreachable);
-and waits for a client's requests. Pages (from L{tests.apps.store_app}, plus two of this
+and waits for a client's requests. A request may also hang up: its client aborts the
+connection a few milliseconds after sending it, if no answer has come by then, whatever the
+server is doing with it. Pages (from L{tests.apps.store_app}, plus two of this
 module that answer the ids they acted on):
 C{/get}, C{/set?key=K&value=V[&delay=S]}, C{/del?key=K}, C{/renew-ids[?delay=S]}
 (renewSession; answers the old and new id), C{/logout-ids[?delay=S]} (expire(); answers the
@@ -36,6 +38,12 @@ every site behind a flood of look-alike cookies and with other junk. Then the ch
 - a request that read a session and writes after it was logged out (anywhere) or renamed (in
   another process) gets a 409, never a 200: a page with a delay cannot write before its delay
   has passed since it was sent, so a logout or renewal answered before that came first;
+- a request whose client hung up is indeterminate, as a 503 is, until the last moment its
+  process can write anything of it: after the page's delay, once every Redis command its
+  site had sent by then has answered (L{_Run.hangUp}). Redis is read then; a value it set
+  that Redis does not hold at that moment never appears later (in Redis, or to a request
+  that saw its session after that), unless a request of the same process that ran beside it
+  carried it;
 - definite failures (a 500, or a 409: "nothing of this request's") leave no value in Redis,
   and no later request sees it, except through another request of the same process that ran
   alongside on the same session (README: a change made while several requests use the session
@@ -159,6 +167,9 @@ LATENCIES = (20, 80, 250, 600)  # ms, jitter half of it
 SLICES = (1, 2, 5, 24)  # bytes
 STALL_CLOSE = (None, None, 200, 800)  # ms after which a stalled connection is aborted
 LIMITS = (1, 9, 60, 400)  # bytes
+# Ms after a request is sent at which its client hangs up (aborts its connection) if it has
+# no answer yet; None: it waits for the answer.
+HANGUPS = (None, None, None, None, None, 0, 15, 80, 300)
 
 # Look-alike session cookies, more than a site might read, before the real one.
 _FLOOD = "; ".join(f"TWISTED_SESSION_{i}=junk{i}" for i in range(12))
@@ -194,6 +205,7 @@ def programs(draw, maxSteps=MAX_STEPS):
         st.sampled_from(JUNK),
         st.integers(0, 7),
         st.sampled_from(GAPS),
+        st.sampled_from(HANGUPS),
     )
     fault = st.tuples(
         st.just("fault"),
@@ -234,13 +246,17 @@ def _answerLater(request, answer):
         return body()
 
     def later():
+        # What the page does, it does whether or not its client is still there (a
+        # renewal or a logout included); only the answer goes nowhere when it left.
         try:
             data = body()
         except Exception:
-            request.processingFailed(Failure())
+            if not request._disconnected:
+                request.processingFailed(Failure())
             return
-        request.write(data)
-        request.finish()
+        if not request._disconnected:
+            request.write(data)
+            request.finish()
 
     reactor.callLater(delay, later)
     return server.NOT_DONE_YET
@@ -326,8 +342,17 @@ def _readBody(response) -> defer.Deferred[bytes]:
     """
     The whole body of C{response} (as readBody, without its warning about transports).
     """
-    done: defer.Deferred[bytes] = defer.Deferred()
-    response.deliverBody(_Body(done))
+
+    def cancel(_: object) -> None:
+        abort = getattr(body.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            body.transport.stopProducing()
+
+    done: defer.Deferred[bytes] = defer.Deferred(cancel)
+    body = _Body(done)
+    response.deliverBody(body)
     return done
 
 
@@ -368,6 +393,15 @@ class _Record:
     error: str | None = None
     body: Any = None
     setCookies: list[str] = field(default_factory=list)
+    # Ms after the send at which the client hangs up if unanswered; whether it did (then
+    # end is when its site had answered every Redis command sent by then, and after the
+    # page's delay: the last instant anything of it may land).
+    hangup: int | None = None
+    hungUp: bool = False
+    # Whether its site had a Redis command in flight when the client hung up; and, for one
+    # that sets a value, whether Redis held that value when the record ended.
+    hungUpInFlight: bool = False
+    landed: bool | None = None
 
     @property
     def session(self) -> str | None:
@@ -474,6 +508,7 @@ class _Report:
     faults: int
     violations: list[str]
     text: str
+    hangups: int
     # For hypothesis's targeting: how contended the run was.
     scores: dict[str, float] = field(default_factory=dict)
 
@@ -541,6 +576,7 @@ class _Run:
             "conflicts (409)": float(sum(r.status == 409 for r in steps)),
             "indeterminate (503)": float(sum(r.status == 503 for r in steps)),
             "overlapping requests of a client": float(overlaps),
+            "hang-ups with a command in flight": float(sum(r.hungUpInFlight for r in steps)),
         }
         return _Report(
             self.number,
@@ -549,6 +585,7 @@ class _Run:
             len(self.faults),
             violations,
             text,
+            sum(r.hungUp for r in steps),
             scores,
         )
 
@@ -562,10 +599,38 @@ class _Run:
             site.resource.putChild(b"renew-ids", _RenewIds())
             site.resource.putChild(b"logout-ids", _LogoutIds())
             self.watchCache(site, len(self.sites))
+            self.watchCommands(site)
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             site.base = b"http://127.0.0.1:%d/" % port.getHost().port
             self.sites.append(site)
             self.ports.append(port)
+
+    def watchCommands(self, site: Any) -> None:
+        """
+        Keep in C{site.modelPending} the Redis commands its store has sent and that have not
+        answered yet (for a request whose client hung up: see L{hangUp}).
+        """
+        client = site.store._client
+        execute = client.execute
+        pending = site.modelPending = {}
+        numbers = iter(range(1 << 62))
+
+        def watched(commands):
+            number = next(numbers)
+            pending[number] = None
+            try:
+                sent = execute(commands)
+            except BaseException:
+                del pending[number]
+                raise
+
+            def answered(result):
+                pending.pop(number, None)
+                return result
+
+            return sent.addBoth(answered)
+
+        client.execute = watched
 
     def watchCache(self, site: Any, index: int) -> None:
         """
@@ -595,7 +660,7 @@ class _Run:
         for index, step in enumerate(self.program["steps"]):
             gap = 0
             if step[0] == "req":
-                _, client, site, op, key, delay, junk, pick, gap = step
+                _, client, site, op, key, delay, junk, pick, gap, hangup = step
                 self.issue(
                     self.clients[client % len(self.clients)],
                     site % len(self.sites),
@@ -605,6 +670,7 @@ class _Run:
                     delay=delay if op in ("set", "fail", "renew", "logout") else 0,
                     junk=junk,
                     pick=pick,
+                    hangup=hangup,
                 )
             elif step[0] == "fault":
                 _, target, kind, direction, param, duration, gap = step
@@ -626,6 +692,7 @@ class _Run:
         pick: int = 0,
         kind: str = "step",
         header: str | None = None,
+        hangup: int | None = None,
     ) -> defer.Deferred[_Record]:
         page = {"renew": "renew-ids", "logout": "logout-ids"}.get(op, op)
         query = []
@@ -650,6 +717,7 @@ class _Run:
             junk=junk,
             cookie=header,
             carried=effectiveCookie(header),
+            hangup=hangup,
         )
         self.records.append(record)
         record.start = self.tick()
@@ -657,6 +725,8 @@ class _Run:
         fetching = defer.ensureDeferred(
             self.fetch(client, self.sites[site].base + path.encode(), header, record)
         )
+        if hangup is not None:
+            fetching = defer.ensureDeferred(self.hangUp(fetching, record))
         fetching.addTimeout(ANSWER_LIMIT, reactor)
         fetching.addErrback(lambda f: self.answered(record, client, None, None, repr(f.value)))
         client.inflight.add(fetching)
@@ -673,13 +743,57 @@ class _Run:
                     record.setCookies.append(rest.split(";", 1)[0])
             body = await _readBody(response)
         except Exception as e:
-            self.answered(record, client, None, None, repr(e))
+            if not record.hungUp:
+                self.answered(record, client, None, None, repr(e))
             return
         try:
             parsed = json.loads(body)
         except ValueError:
             parsed = body.decode("latin-1")[:60]
         self.answered(record, client, response.code, parsed, None)
+
+    async def hangUp(self, fetching: defer.Deferred[None], record: _Record) -> None:
+        """
+        The client of C{record} hangs up (aborts its connection) C{record.hangup} ms after
+        the send if no answer has come by then. What the server does with the request goes
+        on without it: the record ends once the page's delay has passed and every Redis
+        command its site had sent by then has answered, after which nothing of it can land
+        (the proxy drops what a store gave up on).
+        """
+
+        def abort() -> None:
+            if record.t1 is None:
+                record.hungUp = True
+                record.hungUpInFlight = bool(self.sites[record.site].modelPending)
+                fetching.cancel()
+
+        timer = reactor.callLater(record.hangup / 1000.0, abort)
+        try:
+            await fetching
+        except defer.CancelledError:
+            pass
+        finally:
+            if timer.active():
+                timer.cancel()
+        if not record.hungUp:
+            return
+        site = self.sites[record.site]
+        left = record.t0 + record.delay / 1000.0 + 0.02 - self.now()
+        if left > 0:
+            await sleep(left)
+        sent = set(site.modelPending)
+        while sent & site.modelPending.keys():
+            await sleep(0.005)
+        record.end = self.tick()
+        record.t1 = self.now()
+        record.error = "hung up"
+        if record.value is not None:
+            record.landed = any(
+                name.startswith("n:") and _decoded(raw) == record.value
+                for stored in dumpRedis(self.redis).values()
+                for name, raw in stored.fields.items()
+            )
+        self.clients[record.client].noteJar()
 
     def answered(self, record, client, status, body, error) -> None:
         if record.t1 is not None:
@@ -944,7 +1058,7 @@ class _Checker:
             if (
                 w.kind != "step"
                 or w.op not in ("set", "del", "fail")
-                or self.outcome(w) != "failed"
+                or (self.outcome(w) != "failed" and not w.hungUp)
             ):
                 continue
             carriers = [
@@ -1022,7 +1136,7 @@ class _Checker:
         }.get(r.op, r.op)
 
     def show(self, r: _Record) -> str:
-        answer = "no answer" if r.status is None else str(r.status)
+        answer = "hung up" if r.hungUp else "no answer" if r.status is None else str(r.status)
         return f"r{r.id} ({self.what(r)} on s{r.site} -> {answer})"
 
     # Outcomes.
@@ -1088,6 +1202,8 @@ class _Checker:
 
     def checkStatuses(self) -> None:
         for r in self.records:
+            if r.hungUp:
+                continue
             if r.status is None:
                 self.violation("no answer", f"{self.show(r)}: {r.error}")
             elif r.op in ("fail", "bad"):
@@ -1108,13 +1224,22 @@ class _Checker:
         """
         Whether a read from C{start} to C{end} on C{site} (None: Redis at the end) may see
         C{w}'s change: a write that ended well or indeterminately, once sent; a failed one
-        only in its own process while it ran, unless another request there carried it.
+        only in its own process while it ran, unless another request there carried it; one
+        whose client hung up and that Redis did not hold when it ended, only from before then
+        (or before the last request that carried it ended).
         """
         if w.start > end:
             return False
+        if self.lostOnHangUp(w):
+            # Not in Redis when it ended, after which nothing of it is written but by a
+            # request that carried it: seen only from before then.
+            return start < self.until(w)
         if self.outcome(w) in ("ok", "maybe") or w in self.carriedBy:
             return True
         return site is not None and w.site == site and w.end > start
+
+    def lostOnHangUp(self, w: _Record) -> bool:
+        return w.hungUp and w.landed is False and self.outcome(w) == "maybe"
 
     def until(self, w: _Record) -> float:
         """
@@ -1159,6 +1284,11 @@ class _Checker:
         if w not in writes:
             return f"{observed!r} was written by {self.show(w)}, to another session or key"
         if not self.visible(w, start, end, site):
+            if self.lostOnHangUp(w):
+                return (
+                    f"{observed!r} is from {self.show(w)}, which was not in Redis when it "
+                    "ended (its client hung up), and no request that ran beside it carried it"
+                )
             if self.outcome(w) == "failed":
                 return f"{observed!r} is from {self.show(w)}, which failed (nothing of it kept)"
             return f"{observed!r} is from {self.show(w)}, which was not sent yet"
@@ -1477,7 +1607,7 @@ def formatReport(run: _Run, checker: _Checker, violations: list[str], state) -> 
     entries: list[tuple[float, str]] = []
     for r in checker.records:
         junk = f" junk={r.junk}" if r.junk else ""
-        answer = "no answer" if r.status is None else str(r.status)
+        answer = "hung up" if r.hungUp else "no answer" if r.status is None else str(r.status)
         body = r.body
         if isinstance(body, str) and body.startswith("<"):
             body = "(html)"
@@ -1566,16 +1696,20 @@ def _onReactor(stop: threading.Event, start) -> Any:
 class _Totals:
     def __init__(self) -> None:
         self.runs = self.requests = self.faults = self.violations = 0
+        self.hangups = self.hangupsInFlight = 0
 
     def add(self, report: _Report) -> None:
         self.runs += 1
         self.requests += report.requests
         self.faults += report.faults
+        self.hangups += report.hangups
+        self.hangupsInFlight += int(report.scores["hang-ups with a command in flight"])
         self.violations += len(report.violations)
 
     def summary(self) -> str:
         return (
-            f"store model: {self.runs} runs, {self.requests} requests, {self.faults} faults, "
+            f"store model: {self.runs} runs, {self.requests} requests ({self.hangups} hung up, "
+            f"{self.hangupsInFlight} with a command in flight), {self.faults} faults, "
             f"{self.violations} violations (seed {SEED}, profile {_PROFILE})"
         )
 
@@ -1881,6 +2015,46 @@ class CheckerTests(unittest.TestCase):
         state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 1})}
         violations = self.check(self.good(), state)
         self.assertTrue(any(v.startswith("[final]") and "r2" in v for v in violations), violations)
+
+    def test_hungUp(self):
+        """
+        A request whose client hung up is indeterminate until its end (when its site had
+        answered every command it sent by then): its write may land after a request that
+        started before that end, never after one that started after it; and its missing
+        answer is no violation, where a request left unanswered is one.
+        """
+        made = _record(
+            1, "set", 1, 2, 200, key="a", value=1, body={"session": U, "values": {"a": 1}}
+        )
+        made.setCookies = [U]
+        state = {sessionKey(U): _hash(**{"m:t": 60000, "n:a": 2})}
+
+        def history(laterStart, hungUp=True):
+            left = _record(2, "set", 3, 6, None, key="a", value=2, carried=U, hungUp=hungUp)
+            later = _record(
+                3,
+                "set",
+                laterStart,
+                laterStart + 1,
+                200,
+                key="a",
+                value=3,
+                carried=U,
+                body={"session": U, "values": {"a": 3}},
+            )
+            read = _record(4, "get", 9, 10, 200, carried=U, body={"session": U, "values": {"a": 2}})
+            return [made, left, later, read]
+
+        self.assertEqual(self.check(history(laterStart=4), state), [])
+        violations = self.check(history(laterStart=7), state)
+        self.assertTrue(
+            any(v.startswith("[read]") and "r2" in v and "r3" in v for v in violations),
+            violations,
+        )
+        self.assertTrue(any(v.startswith("[final]") for v in violations), violations)
+        self.assertFalse(any(v.startswith("[no answer]") for v in violations), violations)
+        violations = self.check(history(laterStart=4, hungUp=False), state)
+        self.assertTrue(any(v.startswith("[no answer]") for v in violations), violations)
 
     def test_failedWriteKept(self):
         records = self.good() + [_record(5, "fail", 9, 10, 500, key="c", value=5, carried=U)]

@@ -98,8 +98,9 @@ class Set(_Page):
         from twisted.internet import reactor
 
         def later():
-            request.write(self.answer(request, {"session": session.uid.decode()}))
-            request.finish()
+            if not request._disconnected:  # nothing to answer when the client has left
+                request.write(self.answer(request, {"session": session.uid.decode()}))
+                request.finish()
 
         reactor.callLater(delay, later)
         return server.NOT_DONE_YET
