@@ -1125,10 +1125,8 @@ class StoreFlow:
                     # unless that write may have landed and its value is not there now: then
                     # they keep its value, and what they were is what their own failure
                     # puts back.
-                    if key in landing and landing[key] != current:
-                        self._unclaimLanding(change, key, landing[key])
-                    else:
-                        self._unclaim(change, key)
+                    mayHold = landing.get(key)  # encoded, or _ABSENT: never None
+                    self._unclaim(change, key, None if mayHold == current else mayHold)
                     # A request that began while this one's value was there took it as its
                     # baseline: that value is undone, so what was there before is its
                     # baseline now (else its own revert would put back this failed request's
@@ -1263,35 +1261,28 @@ class StoreFlow:
                     for other, key, prior in user.priors
                 ]
 
-    def _unclaimLanding(self, change: Change, key: str, carried: Any) -> None:
-        """
-        L{_unclaim} for a write of C{change}'s that may have landed, carrying C{carried} for
-        C{key}, a value the session no longer holds: each request whose baseline it moved
-        keeps that value (L{_leaveUndone}), so that it writes what the session holds now
-        whether or not the write landed. (Where the session holds the carried value, the
-        baselines go back, so that those requests write it themselves.)
-        """
-        done: set[Change] = set()
-        for user, userKey, prior in change.priors:
-            if userKey != key or user in done:
-                continue
-            done.add(user)
-            if user.baseline.get(key, _ABSENT) == carried:
-                self._leaveUndone(user, key, carried, prior)
-            else:
-                _set(user.baseline, key, prior)
-
-    def _unclaim(self, change: Change, key: str) -> set[Change]:
+    def _unclaim(self, change: Change, key: str, carried: Any = None) -> set[Change]:
         """
         Undo what C{change}'s writes in flight did to the other requests' baselines for
         C{key} (L{_claim}): each has what it saw before the first of them again. Returns
         those requests.
+
+        With C{carried}: a write of C{change}'s that may have landed carried that value for
+        C{key}, which the session no longer holds. A request whose baseline it moved to that
+        value keeps it (L{_leaveUndone}), so that it writes what the session holds now
+        whether or not the write landed. (Where the session holds the carried value, the
+        caller passes none, and the baselines go back, so that those requests write it
+        themselves.)
         """
         restored: set[Change] = set()
         for user, userKey, prior in change.priors:
-            if userKey == key and user not in restored:
+            if userKey != key or user in restored:
+                continue
+            restored.add(user)
+            if carried is not None and user.baseline.get(key, _ABSENT) == carried:
+                self._leaveUndone(user, key, carried, prior)
+            else:
                 _set(user.baseline, key, prior)
-                restored.add(user)
         return restored
 
     def _unrename(self, change: Change) -> None:
