@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -1208,7 +1209,6 @@ class ClientTests(StoreTestCase):
         that connection does not become ready (Redis stopped, its kernel still accepting
         connections), and is never sent, not even once Redis runs again.
         """
-        import signal
 
         store, client = yield self.connected(timeout=0.3)
         pid = self.redis.process.pid
