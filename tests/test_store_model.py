@@ -95,6 +95,7 @@ from __future__ import annotations
 import ast
 import gc
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -613,7 +614,7 @@ class _Run:
         client = site.store._client
         execute = client.execute
         pending = site.modelPending = {}
-        numbers = iter(range(1 << 62))
+        numbers = itertools.count()
 
         def watched(commands):
             number = next(numbers)
@@ -778,6 +779,8 @@ class _Run:
         if not record.hungUp:
             return
         site = self.sites[record.site]
+        # 20 ms more: the server reads the request and sees the connection lost in a turn or
+        # two of the reactor, and a page's delayed action runs at its delay.
         left = record.t0 + record.delay / 1000.0 + 0.02 - self.now()
         if left > 0:
             await sleep(left)
