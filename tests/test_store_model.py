@@ -791,11 +791,7 @@ class _Run:
         record.t1 = self.now()
         record.error = "hung up"
         if record.value is not None:
-            record.landed = any(
-                name.startswith("n:") and _decoded(raw) == record.value
-                for stored in dumpRedis(self.redis).values()
-                for name, raw in stored.fields.items()
-            )
+            record.landed = bool(holding(dumpRedis(self.redis), record.value))
         self.clients[record.client].noteJar()
 
     def answered(self, record, client, status, body, error) -> None:
@@ -979,6 +975,18 @@ def _memberOf(key: bytes) -> str | None:
     """
     prefix = b"txsession:"
     return key[len(prefix) :].decode() if key.startswith(prefix) else None
+
+
+def holding(state: dict[bytes, _Key], value: int) -> list[tuple[bytes, str]]:
+    """
+    Where Redis, as read into C{state}, holds C{value}: each key and namespace key.
+    """
+    return [
+        (key, name[2:])
+        for key, stored in state.items()
+        for name, raw in stored.fields.items()
+        if name.startswith("n:") and _decoded(raw) == value
+    ]
 
 
 def _decoded(raw: bytes | None) -> Any:
@@ -1546,14 +1554,12 @@ class _Checker:
         for r in self.records:
             if r.value is None or self.outcome(r) != "failed" or r in self.carriedBy:
                 continue
-            for key, stored in self.state.items():
-                for name, raw in stored.fields.items():
-                    if name.startswith("n:") and _decoded(raw) == r.value:
-                        self.violation(
-                            "failed write kept",
-                            f"Redis key {key.decode()} holds {name[2:]}={r.value} from "
-                            f"{self.show(r)}, which failed",
-                        )
+            for key, name in holding(self.state, r.value):
+                self.violation(
+                    "failed write kept",
+                    f"Redis key {key.decode()} holds {name}={r.value} from {self.show(r)}, "
+                    "which failed",
+                )
 
     def checkStored(self) -> None:
         for when, state in (("at the end", self.state), ("after the probes", self.after)):
