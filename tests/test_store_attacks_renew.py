@@ -526,3 +526,102 @@ class LostCreateLoggedOutDefectTests(AttackTestCase):
         _, seen = yield self.get(client, a, b"get")
         self.assertNotEqual(seen["session"], uid)
         self.assertEqual(seen["values"], {})
+
+
+class LateRenewalDefectTests(_Case):
+    """
+    README: a renewal's old id "is dead for every process". A page that renews its session
+    after its request is over (its client hung up, or its response went out first) renamed
+    the session in its own process only: nothing wrote the rename, so that process gave the
+    old id a new, empty session while every other process still served the session under
+    it. Now the rename is written at once, as a change made outside any request is by
+    C{site.saveSession}, and given back here when Redis does not take it.
+    """
+
+    def sessionWith(self, site, key):
+        """The one session of C{site}'s that has C{key} set."""
+        found = [s for s in site.sessions.values() if key in s.sessionNamespaces]
+        self.assertEqual(len(found), 1)
+        return found[0]
+
+    @defer.inlineCallbacks
+    def renewedLate(self, a, raw, hangUpAfter=None):
+        b = self.makeSite()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        old = state["session"]
+        if hangUpAfter is None:
+            yield rawExchange(_port(a), [raw(old)], wait=0.05)
+        else:
+            yield _sendAndHangUp(_port(a), raw(old), hangUpAfter)
+        # The renewal runs 0.1 s after the request was sent; its write answers soon after.
+        yield sleep(0.4)
+        return b, old
+
+    @defer.inlineCallbacks
+    def assertRenamedEverywhere(self, a, b, old, values=None):
+        values = values or {"k": 1}
+        session = self.sessionWith(a, "k")
+        new = session.uid.decode()
+        self.assertNotEqual(new, old)
+        self.assertEqual(self.storedValues(old), {})
+        self.assertEqual(self.storedValues(new), values)
+        self.assertEqual(len(self.dataKeys()), 1)
+        for site in (a, b):
+            _, there = yield self.get(_withCookie(site, old), site, b"get")
+            self.assertNotEqual(there["session"], old)
+            self.assertEqual(there["values"], {}, "the old id still opens the session")
+        _, there = yield self.get(_withCookie(b, new), b, b"get")
+        self.assertEqual(there["values"], values)
+
+    @defer.inlineCallbacks
+    def test_renewalAfterTheClientHungUpIsWritten(self):
+        a = self.makeSite()
+        b, old = yield self.renewedLate(a, lambda uid: rawGet(b"renew?delay=0.1", uid), 0.03)
+        yield self.assertRenamedEverywhere(a, b, old)
+
+    @defer.inlineCallbacks
+    def test_renewalAfterTheResponseWentOutIsWritten(self):
+        a = self.makeSite()
+        b, old = yield self.renewedLate(
+            a, lambda uid: rawGet(b"renew?delay=0.1&finishFirst=1", uid)
+        )
+        yield self.assertRenamedEverywhere(a, b, old)
+
+    @defer.inlineCallbacks
+    def test_renewalAfterTheClientHungUpGoesBackWhenRedisDoesNotTakeIt(self):
+        a, proxy = yield self.proxied()
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1", sync=False)
+        old = state["session"]
+        b = self.makeSite()
+        # Nothing reaches Redis: the rename times out (0.3 s), and never ran.
+        proxy.stall(UPSTREAM)
+        yield _sendAndHangUp(_port(a), rawGet(b"renew?delay=0.1", old), 0.03)
+        yield sleep(0.6)
+        self.flushLoggedErrors(StoreUnavailable)
+        yield proxy.reset()
+        self.assertEqual(self.storedValues(old), {"k": 1})
+        self.assertEqual(len(self.dataKeys()), 1)
+        for site in (a, b):
+            _, there = yield self.get(_withCookie(site, old), site, b"get", sync=site is b)
+            self.assertEqual((there["session"], there["values"]), (old, {"k": 1}))
+
+    @defer.inlineCallbacks
+    def test_renewalWhileTheLastWriteIsInFlightIsWritten(self):
+        """
+        The page finished, and renews while the write sent with its finish is in flight (a
+        slow link): that write was its last, so the rename is written on its own.
+        """
+        a, proxy = yield self.proxied(timeout=2)
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1", sync=False)
+        old = state["session"]
+        b = self.makeSite()
+        proxy.latency(200, direction=UPSTREAM)
+        yield rawExchange(
+            _port(a), [rawGet(b"renew?delay=0.05&finishFirst=1&key=j&value=2", old)], wait=0.05
+        )
+        yield sleep(0.8)
+        yield proxy.reset()
+        yield self.assertRenamedEverywhere(a, b, old, {"k": 1, "j": 2})

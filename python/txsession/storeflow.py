@@ -1332,9 +1332,20 @@ class StoreFlow:
         """
         C{request} gave C{session} a new id in place of C{old} (and bound it to C{user}, when
         given): its write renames the stored session (and binds it), and C{old} is dead here
-        from now on.
+        from now on. A request that writes nothing more (its client left, its response went
+        out, or its last write was sent with its finish) has the rename written at once, as
+        L{saveSession} writes a change made outside any request, and given back here if
+        the store does not take it.
         """
-        change = self.attach(request, session)
+        over = request.finished or request._disconnected
+        change = None if over else self.attach(request, session)
+        if change is None or change.final:
+            self.renamedAway[old] = session
+            writing = self._writeOutside(session, old, user)
+            writing.addErrback(
+                lambda reason: _log.failure("while renaming a session after its request", reason)
+            )
+            return
         if change.renamedFrom is None:
             change.renamedFrom = old
         if user is not None:
@@ -1433,6 +1444,16 @@ class StoreFlow:
         """
         Write C{session}'s unwritten changes now, for a session changed outside a request.
         """
+        return self._writeOutside(session)
+
+    def _writeOutside(
+        self, session: Any, renamedFrom: bytes | None = None, user: str | None = None
+    ) -> Deferred[None]:
+        """
+        Write C{session}'s unwritten changes, outside any request; with C{renamedFrom}, as
+        the rename of the stored session from that id to its own (binding it to C{user},
+        when given), which is given back if it fails.
+        """
         copy = self.copies.get(session)
         if copy is None:
             logout = self.logouts.get(session)
@@ -1442,16 +1463,20 @@ class StoreFlow:
         # which they write or revert themselves.
         baseline = dict(copy.fields)
         namespaces = session.sessionNamespaces
-        for user in copy.users:
-            for key in user.own.keys() & set(self._changedKeys(user)):
+        for other in copy.users:
+            for key in other.own.keys() & set(self._changedKeys(other)):
                 _set(baseline, key, self.encoded(namespaces, key))
         change = Change(session, copy, baseline, made=False)
         change.final = True
+        change.renamedFrom = renamedFrom
+        change.user = user
         copy.users.append(change)
 
         def done(result: object) -> object:
             if isinstance(result, Failure):
                 self._revert(change)
+            else:
+                self._renameDone(change)
             if change in copy.users:
                 copy.users.remove(change)
             return result

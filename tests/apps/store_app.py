@@ -176,8 +176,31 @@ class Logout(_Page):
 
 class Renew(_Page):
     def render_GET(self, request):
-        txsession.renewSession(request)
-        return self.answer(request, self.state(request))
+        delay = float(_arg(request, "delay", "0"))
+        if not delay:
+            txsession.renewSession(request)
+            return self.answer(request, self.state(request))
+        from twisted.internet import reactor
+
+        session = request.getSession()
+        if _arg(request, "key"):
+            session.sessionNamespaces[_arg(request, "key")] = json.loads(_arg(request, "value"))
+        if _arg(request, "finishFirst", ""):
+            # Answered at once (the response goes out once its write has answered); the
+            # renewal comes after.
+            request.write(self.answer(request, {"session": session.uid.decode()}))
+            request.finish()
+            reactor.callLater(delay, txsession.renewSession, request)
+            return server.NOT_DONE_YET
+
+        def later():
+            txsession.renewSession(request)
+            if not request._disconnected:  # nothing to answer when the client has left
+                request.write(self.answer(request, {"session": session.uid.decode()}))
+                request.finish()
+
+        reactor.callLater(delay, later)
+        return server.NOT_DONE_YET
 
 
 class Plain(_Page):
