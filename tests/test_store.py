@@ -1150,6 +1150,53 @@ class ClientTests(StoreTestCase):
         self.assertIsNone((yield saving))
 
     @defer.inlineCallbacks
+    def test_sentFromRepliesGoOutInOneWrite(self):
+        """
+        What the callbacks of replies that arrived together send (a request answered, then
+        the one pipelined behind it, say) goes to the socket in one write, once they have
+        all run, in the order it was sent; each command gets its own reply.
+        """
+        from tests._proxy import DOWNSTREAM, FaultProxy
+
+        proxy = FaultProxy(self.redis.port)
+        self.addCleanup(proxy.stop)
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0")
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        client = store._client
+        yield client.execute([[b"PING"]])
+        protocol = client._protocol
+        writes = []
+
+        class Recording:
+            def __init__(self, sock):
+                self.sock = sock
+
+            def send(self, data):
+                writes.append(data)
+                return self.sock.send(data)
+
+        protocol._sock = Recording(protocol._sock)
+        answers = []
+
+        def then(replies, name):
+            answers.append(replies[0])
+            return client.execute([[b"ECHO", name]]).addCallback(lambda r: answers.append(r[0]))
+
+        # The replies are held back, then delivered together.
+        proxy.stall(DOWNSTREAM)
+        first = client.execute([[b"ECHO", b"a"]]).addCallback(then, b"c")
+        second = client.execute([[b"ECHO", b"b"]]).addCallback(then, b"d")
+        yield sleep(0.1)
+        self.assertEqual(len(writes), 2)
+        proxy.release(DOWNSTREAM)
+        yield defer.gatherResults([first, second])
+        self.assertEqual(answers, [b"a", b"b", b"c", b"d"])
+        self.assertEqual(len(writes), 3)
+        self.assertIn(b"$1\r\nc\r\n", writes[2])
+        self.assertLess(writes[2].index(b"$1\r\nc"), writes[2].index(b"$1\r\nd"))
+
+    @defer.inlineCallbacks
     def test_sentAfterAnAbortWaitsForTheNextConnection(self):
         """
         A command sent after the client aborted its connection (by cancelling a command, as

@@ -395,6 +395,9 @@ class _RedisProtocol(Protocol):
         self._timer: Any = None
         # The socket of a plain TCP connection, written at once (see _write).
         self._sock: socket.socket | None = None
+        # While dataReceived hands out replies: what their callbacks send, written in one
+        # piece once they have all run (see dataReceived).
+        self._held: list[bytes] | None = None
         # Redis tracks the keys this connection reads (set once HELLO 3 and CLIENT TRACKING
         # succeeded), and the connection is up.
         self.tracking = False
@@ -541,7 +544,12 @@ class _RedisProtocol(Protocol):
         connection that is closing or aborted, whose replies no one would read: the
         transport drops it, and its callers fail when the connection is lost. (The client
         sends nothing to a connection it aborted itself: the next connection takes it.)
+        While dataReceived hands out replies, C{data} waits for the end of it, in order.
         """
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
         transport: Any = self.transport
         sock = self._sock
         if (
@@ -588,6 +596,21 @@ class _RedisProtocol(Protocol):
             _log.failure("Redis sent bytes that are not RESP2; disconnecting")
             self.abort()
             return
+        if len(replies) < 2:
+            self._handOut(replies)
+            return
+        # What the replies' callbacks send (a request answered, the next one pipelined
+        # behind it on its HTTP connection rendered and written, say) goes out in one write
+        # once they have all run: one system call, not one a command.
+        self._held = []
+        try:
+            self._handOut(replies)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                self._write(b"".join(held))
+
+    def _handOut(self, replies: list[Any]) -> None:
         for reply in replies:
             if type(reply) is tuple:
                 # A RESP3 push (an invalidation), in order with the replies.
