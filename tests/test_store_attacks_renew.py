@@ -528,6 +528,23 @@ class LostCreateLoggedOutDefectTests(AttackTestCase):
         self.assertEqual(seen["values"], {})
 
 
+class _RenewThenLater(resource.Resource):
+    """
+    C{/renewthenlater?delay=S}: renews while rendering (a login) and finishes, its response
+    held while the rename is written; renews again S seconds later, from a callback.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        session = txsession.renewSession(request)
+        request.write(json.dumps({"session": session.uid.decode()}).encode())
+        request.finish()
+        delay = float(request.args[b"delay"][0])
+        reactor.callLater(delay, txsession.renewSession, request)
+        return server.NOT_DONE_YET
+
+
 class LateRenewalDefectTests(_Case):
     """
     README: a renewal's old id "is dead for every process". A page that renews its session
@@ -625,3 +642,46 @@ class LateRenewalDefectTests(_Case):
         yield sleep(0.8)
         yield proxy.reset()
         yield self.assertRenamedEverywhere(a, b, old, {"k": 1, "j": 2})
+
+    @defer.inlineCallbacks
+    def test_twoLateRenewalsInARowBothLand(self):
+        """
+        Two renewals in a row after the response went out, the second bound to a user: the
+        second follows the first's rename, still in flight, instead of renaming the id that
+        is a tombstone by then (which Redis refused, the binding lost with it).
+        """
+        a = self.makeSite()
+        b, old = yield self.renewedLate(
+            a, lambda uid: rawGet(b"renew?delay=0.1&finishFirst=1&times=2&user=ann", uid)
+        )
+        yield self.assertRenamedEverywhere(a, b, old)
+        mine = yield b.userSessions("ann")
+        self.assertEqual(len(mine), 1)
+
+    @defer.inlineCallbacks
+    def test_renewalAfterALoginWhoseWriteIsInFlight(self):
+        """
+        A page renews while rendering (a login) and finishes; its response waits for the
+        rename, sent over a slow link; a callback renews again meanwhile, and the response
+        carries that id. That rename follows the login's, so the id the 200 gives opens the
+        session, in every process.
+        """
+        a, proxy = yield self.proxied(timeout=2)
+        a.resource.putChild(b"renewthenlater", _RenewThenLater())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1", sync=False)
+        old = state["session"]
+        b = self.makeSite()
+        proxy.latency(200, direction=UPSTREAM)
+        received = yield rawExchange(
+            _port(a), [rawGet(b"renewthenlater?delay=0.05", old)], wait=0.6
+        )
+        yield proxy.reset()
+        self.assertTrue(received.startswith(b"HTTP/1.1 200"), received[:40])
+        cookies = [
+            line.split(b"=", 1)[1].split(b";")[0].decode()
+            for line in received.split(b"\r\n")
+            if line.lower().startswith(b"set-cookie: twisted_session=")
+        ]
+        self.assertEqual(cookies, [self.sessionWith(a, "k").uid.decode()])
+        yield self.assertRenamedEverywhere(a, b, old)

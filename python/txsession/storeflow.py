@@ -988,8 +988,12 @@ class StoreFlow:
             return
         change.renamedFrom = None
         session = change.session
+        # Not an id another rename of the session's, still to answer, renames from: the
+        # store may hold the session under it until then.
+        pending = {user.renamedFrom for user in change.copy.users if user is not change}
         for old in [old for old, s in self.renamedAway.items() if s is session]:
-            del self.renamedAway[old]
+            if old not in pending:
+                del self.renamedAway[old]
 
     # Failing.
 
@@ -1487,6 +1491,11 @@ class StoreFlow:
             return fail().addBoth(done)
         if plan is None:
             return succeed(None).addBoth(done)
+        if renamedFrom is not None and renamedFrom == copy.renaming:
+            # A rename to the id it renames from is in flight (a request's, or another
+            # renewal's after its request): this one follows it, from there. Sent after it
+            # on the same connection, it runs after it, and fails if that one did.
+            plan = (plan[0], renamedFrom, *plan[2:])
         return self._send(*plan).addBoth(done)
 
 

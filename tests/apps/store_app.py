@@ -175,6 +175,18 @@ class Logout(_Page):
 
 
 class Renew(_Page):
+    """
+    C{/renew[?delay=S[&finishFirst=1][&key=K&value=V][&times=N][&user=U]]}: renews the
+    session; with a delay, sets K (when given) at once, and renews S seconds later (N times
+    in a row, the last bound to U when given), answering then, or at once with finishFirst.
+    """
+
+    def renew(self, request):
+        times = int(_arg(request, "times", "1"))
+        for i in range(times):
+            user = _arg(request, "user") if i == times - 1 else None
+            txsession.renewSession(request, user=user)
+
     def render_GET(self, request):
         delay = float(_arg(request, "delay", "0"))
         if not delay:
@@ -190,11 +202,11 @@ class Renew(_Page):
             # renewal comes after.
             request.write(self.answer(request, {"session": session.uid.decode()}))
             request.finish()
-            reactor.callLater(delay, txsession.renewSession, request)
+            reactor.callLater(delay, self.renew, request)
             return server.NOT_DONE_YET
 
         def later():
-            txsession.renewSession(request)
+            self.renew(request)
             if not request._disconnected:  # nothing to answer when the client has left
                 request.write(self.answer(request, {"session": session.uid.decode()}))
                 request.finish()
