@@ -333,3 +333,60 @@ class CacheHoldsTests(CacheAttackTestCase):
         code, state, _ = yield self.trips(a, client, b"get")
         self.assertEqual(code, 200)
         self.assertNotEqual(state["session"], uid)
+
+
+class PushReadWithAReplyDefectTests(CacheAttackTestCase):
+    @defer.inlineCallbacks
+    def test_pushReadWithTheReplyThatLetsAPipelinedRequestRun(self):
+        """
+        README: "A logout on process A is therefore seen by process B at the latest when B
+        reads A's push". B's client pipelines a write and a read of its session; the
+        write's reply is held on the way back while A logs the session out, so B reads the
+        reply and A's push in one piece. The reply answers the write, which lets the read
+        behind it run while the push, already read, was not handed out yet: the read was
+        served the copy. Now a copy is not used while a push read with the replies waits
+        to be handed out.
+        """
+        from twisted.internet.protocol import ClientCreator, Protocol
+
+        from tests.test_store_attacks import _withCookie, rawGet
+
+        proxy = FaultProxy(self.redis.port)
+        self.addCleanup(proxy.stop)
+        b = self.serve(store_app.makeSite(RedisStore(f"redis://127.0.0.1:{proxy.port}/0")))
+        a = self.makeSite()
+        client = Client(b.base)
+        _, state, _ = yield self.trips(b, client, b"set?key=k&value=1")
+        uid = state["session"]
+        _, state, trips = yield self.trips(b, client, b"get")
+        self.assertEqual((state["values"], trips), ({"k": 1}, 0))
+
+        class Collect(Protocol):
+            received = b""
+
+            def dataReceived(self, data):
+                self.received += data
+
+        proxy.stall(DOWNSTREAM)
+        conn = yield ClientCreator(reactor, Collect).connectTCP(
+            "127.0.0.1", int(b.base.rsplit(b":", 1)[1].strip(b"/"))
+        )
+        self.addCleanup(conn.transport.loseConnection)
+        conn.transport.write(rawGet(b"set?key=k&value=2", uid) + rawGet(b"get", uid))
+        yield sleep(0.2)
+        # The write has landed; its reply waits in the proxy. A's logout pushes an
+        # invalidation to B, behind it.
+        self.assertEqual(self.redis.hgetall(sessionKey(uid.encode())).get(b"n:k"), b"2")
+        code, _ = yield self.get(_withCookie(a, uid), a, b"logout")
+        self.assertEqual(code, 200)
+        yield sleep(0.1)
+        proxy.release(DOWNSTREAM)
+        yield sleep(0.3)
+        bodies = [
+            json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])
+            for part in conn.received.split(b"HTTP/1.1 ")[1:]
+        ]
+        self.assertEqual(len(bodies), 2, conn.received)
+        self.assertEqual(bodies[0]["values"], {"k": 2})
+        self.assertEqual(bodies[1]["values"], {}, "the read was served the logged-out copy")
+        self.assertNotEqual(bodies[1]["session"], uid)

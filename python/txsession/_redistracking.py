@@ -252,12 +252,16 @@ def socketOf(transport: Any) -> tuple[Any, bool]:
 
 class Waiting:
     """
-    What waits, unread by the reactor, on one connection's socket.
+    What waits, unread by the reactor, on one connection's socket; or read, and not yet
+    handed out.
     """
 
-    __slots__ = ("sock", "plain", "decoder", "poller")
+    __slots__ = ("sock", "plain", "decoder", "poller", "unread")
 
     def __init__(self, sock: Any, plain: bool, decoder: Any) -> None:
+        # Pushes read from the socket with replies and not yet handed out: a reply's
+        # callback, run before them, may answer a request and let another one run.
+        self.unread = 0
         self.sock = sock
         self.plain = plain
         # The connection's RESP decoder: what of a reply it holds (its buffered bytes).
@@ -277,8 +281,11 @@ class Waiting:
         C{invalidate}, which every invalidation push spells out. Replies to other commands,
         which wait there whenever requests are in flight, are no reason to read: the copy is
         then as Redis held it before those commands, which have not answered yet. C{True}
-        whenever it cannot be told.
+        whenever it cannot be told, and while a push read with replies waits to be handed
+        out.
         """
+        if self.unread:
+            return True
         sock = self.sock
         if sock is None:
             return True

@@ -418,18 +418,19 @@ class _RedisProtocol(Protocol):
         self._trackedSince = 0
         self._tableLooking = False
         self._tableWatch: Any = None
-        # Whether an invalidation may wait on this connection, unread by the reactor: the
-        # socket's Waiting.pushMayWait, called directly (it is asked on every cached read).
-        self.pushMayWait: Callable[[], bool] = _redistracking.Waiting(
-            None, False, self._decoder
-        ).pushMayWait
+        # Whether an invalidation may wait on this connection, unread by the reactor or
+        # not yet handed out: the socket's Waiting.pushMayWait, called directly (it is
+        # asked on every cached read).
+        self._check = _redistracking.Waiting(None, False, self._decoder)
+        self.pushMayWait: Callable[[], bool] = self._check.pushMayWait
 
     def connectionMade(self) -> None:
         sock, plain = _redistracking.socketOf(self.transport)
         if plain and isinstance(self.transport, tcp.Connection):
             # The reactor's own TCP connection: writes may go to its socket (see _write).
             self._sock = sock
-        self.pushMayWait = _redistracking.Waiting(sock, plain, self._decoder).pushMayWait
+        self._check = _redistracking.Waiting(sock, plain, self._decoder)
+        self.pushMayWait = self._check.pushMayWait
 
     def tableHasRoom(self, now: float) -> bool:
         """
@@ -601,11 +602,16 @@ class _RedisProtocol(Protocol):
             return
         # What the replies' callbacks send (a request answered, the next one pipelined
         # behind it on its HTTP connection rendered and written, say) goes out in one write
-        # once they have all run: one system call, not one a command.
+        # once they have all run: one system call, not one a command. Until a push read
+        # with them is handed out, no copy is used (it was read, so no look at the socket
+        # would find it).
+        check = self._check
+        check.unread = sum(type(reply) is tuple for reply in replies)
         self._held = []
         try:
             self._handOut(replies)
         finally:
+            check.unread = 0
             held, self._held = self._held, None
             if held:
                 self._write(b"".join(held))
@@ -614,6 +620,8 @@ class _RedisProtocol(Protocol):
         for reply in replies:
             if type(reply) is tuple:
                 # A RESP3 push (an invalidation), in order with the replies.
+                if self._check.unread:
+                    self._check.unread -= 1
                 tracker = self._client._tracker
                 if tracker is not None and self.tracking:
                     tracker.pushed(self, reply)
