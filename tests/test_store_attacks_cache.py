@@ -50,6 +50,23 @@ class CacheAttackTestCase(StoreTestCase):
         # Lets every push already sent by Redis reach the sites.
         yield sleep(0.05)
 
+    @defer.inlineCallbacks
+    def copyBehindAProxy(self):
+        """
+        A site that reaches Redis through a fault proxy and holds a copy of a session (k=1),
+        which it stored and has used since without reading; another site on the same Redis.
+        Returns the proxy, the two sites, the session's client and its id.
+        """
+        proxy = FaultProxy(self.redis.port)
+        self.addCleanup(proxy.stop)
+        site = self.serve(store_app.makeSite(RedisStore(f"redis://127.0.0.1:{proxy.port}/0")))
+        other = self.makeSite()
+        client = Client(site.base)
+        yield self.trips(site, client, b"set?key=k&value=1")
+        _, state, trips = yield self.trips(site, client, b"get")
+        self.assertEqual((state["values"], trips), ({"k": 1}, 0))
+        return proxy, site, other, client, state["session"]
+
     def fillRedis(self, keys=20000):
         self.redis.command(b"EVAL", _FILL, b"0", b"%d" % keys)
 
@@ -317,15 +334,7 @@ class CacheHoldsTests(CacheAttackTestCase):
         Another process logs the session out while this one's pushes are 150 ms late: once
         the push has had time to arrive, no request is served the copy.
         """
-        proxy = FaultProxy(self.redis.port)
-        self.addCleanup(proxy.stop)
-        a = self.serve(store_app.makeSite(RedisStore(f"redis://127.0.0.1:{proxy.port}/0")))
-        b = self.makeSite()
-        client = Client(a.base)
-        code, state, _ = yield self.trips(a, client, b"set?key=k&value=1")
-        uid = state["session"]
-        code, state, trips = yield self.trips(a, client, b"get")
-        self.assertEqual(trips, 0)
+        proxy, a, b, client, uid = yield self.copyBehindAProxy()
         proxy.latency(150, direction=DOWNSTREAM)
         code, _ = yield self.get(client, b, b"logout")
         self.assertEqual(code, 200)
@@ -351,15 +360,7 @@ class PushReadWithAReplyDefectTests(CacheAttackTestCase):
 
         from tests.test_store_attacks import _withCookie, rawGet
 
-        proxy = FaultProxy(self.redis.port)
-        self.addCleanup(proxy.stop)
-        b = self.serve(store_app.makeSite(RedisStore(f"redis://127.0.0.1:{proxy.port}/0")))
-        a = self.makeSite()
-        client = Client(b.base)
-        _, state, _ = yield self.trips(b, client, b"set?key=k&value=1")
-        uid = state["session"]
-        _, state, trips = yield self.trips(b, client, b"get")
-        self.assertEqual((state["values"], trips), ({"k": 1}, 0))
+        proxy, b, a, client, uid = yield self.copyBehindAProxy()
 
         class Collect(Protocol):
             received = b""
