@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import ClientCreator, Protocol
 from twisted.web import resource
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from tests._proxy import DOWNSTREAM, FaultProxy
+from tests._proxy import DOWNSTREAM, FaultProxy, _Item
 from tests._redis import decoded, sessionKey
 from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_store import StoreTestCase, sleep
+from tests.test_store_attacks import _withCookie, rawGet
 from tests.test_web import Client
 from txsession.redis import RedisStore
 from txsession.store import StoreError
@@ -51,15 +53,17 @@ class CacheAttackTestCase(StoreTestCase):
         yield sleep(0.05)
 
     @defer.inlineCallbacks
-    def copyBehindAProxy(self):
+    def copyBehindAProxy(self, port=None, url="redis://127.0.0.1", **storeOptions):
         """
-        A site that reaches Redis through a fault proxy and holds a copy of a session (k=1),
-        which it stored and has used since without reading; another site on the same Redis.
-        Returns the proxy, the two sites, the session's client and its id.
+        A site that reaches Redis (C{self.redis}, or its port C{port} as C{url}) through a
+        fault proxy, and holds a copy of a session (k=1), which it stored and has used since
+        without reading; another site on C{self.redis}, reached directly. Returns the proxy,
+        the two sites, the session's client and its id.
         """
-        proxy = FaultProxy(self.redis.port)
+        proxy = FaultProxy(port or self.redis.port)
         self.addCleanup(proxy.stop)
-        site = self.serve(store_app.makeSite(RedisStore(f"redis://127.0.0.1:{proxy.port}/0")))
+        store = RedisStore(f"{url}:{proxy.port}/0", **storeOptions)
+        site = self.serve(store_app.makeSite(store))
         other = self.makeSite()
         client = Client(site.base)
         yield self.trips(site, client, b"set?key=k&value=1")
@@ -344,34 +348,35 @@ class CacheHoldsTests(CacheAttackTestCase):
         self.assertNotEqual(state["session"], uid)
 
 
+class _Collect(Protocol):
+    received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
 class PushReadWithAReplyDefectTests(CacheAttackTestCase):
+    """
+    README: "A logout on process A is therefore seen by process B at the latest when B
+    reads A's push". B's client pipelines a write and a read of its session; the write's
+    reply is held on the way back while A logs the session out, so B reads the reply and
+    A's push together. The reply answers the write, which lets the read behind it run at
+    once: it was served the copy, the push read but not handed out yet. No copy is used now
+    while a push read with the replies waits to be handed out: on a plain connection
+    (decoded in the same piece), over TLS (where each record reached the decoder on its own,
+    the push's still in the TLS layer), or cut after its head.
+    """
+
     @defer.inlineCallbacks
-    def test_pushReadWithTheReplyThatLetsAPipelinedRequestRun(self):
+    def pipelinedOverALogout(self, proxy, b, a, uid, deliver=None):
         """
-        README: "A logout on process A is therefore seen by process B at the latest when B
-        reads A's push". B's client pipelines a write and a read of its session; the
-        write's reply is held on the way back while A logs the session out, so B reads the
-        reply and A's push in one piece. The reply answers the write, which lets the read
-        behind it run while the push, already read, was not handed out yet: the read was
-        served the copy. Now a copy is not used while a push read with the replies waits
-        to be handed out.
+        Pipeline a write and a read of C{uid} to C{b}, the write's reply held back while
+        C{a} logs C{uid} out; then deliver what was held (C{deliver(proxy)}, else all at
+        once). Returns the JSON bodies of the two answers.
         """
-        from twisted.internet.protocol import ClientCreator, Protocol
-
-        from tests.test_store_attacks import _withCookie, rawGet
-
-        proxy, b, a, client, uid = yield self.copyBehindAProxy()
-
-        class Collect(Protocol):
-            received = b""
-
-            def dataReceived(self, data):
-                self.received += data
-
         proxy.stall(DOWNSTREAM)
-        conn = yield ClientCreator(reactor, Collect).connectTCP(
-            "127.0.0.1", int(b.base.rsplit(b":", 1)[1].strip(b"/"))
-        )
+        port = int(b.base.rsplit(b":", 1)[1].strip(b"/"))
+        conn = yield ClientCreator(reactor, _Collect).connectTCP("127.0.0.1", port)
         self.addCleanup(conn.transport.loseConnection)
         conn.transport.write(rawGet(b"set?key=k&value=2", uid) + rawGet(b"get", uid))
         yield sleep(0.2)
@@ -381,7 +386,7 @@ class PushReadWithAReplyDefectTests(CacheAttackTestCase):
         code, _ = yield self.get(_withCookie(a, uid), a, b"logout")
         self.assertEqual(code, 200)
         yield sleep(0.1)
-        proxy.release(DOWNSTREAM)
+        (deliver or (lambda proxy: proxy.release(DOWNSTREAM)))(proxy)
         yield sleep(0.3)
         bodies = [
             json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])
@@ -391,3 +396,45 @@ class PushReadWithAReplyDefectTests(CacheAttackTestCase):
         self.assertEqual(bodies[0]["values"], {"k": 2})
         self.assertEqual(bodies[1]["values"], {}, "the read was served the logged-out copy")
         self.assertNotEqual(bodies[1]["session"], uid)
+
+    @defer.inlineCallbacks
+    def test_pushReadWithTheReplyThatLetsAPipelinedRequestRun(self):
+        proxy, b, a, _, uid = yield self.copyBehindAProxy()
+        yield self.pipelinedOverALogout(proxy, b, a, uid)
+
+    @defer.inlineCallbacks
+    def test_pushCutAfterItsHead(self):
+        """
+        The reply and the push's head (up to "invalidate") arrive in one read, the key it
+        names 50 ms later, as a TCP segment boundary may cut them.
+        """
+        proxy, b, a, _, uid = yield self.copyBehindAProxy()
+
+        def cutThenRelease(proxy):
+            (link,) = [link for link in proxy._links if link.pipes[DOWNSTREAM].queue]
+            pipe = link.pipes[DOWNSTREAM]
+            data = b"".join(item.data for item in pipe.queue)
+            self.assertTrue(data.startswith(b":1\r\n>2\r\n"), data)
+            cut = data.index(b"invalidate\r\n") + len(b"invalidate\r\n")
+            now = reactor.seconds()
+            pipe.queue.clear()
+            pipe.queue.append(_Item(now, data[:cut]))
+            pipe.queue.append(_Item(now + 0.05, data[cut:]))
+            pipe.lastDue = now + 0.05
+            proxy.release(DOWNSTREAM)
+
+        yield self.pipelinedOverALogout(proxy, b, a, uid, cutThenRelease)
+
+    @defer.inlineCallbacks
+    def test_overTLS(self):
+        from twisted.internet import ssl
+
+        from tests.test_store_tls import servers
+
+        tls = servers()
+        self.redis = tls.plain[0]
+        options = ssl.optionsForClientTLS("localhost", trustRoot=tls.ca.trustRoot())
+        proxy, b, a, _, uid = yield self.copyBehindAProxy(
+            tls.plain[1], "rediss://localhost", tls=options
+        )
+        yield self.pipelinedOverALogout(proxy, b, a, uid)

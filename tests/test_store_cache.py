@@ -252,8 +252,8 @@ class InvalidationTests(CacheTestCase):
     def test_pushMayWait(self):
         """
         What waits unread on a connection: nothing, or replies to other commands, is no
-        reason to read; an invalidation, bytes under TLS, part of a reply already taken in,
-        more than can be looked at, or the stream's end is.
+        reason to read; an invalidation, bytes under TLS, part of a reply already taken in
+        (with or without bytes waiting), more than can be looked at, or the stream's end is.
         """
         import socket
 
@@ -278,6 +278,9 @@ class InvalidationTests(CacheTestCase):
         self.assertTrue(plain.pushMayWait())
         ours.recv(1 << 16)
         self.assertFalse(plain.pushMayWait())
+        # Nothing waits, but the decoder holds the head of what was cut off (a push's,
+        # perhaps).
+        self.assertTrue(holding.pushMayWait())
         theirs.sendall(b"x" * PEEK)
         self.assertTrue(plain.pushMayWait())
         while True:

@@ -11,12 +11,13 @@ import atexit
 import shutil
 import sys
 import tempfile
+import time
 
 from twisted.internet import defer, ssl
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial import unittest
 
-from tests._redis import RedisServer, freePort
+from tests._redis import RedisServer, freePort, sessionKey
 from tests.apps import store_app
 from tests.test_store import StoreTestCase
 from tests.test_web import Client
@@ -103,6 +104,28 @@ class TLSTests(StoreTestCase):
         self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:cart": b'["book"]'})
         protocol = a.store._client._protocol
         self.assertIsInstance(protocol.transport, TLSMemoryBIOProtocol)
+
+    @defer.inlineCallbacks
+    def test_bytesWaitingOnTheSocketMeanARead(self):
+        """
+        Over TLS, what waits unread on the socket cannot be looked into (it is encrypted):
+        a push may be among it, so the copy is not used. (The TLS layer passes on to the
+        socket's attributes, which made its connection look like a plain one, whose bytes
+        were searched for an invalidation that no ciphertext spells out.)
+        """
+        options = ssl.optionsForClientTLS("localhost", trustRoot=self.tls.ca.trustRoot())
+        store = RedisStore(self.url(), tls=options)
+        a = self.site(store)
+        client = Client(a.base)
+        yield self.get(client, a, b"set?key=k&value=1")
+        _, state = yield self.get(client, a, b"get")
+        uid = state["session"].encode()
+        self.assertTrue(store.cached(uid, a._flow))
+        # Changed behind this process's back: Redis pushes the invalidation, which waits on
+        # the socket while the reactor does not turn.
+        self.redis.command(b"HSET", sessionKey(uid), b"n:k", b"2")
+        time.sleep(0.2)
+        self.assertIsNone(store.cached(uid, a._flow))
 
     @defer.inlineCallbacks
     def refused(self, store, why):

@@ -242,7 +242,9 @@ def socketOf(transport: Any) -> tuple[Any, bool]:
     for _ in range(4):
         if transport is None:
             return None, False
-        sock = getattr(transport, "socket", None)
+        # The transport's own attribute: a protocol wrapper (TLS) passes the lookup of any
+        # attribute it lacks on to the transport under it, the socket's included.
+        sock = getattr(transport, "__dict__", {}).get("socket")
         if isinstance(sock, socket.socket):
             return sock, plain
         plain = False
@@ -290,11 +292,13 @@ class Waiting:
         if sock is None:
             return True
         if self.poller is not None and not self.poller.poll(0):
-            return False
+            # Nothing waits; unless the decoder holds the head of what was cut off, perhaps
+            # of a push.
+            return self.decoder.buffered > 0
         try:
             waiting = sock.recv(PEEK, socket.MSG_PEEK)
         except BlockingIOError:
-            return False
+            return self.decoder.buffered > 0
         except OSError:
             return True
         if not waiting or not self.plain or self.decoder.buffered or len(waiting) == PEEK:

@@ -398,6 +398,9 @@ class _RedisProtocol(Protocol):
         # While dataReceived hands out replies: what their callbacks send, written in one
         # piece once they have all run (see dataReceived).
         self._held: list[bytes] | None = None
+        # While a TLS connection passes on the records of one read: the replies and pushes
+        # decoded so far, handed out together at its end (see _readWhole).
+        self._records: list[Any] | None = None
         # Redis tracks the keys this connection reads (set once HELLO 3 and CLIENT TRACKING
         # succeeded), and the connection is up.
         self.tracking = False
@@ -431,6 +434,32 @@ class _RedisProtocol(Protocol):
             self._sock = sock
         self._check = _redistracking.Waiting(sock, plain, self._decoder)
         self.pushMayWait = self._check.pushMayWait
+        if not plain:
+            from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+            if isinstance(self.transport, TLSMemoryBIOProtocol):
+                self._readWhole(self.transport)
+
+    def _readWhole(self, tls: Any) -> None:
+        """
+        Hand out what one read of the socket under C{tls} holds as one piece, as on a plain
+        connection. The TLS layer passes each record it decrypts to dataReceived on its
+        own, and Redis writes a reply and a later push in records of their own: handed out
+        record by record, a reply's callback could run a request that uses a copy while a
+        push already read waits in the TLS layer, where no look at the socket finds it.
+        """
+        received = tls.dataReceived
+
+        def dataReceived(data: bytes) -> None:
+            self._records = []
+            try:
+                received(data)
+            finally:
+                records, self._records = self._records, None
+                if records and self.live:
+                    self._handOutAll(records)
+
+        tls.dataReceived = dataReceived
 
     def tableHasRoom(self, now: float) -> bool:
         """
@@ -597,6 +626,12 @@ class _RedisProtocol(Protocol):
             _log.failure("Redis sent bytes that are not RESP2; disconnecting")
             self.abort()
             return
+        if self._records is not None:
+            self._records += replies
+        else:
+            self._handOutAll(replies)
+
+    def _handOutAll(self, replies: list[Any]) -> None:
         if len(replies) < 2:
             self._handOut(replies)
             return
