@@ -395,8 +395,8 @@ class _RedisProtocol(Protocol):
         self._timer: Any = None
         # The socket of a plain TCP connection, written at once (see _write).
         self._sock: socket.socket | None = None
-        # While dataReceived hands out replies: what their callbacks send, written in one
-        # piece once they have all run (see dataReceived).
+        # While replies read together are handed out: what their callbacks send, written in
+        # one piece once they have all run (see _handOutAll).
         self._held: list[bytes] | None = None
         # While a TLS connection passes on the records of one read: the replies and pushes
         # decoded so far, handed out together at its end (see _readWhole).
@@ -574,7 +574,8 @@ class _RedisProtocol(Protocol):
         connection that is closing or aborted, whose replies no one would read: the
         transport drops it, and its callers fail when the connection is lost. (The client
         sends nothing to a connection it aborted itself: the next connection takes it.)
-        While dataReceived hands out replies, C{data} waits for the end of it, in order.
+        While replies read together are handed out, C{data} waits, in order, until they all
+        have been (L{_handOutAll}).
         """
         held = self._held
         if held is not None:
