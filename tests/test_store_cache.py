@@ -238,6 +238,19 @@ class InvalidationTests(CacheTestCase):
         self.assertEqual((state["values"], trips), ({"k": 1}, 1))
 
     @defer.inlineCallbacks
+    def test_noCopyOnAConnectionBeingEnded(self):
+        """
+        A connection this client is ending (a reply to no command, a timeout, a drop) is
+        lost only on the reactor's next turn, and what was read with the reply that ended it
+        is never handed out, pushes included: none of its copies is used meanwhile.
+        """
+        a, client, uid = yield self.cachedSession()
+        store = a.store
+        self.assertTrue(store.cached(uid.encode(), a._flow))
+        store._client._protocol.abort()
+        self.assertIsNone(store.cached(uid.encode(), a._flow))
+
+    @defer.inlineCallbacks
     def test_unreadBytesMeanARead(self):
         """
         Bytes from Redis that the reactor has not read yet (a push may be among them): the

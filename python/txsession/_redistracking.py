@@ -199,14 +199,20 @@ class Tracker:
     def fresh(self, key: bytes, owner: Any, now: float) -> Stamp | None:
         """
         C{owner}'s stamp for C{key} if its copy may be used without reading it: its
-        connection is up, no invalidation may be waiting on it unread (L{pushMayWait}), and
+        connection is up and not being ended by this client (which hands out nothing more
+        read from it), no invalidation may be waiting on it unread (L{pushMayWait}), and
         the stamp is younger than C{maxAge}.
         """
         stamp = self.stamps.get(key)
         if stamp is None or stamp.owner is not owner or not stamp.ready:
             return None
         protocol = stamp.protocol
-        if not protocol.live or not protocol.tableHasRoom(now) or protocol.pushMayWait():
+        if (
+            protocol.ending
+            or not protocol.live
+            or not protocol.tableHasRoom(now)
+            or protocol.pushMayWait()
+        ):
             return None
         if now - stamp.at >= self.maxAge or now >= stamp.expires:
             # Too old to trust; or its key has run out in Redis, which pushes an expiry only
