@@ -612,6 +612,9 @@ class LateRenewalDefectTests(_Case):
         _, state = yield self.get(client, a, b"set?key=k&value=1", sync=False)
         old = state["session"]
         b = self.makeSite()
+        made = []
+        mkuid = a._mkuid
+        a._mkuid = lambda: made.append(mkuid()) or made[-1]
         # Nothing reaches Redis: the rename times out (0.3 s), and never ran.
         proxy.stall(UPSTREAM)
         yield _sendAndHangUp(_port(a), rawGet(b"renew?delay=0.1", old), 0.03)
@@ -623,6 +626,12 @@ class LateRenewalDefectTests(_Case):
         for site in (a, b):
             _, there = yield self.get(_withCookie(site, old), site, b"get", sync=site is b)
             self.assertEqual((there["session"], there["values"]), (old, {"k": 1}))
+        # Logged, without the old id or the new one.
+        logged = self.loggedText()
+        self.assertIn("while renaming a session after its request", logged)
+        self.assertEqual(len(made), 1)
+        for uid in [old, made[0].decode()]:
+            self.assertNotIn(uid, logged)
 
     @defer.inlineCallbacks
     def test_renewalWhileTheLastWriteIsInFlightIsWritten(self):
