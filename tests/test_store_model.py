@@ -246,7 +246,7 @@ def _answerLater(request, answer):
     if not delay:
         return body()
 
-    def later():
+    def answerNow():
         # What the page does, it does whether or not its client is still there (a
         # renewal or a logout included); only the answer goes nowhere when it left.
         try:
@@ -259,7 +259,7 @@ def _answerLater(request, answer):
             request.write(data)
             request.finish()
 
-    reactor.callLater(delay, later)
+    store_app.later(request, delay, answerNow)
     return server.NOT_DONE_YET
 
 
@@ -601,6 +601,7 @@ class _Run:
             site.resource.putChild(b"logout-ids", _LogoutIds())
             self.watchCache(site, len(self.sites))
             self.watchCommands(site)
+            site.modelPages = {}
             port = reactor.listenTCP(0, site, interface="127.0.0.1")
             site.base = b"http://127.0.0.1:%d/" % port.getHost().port
             self.sites.append(site)
@@ -703,9 +704,6 @@ class _Run:
             query.append(f"value={value}")
         if delay:
             query.append(f"delay={delay / 1000.0}")
-        path = page + ("?" + "&".join(query) if query else "")
-        if header is None:
-            header = client.header(junk, pick)
         record = _Record(
             id=len(self.records) + 1,
             kind=kind,
@@ -716,10 +714,18 @@ class _Run:
             value=value,
             delay=delay,
             junk=junk,
-            cookie=header,
-            carried=effectiveCookie(header),
+            cookie="",
+            carried=None,
             hangup=hangup,
         )
+        if hangup is not None:
+            # The page's delayed part is known by this id (see hangUp).
+            query.append(f"rid={record.id}")
+        path = page + ("?" + "&".join(query) if query else "")
+        if header is None:
+            header = client.header(junk, pick)
+        record.cookie = header
+        record.carried = effectiveCookie(header)
         self.records.append(record)
         record.start = self.tick()
         record.t0 = self.now()
@@ -757,9 +763,10 @@ class _Run:
         """
         The client of C{record} hangs up (aborts its connection) C{record.hangup} ms after
         the send if no answer has come by then. What the server does with the request goes
-        on without it: the record ends once the page's delay has passed and every Redis
-        command its site had sent by then has answered, after which nothing of it can land
-        (the proxy drops what a store gave up on).
+        on without it: the record ends once the page's delay has passed, its delayed part
+        has run (later than that when its session read was slow), and every Redis command
+        its site had sent by then has answered, after which nothing of it can land (the
+        proxy drops what a store gave up on).
         """
 
         def abort() -> None:
@@ -784,9 +791,16 @@ class _Run:
         left = record.t0 + record.delay / 1000.0 + 0.02 - self.now()
         if left > 0:
             await sleep(left)
-        sent = set(site.modelPending)
-        while sent & site.modelPending.keys():
-            await sleep(0.005)
+        rid = str(record.id)
+        while True:
+            # A read that answers now may let the page render, and file its delayed part.
+            while rid in site.modelPages:
+                await sleep(0.005)
+            sent = set(site.modelPending)
+            while sent & site.modelPending.keys():
+                await sleep(0.005)
+            if rid not in site.modelPages:
+                break
         record.end = self.tick()
         record.t1 = self.now()
         record.error = "hung up"

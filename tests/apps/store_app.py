@@ -37,6 +37,29 @@ def _arg(request, name, default=None):
     return values[0].decode() if values else default
 
 
+def later(request, delay, f, *args):
+    """
+    C{reactor.callLater(delay, f, *args)}, for the delayed part of a page. For the store
+    model test, which gives the site C{modelPages} and the request an C{rid}: that part is
+    in C{site.modelPages[rid]} until it has run (what a request whose client hung up does
+    after its end must have happened before it).
+    """
+    from twisted.internet import reactor
+
+    pages = getattr(request.site, "modelPages", None)
+    rid = _arg(request, "rid")
+
+    def run():
+        if pages is not None:
+            pages.pop(rid, None)
+        f(*args)
+
+    call = reactor.callLater(delay, run)
+    if pages is not None and rid is not None:
+        pages[rid] = call
+    return call
+
+
 class _Page(resource.Resource):
     isLeaf = True
 
@@ -95,14 +118,13 @@ class Set(_Page):
         delay = float(_arg(request, "delay", "0"))
         if not delay:
             return self.answer(request, self.state(request))
-        from twisted.internet import reactor
 
-        def later():
+        def answer():
             if not request._disconnected:  # nothing to answer when the client has left
                 request.write(self.answer(request, {"session": session.uid.decode()}))
                 request.finish()
 
-        reactor.callLater(delay, later)
+        later(request, delay, answer)
         return server.NOT_DONE_YET
 
 
@@ -125,11 +147,15 @@ class Fail(_Page):
         delay = float(_arg(request, "delay", "0"))
         if not delay:
             raise RuntimeError("the page failed on purpose")
-        from twisted.internet import reactor, task
 
-        failing = task.deferLater(reactor, delay, lambda: 1 / 0)
-        # processingFailed answers the request and gives the failure back: consumed here.
-        failing.addErrback(request.processingFailed).addErrback(lambda _: None)
+        def fail():
+            from twisted.internet import defer
+
+            failing = defer.maybeDeferred(lambda: 1 / 0)
+            # processingFailed answers the request and gives the failure back: consumed here.
+            failing.addErrback(request.processingFailed).addErrback(lambda _: None)
+
+        later(request, delay, fail)
         return server.NOT_DONE_YET
 
 
@@ -163,14 +189,13 @@ class Logout(_Page):
         if not delay:
             session.expire()
             return self.answer(request, "bye")
-        from twisted.internet import reactor
 
-        def later():
+        def bye():
             session.expire()
             request.write(self.answer(request, "bye"))
             request.finish()
 
-        reactor.callLater(delay, later)
+        later(request, delay, bye)
         return server.NOT_DONE_YET
 
 
@@ -192,8 +217,6 @@ class Renew(_Page):
         if not delay:
             txsession.renewSession(request)
             return self.answer(request, self.state(request))
-        from twisted.internet import reactor
-
         session = request.getSession()
         if _arg(request, "key"):
             session.sessionNamespaces[_arg(request, "key")] = json.loads(_arg(request, "value"))
@@ -202,16 +225,16 @@ class Renew(_Page):
             # renewal comes after.
             request.write(self.answer(request, {"session": session.uid.decode()}))
             request.finish()
-            reactor.callLater(delay, self.renew, request)
+            later(request, delay, self.renew, request)
             return server.NOT_DONE_YET
 
-        def later():
+        def renewThenAnswer():
             self.renew(request)
             if not request._disconnected:  # nothing to answer when the client has left
                 request.write(self.answer(request, {"session": session.uid.decode()}))
                 request.finish()
 
-        reactor.callLater(delay, later)
+        later(request, delay, renewThenAnswer)
         return server.NOT_DONE_YET
 
 
