@@ -617,11 +617,11 @@ class _Run:
         pending = site.modelPending = {}
         numbers = itertools.count()
 
-        def watched(commands):
+        def watched(commands, then=None):
             number = next(numbers)
             pending[number] = None
             try:
-                sent = execute(commands)
+                sent = execute(commands, then)
             except BaseException:
                 del pending[number]
                 raise

@@ -21,7 +21,7 @@ that node's slots fail.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.task import deferLater
@@ -193,10 +193,13 @@ class ClusterClient:
 
     # Commands.
 
-    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def execute(
+        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+    ) -> Deferred[Any]:
         """
-        Send each command to the node owning its key; fires with the replies in order, or
-        fails with L{StoreError} or L{StoreUnavailable}.
+        Send each command to the node owning its key; fires with the replies in order (or
+        what C{then} makes of them), or fails with L{StoreError}, L{StoreUnavailable}, or
+        what C{then} raised.
         """
         self.roundTrips += 1
         commands = list(commands)
@@ -204,10 +207,12 @@ class ClusterClient:
         pending = [_Pending(i) for i in range(len(commands))]
         deadline = self._reactor.seconds() + self._timeout
         if self._slots is None:
-            return self._load().addCallback(
+            answered = self._load().addCallback(
                 lambda _: self._round(commands, replies, pending, deadline)
             )
-        return self._round(commands, replies, pending, deadline)
+        else:
+            answered = self._round(commands, replies, pending, deadline)
+        return answered if then is None else answered.addCallback(then)
 
     def _where(self, command: list[bytes], item: _Pending) -> tuple[str, int]:
         if item.address is not None:

@@ -979,16 +979,21 @@ class _RedisClient:
         """
         return self._dispatch(commands).addErrback(self._unavailable)
 
-    def execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def execute(
+        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+    ) -> Deferred[list[Any]]:
         """
-        Send C{commands} in one write; fires with their replies, or fails with
-        L{StoreError} (an error reply) or L{StoreUnavailable}.
+        Send C{commands} in one write; fires with their replies (or what C{then} makes of
+        them), or fails with L{StoreError} (an error reply), L{StoreUnavailable}, or what
+        C{then} raised.
         """
         self.roundTrips += 1
-        # One step of the Deferred for both outcomes: a step (adding a callback, and running
-        # it) costs about eight calls of a short Python function, and a session write
-        # answers through several.
-        return self._dispatch(commands).addCallbacks(self._scripted, self._unavailable)
+        # One step of the Deferred for both outcomes, C{then} included: a step (adding a
+        # callback, and running it) costs about eight calls of a short Python function, and
+        # a session write answers through several.
+        return self._dispatch(commands).addCallbacks(
+            self._scripted, self._unavailable, callbackArgs=(then,)
+        )
 
     def _dispatch(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
         """
@@ -1033,24 +1038,26 @@ class _RedisClient:
             return down
         return StoreUnavailable(f"Redis at {self._url} cannot be reached: {down}")
 
-    def _scripted(self, replies: list[Any]) -> Any:
+    def _scripted(self, replies: list[Any], then: Callable[[list[Any]], Any] | None) -> Any:
         """
-        C{replies}; L{StoreUnavailable} when the server lost the scripts loaded on this
-        connection (a C{SCRIPT FLUSH}): the commands pipelined behind the one it refused
-        may have run, so the connection is dropped, and the next one loads them again.
+        C{replies}, given to C{then} if there is one; L{StoreUnavailable} when the server
+        lost the scripts loaded on this connection (a C{SCRIPT FLUSH}): the commands
+        pipelined behind the one it refused may have run, so the connection is dropped, and
+        the next one loads them again.
         """
         for reply in replies:
             if isinstance(reply, StoreError):
                 break
         else:
-            return replies
+            return replies if then is None else then(replies)
         if any(_noScript(reply) for reply in replies):
             self.drop()
             raise StoreUnavailable(
                 f"Redis at {self._url} lost the session store's scripts (SCRIPT FLUSH); "
                 f"reconnecting"
             )
-        return self._replies(replies)
+        replies = self._replies(replies)
+        return replies if then is None else then(replies)
 
     def _replies(self, replies: list[Any]) -> list[Any]:
         for reply in replies:
@@ -1264,22 +1271,28 @@ class RedisStore:
         """
         return 0 if self._client is None else self._client.roundTrips
 
-    def _execute(self, commands: list[list[bytes]]) -> Deferred[list[Any]]:
+    def _execute(
+        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+    ) -> Deferred[Any]:
+        """
+        Send C{commands}; fires with their replies, or with what C{then} makes of them.
+        """
         if self._client is None:
             raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
         if self.replicas and commands[0][1] != _LOAD_SHA:
             wait = max(1, round(self.timeout * 500))
             commands = [*commands, [b"WAIT", b"%d" % self.replicas, b"%d" % wait]]
-            return self._client.execute(commands).addCallback(self._replicated)
-        return self._client.execute(commands)
+            return self._client.execute(commands, functools.partial(self._replicated, then))
+        return self._client.execute(commands, then)
 
-    def _replicated(self, replies: list[Any]) -> list[Any]:
+    def _replicated(self, then: Callable[[list[Any]], Any] | None, replies: list[Any]) -> Any:
         if replies[-1] < self.replicas:
             raise StoreUnavailable(
                 f"a write to Redis at {self.url} reached {replies[-1]} of {self.replicas} "
                 f"replicas within {self.timeout / 2} s"
             )
-        return replies[:-1]
+        replies = replies[:-1]
+        return replies if then is None else then(replies)
 
     def _now(self) -> bytes:
         """
@@ -1335,9 +1348,7 @@ class RedisStore:
             [b"EVALSHA", _LOAD_SHA, b"1", self._key(uid), now, self.keyPrefix] for uid in uids
         ]
         if self._tracker is None or owner is None:
-            return self._execute(commands).addCallback(
-                lambda replies: [_loaded(r) for r in replies]
-            )
+            return self._execute(commands, lambda replies: [_loaded(r) for r in replies])
         tracked = [
             _redistracking.tracked(command, _redistracking.READ, command[3], owner)
             for command in commands
@@ -1350,7 +1361,7 @@ class RedisStore:
                     result.stamp = command.stamp
             return results
 
-        return self._execute(tracked).addCallback(loaded)
+        return self._execute(tracked, loaded)
 
     # Client-side caching: optional in ISessionStore (the site's flow asks for it with
     # getattr), and what owner= means in load, save and the rest.
@@ -1465,7 +1476,7 @@ class RedisStore:
                 None if storedAs is None else command[4],
                 min(timeout, _MAX_SECONDS),
             )
-        return self._execute([command]).addCallback(_saved)
+        return self._execute([command], _saved)
 
     def delete(self, *uids: bytes) -> Deferred[None]:
         keys = [self._key(uid) for uid in uids]
@@ -1480,7 +1491,7 @@ class RedisStore:
             commands = [
                 _redistracking.tracked(command, _redistracking.DELETE, None) for command in commands
             ]
-        return self._execute(commands).addCallback(lambda _: None)
+        return self._execute(commands, _nothing)
 
     def userSessions(self, user: str) -> Deferred[list[tuple[str, float | None, float | None]]]:
         command = [b"EVALSHA", _USER_SESSIONS_SHA, b"1", self._userKey(user), self.keyPrefix]
@@ -1491,7 +1502,7 @@ class RedisStore:
                 for m, created, used in replies[0]
             ]
 
-        return self._execute([command]).addCallback(records)
+        return self._execute([command], records)
 
     def logoutUser(self, user: str, *keep: bytes) -> Deferred[int]:
         command = [
@@ -1504,7 +1515,7 @@ class RedisStore:
         ]
         if self._tracker is not None:
             command = _redistracking.tracked(command, _redistracking.DELETE, None)
-        return self._execute([command]).addCallback(lambda replies: len(replies[0]))
+        return self._execute([command], lambda replies: len(replies[0]))
 
     def endUserSession(self, user: str, id: str) -> Deferred[bool]:
         if not _MEMBER.fullmatch(id):
@@ -1521,7 +1532,7 @@ class RedisStore:
             command = _redistracking.tracked(
                 command, _redistracking.DELETE, self.keyPrefix + id.encode()
             )
-        return self._execute([command]).addCallback(lambda replies: replies[0] == 1)
+        return self._execute([command], lambda replies: replies[0] == 1)
 
     def close(self) -> Deferred[None]:
         if self._refreshCall is not None:
@@ -1615,6 +1626,10 @@ def _loaded(reply: list[bytes] | None) -> StoredFields | bytes | None:
         elif name == b"m:u":
             fields.user = value
     return fields
+
+
+def _nothing(replies: list[Any]) -> None:
+    return None
 
 
 def _saved(replies: list[Any]) -> None:

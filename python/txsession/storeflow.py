@@ -23,7 +23,7 @@ from __future__ import annotations
 import weakref
 from functools import partial
 from itertools import count
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
@@ -743,16 +743,16 @@ class StoreFlow:
 
     # Writing.
 
-    def flush(self, request: Any) -> Deferred[None] | None:
+    def flush(self, request: Any, then: Callable[[object], None]) -> bool:
         """
-        Write what C{request} changed in its sessions, each in one atomic script; C{None}
+        Write what C{request} changed in its sessions, each in one atomic script; C{False}
         when nothing needs writing or waiting for. Every session is encoded before anything
-        is sent: L{UnserializableValue} raised here means nothing was sent. The
-        L{Deferred} fails with the first failure, once every write has answered.
+        is sent: L{UnserializableValue} raised here means nothing was sent. Otherwise, once
+        every write has answered, C{then} is called with C{None}, or the first failure.
         """
         state = request._txsStore
         if state is None or state.settled:
-            return None
+            return False
         if state.flushedFinished:
             for change in state.changes.values():
                 change.final = True
@@ -792,9 +792,20 @@ class StoreFlow:
                 waits.extend(outcome.wait() for outcome in change.riding)  # type: ignore[misc]
         if not waits:
             self._written(state)
-            return None
+            return False
         answered = waits[0] if len(waits) == 1 else _allAnswered(waits)
-        return answered.addCallback(lambda _: self._written(state))
+        # One step of the Deferred, the request's answer included (see
+        # L{_RedisClient.execute}).
+        answered.addBoth(self._answered, state, then)
+        return True
+
+    def _answered(
+        self, result: object, state: RequestSessions, then: Callable[[object], None]
+    ) -> None:
+        if not isinstance(result, Failure):
+            self._written(state)
+            result = None
+        then(result)
 
     def _written(self, state: RequestSessions) -> None:
         for change in state.changes.values():

@@ -232,9 +232,7 @@ class SessionCookieMixin:
             if not (state.settled or self._disconnected):  # type: ignore[attr-defined]
                 self._txsFlush([], finishing=True)
                 return None
-        result = super().finish()  # type: ignore[misc]
-        self._txsRelease()
-        return result
+        return self._txsFinish()
 
     def processingFailed(self, reason):
         flow = getattr(self.site, "_flow", None)  # type: ignore[attr-defined]
@@ -285,6 +283,18 @@ class SessionCookieMixin:
             # sessions were read has no site yet.
             state.flow.release(self, reason)
 
+    def _txsFinish(self) -> Any:
+        """
+        Finish the response, its session records let go first. Twisted's C{finish()} hands
+        the connection to the next request pipelined on it, and that request renders there,
+        before the finish notifications run: released first, this request is no longer a
+        user of the sessions the next one uses. So the next one starts from what the store
+        holds, as a request arriving alone does, instead of from an encoding of every key,
+        and its write carries no other request's answer.
+        """
+        self._txsRelease()
+        return super().finish()  # type: ignore[misc]
+
     def _txsFlush(self, held: list[bytes], finishing: bool) -> None:
         """
         Write this request's session changes to the store; hold C{held} (and the finish,
@@ -293,26 +303,39 @@ class SessionCookieMixin:
         flow = self.site._flow  # type: ignore[attr-defined]
         state = self._txsStore
         state.flushedFinished = finishing  # type: ignore[union-attr]
+        # Held from now: the writes may answer before flush() returns (a store that cannot
+        # be reached fails them at once).
+        state.held = held  # type: ignore[union-attr]
+        state.finishHeld = finishing  # type: ignore[union-attr]
         try:
-            writing = flow.flush(self)
+            writing = flow.flush(self, self._txsWritten)
         except Exception:
             self._txsFlushFailed(Failure())
             return
-        if writing is None:
-            if finishing:
-                state.settled = True  # type: ignore[union-attr]
-            for chunk in held:
-                super().write(chunk)  # type: ignore[misc]
-            if finishing:
-                super().finish()  # type: ignore[misc]
-                self._txsRelease()
+        if writing:
             return
-        state.held = held  # type: ignore[union-attr]
-        state.finishHeld = finishing  # type: ignore[union-attr]
-        writing.addCallbacks(self._txsFlushed, self._txsFlushFailed)
-        writing.addErrback(_logFailure, "while answering after a session store write")
+        state.held = None  # type: ignore[union-attr]
+        state.finishHeld = False  # type: ignore[union-attr]
+        if finishing:
+            state.settled = True  # type: ignore[union-attr]
+        for chunk in held:
+            super().write(chunk)  # type: ignore[misc]
+        if finishing:
+            self._txsFinish()
 
-    def _txsFlushed(self, _: object) -> None:
+    def _txsWritten(self, result: object) -> None:
+        """
+        The session writes of L{_txsFlush} have answered, with C{None} or a failure.
+        """
+        try:
+            if isinstance(result, Failure):
+                self._txsFlushFailed(result)
+            else:
+                self._txsFlushed()
+        except Exception:
+            _logFailure(Failure(), "while answering after a session store write")
+
+    def _txsFlushed(self) -> None:
         state: RequestSessions = self._txsStore  # type: ignore[assignment]
         held, state.held = state.held or [], None
         finishing, state.finishHeld = state.finishHeld, False
@@ -336,8 +359,7 @@ class SessionCookieMixin:
             state.settled = True
             for chunk in held:
                 super().write(chunk)  # type: ignore[misc]
-            super().finish()  # type: ignore[misc]
-            self._txsRelease()
+            self._txsFinish()
             return
         for chunk in held:
             super().write(chunk)  # type: ignore[misc]
