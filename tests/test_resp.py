@@ -25,6 +25,21 @@ class EncodeTests(unittest.SynchronousTestCase):
     def test_nothing(self):
         self.assertEqual(encode_commands([]), b"")
 
+    def test_lengths(self):
+        """
+        Arguments of every length around a change in its number of digits, and commands of
+        as many arguments, read back as they were by the decoder (an array of bulk strings
+        is a command's reply form too).
+        """
+        sizes = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 1001, 65535, 65536, 100000]
+        commands = [[bytes([i % 256]) * (i % 7) for i in range(count)] for count in sizes[:9]]
+        commands += [[b"x" * size] for size in sizes]
+        data = encode_commands(commands)
+        self.assertEqual(RespDecoder(StoreError).feed(data), commands)
+
+    def test_not_bytes(self):
+        self.assertRaises(TypeError, encode_commands, [[b"SET", "k", b"v"]])
+
 
 class DecodeTests(unittest.SynchronousTestCase):
     replies = (
