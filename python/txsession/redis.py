@@ -546,14 +546,9 @@ class _RedisProtocol(Protocol):
         cannot be encoded raise here, and leave nothing behind that replies would be
         matched to.
         """
-
-        def abort(_: Deferred[list[Any]]) -> None:
-            # Replies would now be matched to the wrong commands: drop the connection.
-            self.abort()
-
         if data is None:
             data = encode_commands(commands)
-        deferred: Deferred[list[Any]] = Deferred(abort)
+        deferred: Deferred[list[Any]] = Deferred(self._cancelled)
         client = self._client
         clock = client._reactor
         self._waiting.append(_Batch(commands, deferred, clock.seconds() + client._timeout))
@@ -561,6 +556,11 @@ class _RedisProtocol(Protocol):
             self._timer = clock.callLater(client._timeout, self._late)
         self._write(data)
         return deferred
+
+    def _cancelled(self, _: Deferred[list[Any]]) -> None:
+        # A command's Deferred was cancelled: its replies would now be matched to the wrong
+        # commands, so the connection goes.
+        self.abort()
 
     def _write(self, data: bytes) -> None:
         """
@@ -1116,11 +1116,23 @@ def _milliseconds(timeout: float) -> bytes:
     C{timeout} seconds as the whole milliseconds of a key's expiry, from 1 to
     L{_MAX_MILLISECONDS}; C{ValueError} for a timeout that is not a number.
     """
+    global _lastMilliseconds
+    last, milliseconds = _lastMilliseconds
+    if type(timeout) is type(last) and timeout == last:
+        # Most sessions of a site share their timeout: the last one asked for is kept.
+        return milliseconds
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
         raise ValueError(f"a session timeout is a number of seconds, not {timeout!r}")
     if timeout * 1000 >= _MAX_MILLISECONDS:
-        return str(_MAX_MILLISECONDS).encode()
-    return str(max(1, round(timeout * 1000))).encode()
+        milliseconds = str(_MAX_MILLISECONDS).encode()
+    else:
+        milliseconds = str(max(1, round(timeout * 1000))).encode()
+    _lastMilliseconds = (timeout, milliseconds)
+    return milliseconds
+
+
+# The last timeout converted, and its milliseconds (NaN equals nothing).
+_lastMilliseconds: tuple[float, bytes] = (float("nan"), b"")
 
 
 # In cluster mode, how many bytes of a session's id make the hash tag of its key: a renamed

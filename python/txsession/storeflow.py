@@ -881,10 +881,8 @@ class StoreFlow:
             deleted,
             **options,
         )
-        saving.addCallbacks(
-            partial(self._saved, change, source, target, changed, deleted),
-            partial(self._notSaved, change, source, target, changed, deleted),
-        )
+        written = (change, source, target, changed, deleted)
+        saving.addCallbacks(self._saved, self._notSaved, callbackArgs=written, errbackArgs=written)
         if not riders:
             return saving
         outcome = _Outcome(saving)
@@ -913,12 +911,12 @@ class StoreFlow:
 
     def _saved(
         self,
+        _: object,
         change: Change,
         source: bytes | None,
         target: bytes,
         changed: dict[str, bytes],
         deleted: list[str],
-        _: object,
     ) -> None:
         copy = change.copy
         change.sending -= 1
@@ -955,12 +953,12 @@ class StoreFlow:
 
     def _notSaved(
         self,
+        reason: Failure,
         change: Change,
         source: bytes | None,
         target: bytes,
         changed: dict[str, bytes],
         deleted: list[str],
-        reason: Failure,
     ) -> Failure:
         copy = change.copy
         change.sending -= 1
