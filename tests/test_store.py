@@ -973,6 +973,54 @@ class ReadTests(StoreTestCase):
             self.assertLessEqual(len(names), 30, names)
 
     @defer.inlineCallbacks
+    def test_pipelinedRequestFindsTheSessionAlone(self):
+        """
+        Requests pipelined on one connection, each changing the session: Twisted renders the
+        next one inside the previous one's finish(). By then the previous one has let the
+        session go, so each renders as the session's only user (it starts from what the
+        store holds, and its write carries no other request's answer), and every change is
+        written.
+        """
+        seen = []
+
+        class Count(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                session = request.getSession()
+                seen.append(len(a._flow.copies[session].users))
+                namespaces = session.sessionNamespaces
+                namespaces["k"] = namespaces.get("k", 0) + 1
+                return b"%d" % namespaces["k"]
+
+        a = self.makeSite()
+        a.resource.putChild(b"count", Count())
+        _, state = yield self.get(Client(a.base), a, b"set?key=k&value=0")
+        uid = state["session"].encode()
+        received = []
+
+        class Collect(protocol.Protocol):
+            def dataReceived(self, data):
+                received.append(data)
+
+        conn = yield protocol.ClientCreator(reactor, Collect).connectTCP(
+            "127.0.0.1", int(a.base.rsplit(b":", 1)[1].strip(b"/"))
+        )
+        self.addCleanup(conn.transport.loseConnection)
+        request = b"GET /count HTTP/1.1\r\nHost: x\r\nCookie: TWISTED_SESSION=%s\r\n\r\n" % uid
+        conn.transport.write(request * 5)
+        deadline = time.monotonic() + 10
+        while b"".join(received).count(b"HTTP/1.1 200") < 5:
+            self.assertLess(time.monotonic(), deadline, b"".join(received))
+            yield sleep(0.01)
+        bodies = [
+            part.rsplit(b"\r\n\r\n", 1)[1] for part in b"".join(received).split(b"HTTP/1.1 ")[1:]
+        ]
+        self.assertEqual(bodies, [b"1", b"2", b"3", b"4", b"5"])
+        self.assertEqual(seen, [1] * 5)
+        self.assertEqual(self.redis.hgetall(sessionKey(uid)).get(b"n:k"), b"5")
+
+    @defer.inlineCallbacks
     def test_demo(self):
         """
         The demo on the store: a cart filled on one site is there on the other.

@@ -262,8 +262,7 @@ class SessionCookieMixin:
             self.setHeader(b"Content-Type", b"text/html; charset=utf-8")  # type: ignore[attr-defined]
             self.setHeader(b"Content-Length", b"%d" % (len(body),))  # type: ignore[attr-defined]
             super().write(body)  # type: ignore[misc]
-            super().finish()  # type: ignore[misc]
-            self._txsRelease()
+            self._txsFinish()
             return reason
         result = super().processingFailed(reason)  # type: ignore[misc]
         state.failed = True
