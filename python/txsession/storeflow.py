@@ -778,8 +778,8 @@ class StoreFlow:
             plan = self._plan(change, changed, deleted)
             if plan is not None:
                 plans.append(plan)
-        for plan in plans:
-            waits.append(self._send(*plan))
+        # What else the answer waits for; none of it is moved by this request's own writes
+        # (which other requests ride, not this one's other sessions).
         for outcome in state.logouts:
             waiting = outcome.wait()
             if waiting is not None:
@@ -790,12 +790,17 @@ class StoreFlow:
                 # baseline put back (its request's revert), so this request wrote the change.
                 change.riding = [outcome for outcome in change.riding if outcome.pending]
                 waits.extend(outcome.wait() for outcome in change.riding)  # type: ignore[misc]
+        if len(plans) == 1 and not waits:
+            # The usual case, one write and nothing else: the request is answered from the
+            # write's own callbacks, one step of the Deferred (see L{_RedisClient.execute}).
+            self._send(*plans[0], answer=(state, then))
+            return True
+        for plan in plans:
+            waits.append(self._send(*plan))
         if not waits:
             self._written(state)
             return False
         answered = waits[0] if len(waits) == 1 else _allAnswered(waits)
-        # One step of the Deferred, the request's answer included (see
-        # L{_RedisClient.execute}).
         answered.addBoth(self._answered, state, then)
         return True
 
@@ -853,7 +858,14 @@ class StoreFlow:
         target: bytes,
         changed: dict[str, bytes],
         deleted: list[str],
+        answer: tuple[RequestSessions, Callable[[object], None]] | None = None,
     ) -> Deferred[None]:
+        """
+        Send C{change}'s write. The L{Deferred} fires once it has answered, and once the
+        writes that carry what the other requests using the session see have (C{None} or a
+        failure). With C{answer}, the request's state and continuation, the answer is given
+        (L{_answered}) when that Deferred would fire.
+        """
         copy = change.copy
         riders: dict[Change, None] = {}
         for key, data in changed.items():
@@ -882,14 +894,48 @@ class StoreFlow:
             **options,
         )
         written = (change, source, target, changed, deleted)
-        saving.addCallbacks(self._saved, self._notSaved, callbackArgs=written, errbackArgs=written)
-        if not riders:
+        if answer is not None and not riders:
+            saving.addCallbacks(
+                self._savedAnswer,
+                self._notSavedAnswer,
+                callbackArgs=(written, answer),
+                errbackArgs=(written, answer),
+            )
             return saving
-        outcome = _Outcome(saving)
-        for user in riders:
-            user.riding.append(outcome)
-        waiting = outcome.wait()
-        return succeed(None) if waiting is None else waiting
+        saving.addCallbacks(self._saved, self._notSaved, callbackArgs=written, errbackArgs=written)
+        if riders:
+            outcome = _Outcome(saving)
+            for user in riders:
+                user.riding.append(outcome)
+            waiting = outcome.wait()
+            saving = succeed(None) if waiting is None else waiting
+        if answer is not None:
+            saving.addBoth(self._answered, *answer)
+        return saving
+
+    def _savedAnswer(
+        self,
+        result: object,
+        written: tuple[Any, ...],
+        answer: tuple[RequestSessions, Callable[[object], None]],
+    ) -> None:
+        try:
+            self._saved(result, *written)
+        except BaseException:
+            result = Failure()
+        self._answered(result, *answer)
+
+    def _notSavedAnswer(
+        self,
+        reason: Failure,
+        written: tuple[Any, ...],
+        answer: tuple[RequestSessions, Callable[[object], None]],
+    ) -> None:
+        try:
+            reason = self._notSaved(reason, *written)
+        except BaseException:
+            reason = Failure()
+        self._answered(reason, *answer)
 
     def _claim(self, change: Change, key: str, value: Any, riders: dict[Change, None]) -> None:
         """
