@@ -223,15 +223,17 @@ class SessionCookieMixin:
 
     def finish(self):
         state = self._txsStore
-        if state is not None:
-            if state.held is not None:
-                state.finishHeld = True
-                return None
-            if state.failed:
-                return None
-            if not (state.settled or self._disconnected):  # type: ignore[attr-defined]
-                self._txsFlush([], finishing=True)
-                return None
+        if state is None:
+            # No store, or a request that never read one: nothing of txsession's to do.
+            return super().finish()  # type: ignore[misc]
+        if state.held is not None:
+            state.finishHeld = True
+            return None
+        if state.failed:
+            return None
+        if not (state.settled or self._disconnected):  # type: ignore[attr-defined]
+            self._txsFlush([], finishing=True)
+            return None
         return self._txsFinish()
 
     def processingFailed(self, reason):
