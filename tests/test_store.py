@@ -850,6 +850,30 @@ class ConfigurationTests(unittest.TestCase):
         self.assertRaises(TypeError, RedisStore, serializer=object())
         self.assertRaises(TypeError, Site, resource.Resource(), store=object())
 
+    def test_keyExpiry(self):
+        """
+        A session timeout as the milliseconds of its key's expiry, whatever timeout was asked
+        for before it (the last one is kept): a bool, NaN or a string is refused even right
+        after the number it equals (True == 1), and 1 and 1.0 give the same.
+        """
+        from txsession.redis import _milliseconds
+
+        for timeout, expected in [
+            (1800, b"1800000"),
+            (1800, b"1800000"),
+            (60, b"60000"),
+            (1800.0, b"1800000"),
+            (1, b"1000"),
+            (1.0, b"1000"),
+            (0.0001, b"1"),
+            (float("inf"), b"9007199254740992"),
+            (1800, b"1800000"),
+        ]:
+            self.assertEqual(_milliseconds(timeout), expected)
+        for bad in (True, float("nan"), "1", None):
+            self.assertEqual(_milliseconds(1), b"1000")
+            self.assertRaises(ValueError, _milliseconds, bad)
+
     def test_oneReactor(self):
         store = RedisStore()
         store.bind(task.Clock())

@@ -895,12 +895,7 @@ class StoreFlow:
         )
         written = (change, source, target, changed, deleted)
         if answer is not None and not riders:
-            saving.addCallbacks(
-                self._savedAnswer,
-                self._notSavedAnswer,
-                callbackArgs=(written, answer),
-                errbackArgs=(written, answer),
-            )
+            saving.addBoth(self._writeAnswered, written, answer)
             return saving
         saving.addCallbacks(self._saved, self._notSaved, callbackArgs=written, errbackArgs=written)
         if riders:
@@ -913,29 +908,24 @@ class StoreFlow:
             saving.addBoth(self._answered, *answer)
         return saving
 
-    def _savedAnswer(
+    def _writeAnswered(
         self,
         result: object,
         written: tuple[Any, ...],
         answer: tuple[RequestSessions, Callable[[object], None]],
     ) -> None:
+        """
+        The write of L{_send} has answered, and it is all its request waits for: the flow's
+        bookkeeping for it (L{_saved} or L{_notSaved}), then the request's answer.
+        """
         try:
-            self._saved(result, *written)
+            if isinstance(result, Failure):
+                result = self._notSaved(result, *written)
+            else:
+                result = self._saved(result, *written)
         except BaseException:
             result = Failure()
         self._answered(result, *answer)
-
-    def _notSavedAnswer(
-        self,
-        reason: Failure,
-        written: tuple[Any, ...],
-        answer: tuple[RequestSessions, Callable[[object], None]],
-    ) -> None:
-        try:
-            reason = self._notSaved(reason, *written)
-        except BaseException:
-            reason = Failure()
-        self._answered(reason, *answer)
 
     def _claim(self, change: Change, key: str, value: Any, riders: dict[Change, None]) -> None:
         """
