@@ -867,6 +867,9 @@ class ConfigurationTests(unittest.TestCase):
             (1.0, b"1000"),
             (0.0001, b"1"),
             (float("inf"), b"9007199254740992"),
+            (-5, b"1"),
+            (float("-inf"), b"1"),
+            (0.0006, b"1"),
             (1800, b"1800000"),
         ]:
             self.assertEqual(_milliseconds(timeout), expected)

@@ -1125,8 +1125,11 @@ def _milliseconds(timeout: float) -> bytes:
         raise ValueError(f"a session timeout is a number of seconds, not {timeout!r}")
     if timeout * 1000 >= _MAX_MILLISECONDS:
         milliseconds = str(_MAX_MILLISECONDS).encode()
+    elif timeout * 1000 < 1:
+        # Run out already (minus infinity included): the shortest expiry there is.
+        milliseconds = b"1"
     else:
-        milliseconds = str(max(1, round(timeout * 1000))).encode()
+        milliseconds = str(round(timeout * 1000)).encode()
     _lastMilliseconds = (timeout, milliseconds)
     return milliseconds
 
