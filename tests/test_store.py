@@ -20,6 +20,7 @@ import time
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import resource
 from twisted.web.client import ResponseFailed
@@ -30,7 +31,13 @@ from tests.apps import store_app
 from tests.test_security import _cookie
 from tests.test_web import Client
 from txsession.redis import RedisStore
-from txsession.store import ISessionStore, JSONSerializer, SessionEnded, StoreUnavailable
+from txsession.store import (
+    ISessionStore,
+    JSONSerializer,
+    SessionEnded,
+    StoreError,
+    StoreUnavailable,
+)
 from txsession.web import Site
 
 _server: RedisServer | None = None
@@ -443,6 +450,40 @@ class ValueTests(StoreTestCase):
         self.assertEqual(self.redis.keys(), [])
         self.assertEqual(list(client.jar), [])
         self.assertEqual(dict(a.sessions), {})
+
+    @defer.inlineCallbacks
+    def test_badSessionTimeout(self):
+        """
+        A session whose sessionTimeout a page set to something that is not a number: its
+        write is refused before anything is sent (ValueError, logged), the request gets a
+        500, and the session is as it was, in the store and in this site's copy.
+        """
+
+        class Soon(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                session = request.getSession()
+                session.sessionNamespaces["k"] = 2
+                session.sessionTimeout = "soon"
+                return b"changed"
+
+        a = self.makeSite()
+        a.resource.putChild(b"soon", Soon())
+        client = Client(a.base)
+        _, state = yield self.get(client, a, b"set?key=k&value=1")
+        code, _ = yield self.get(client, a, b"soon")
+        self.assertEqual(code, 500)
+        failures = [e["log_failure"] for e in self.logged if "log_failure" in e]
+        self.assertTrue(
+            any(isinstance(f.value, ValueError) and "'soon'" in str(f.value) for f in failures),
+            failures,
+        )
+        self.flushLoggedErrors(ValueError)
+        self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"1"})
+        a.sessions[state["session"].encode()].sessionTimeout = 60.0
+        code, here = yield self.get(client, a, b"get")
+        self.assertEqual((code, here), (200, {"session": state["session"], "values": {"k": 1}}))
 
     def test_jsonRoundTrip(self):
         serializer = JSONSerializer()
@@ -1411,6 +1452,142 @@ class ClientTests(StoreTestCase):
         self.assertIn("did not answer", failures[1][1])
         self.assertIn("the store closed", failures[2][1])
         self.assertEqual(self.redis.keys(), [])
+
+    def answering(self, client, commands, then=None):
+        """
+        C{client.execute(commands, then, answer=...)}, which returns C{None}: a Deferred
+        that fires once the answer is called, and the list of everything it was given.
+        """
+        given = []
+        answered = defer.Deferred()
+
+        def answer(result):
+            given.append(result)
+            if not answered.called:
+                answered.callback(None)
+
+        self.assertIsNone(client.execute(commands, then, answer=answer))
+        return answered, given
+
+    @defer.inlineCallbacks
+    def test_answerIsWhatTheDeferredFires(self):
+        """
+        execute(..., answer=) gives its answer, once, what execute's Deferred fires with: the
+        replies, what then makes of them, an error reply's StoreError, or what then raised;
+        on a connection that is ready, and for commands that wait for the next one.
+        """
+        store, client = yield self.connected()
+        self.redis.command(b"SET", b"text", b"x")
+
+        def double(replies):
+            return replies * 2
+
+        def refuse(replies):
+            raise ValueError(f"refused {replies!r}")
+
+        def outcome(result):
+            if isinstance(result, Failure):
+                return type(result.value), str(result.value)
+            return result
+
+        cases = [
+            ([[b"ECHO", b"a"], [b"PING"]], None, [b"a", "PONG"]),
+            ([[b"ECHO", b"b"]], double, [b"b", b"b"]),
+            ([[b"HGETALL", b"text"]], None, StoreError),
+            ([[b"ECHO", b"c"]], refuse, ValueError),
+        ]
+        for waiting in (False, True):
+            for commands, then, expected in cases:
+                if waiting:
+                    client.drop()
+                fired = yield client.execute(commands, then).addErrback(outcome)
+                if waiting:
+                    client.drop()
+                answered, given = self.answering(client, commands, then)
+                if not waiting:
+                    self.assertFalse(answered.called)
+                yield answered
+                yield client.execute([[b"PING"]])
+                self.assertEqual([outcome(result) for result in given], [fired])
+                if isinstance(expected, list):
+                    self.assertEqual(fired, expected)
+                else:
+                    self.assertIs(fired[0], expected)
+
+    @defer.inlineCallbacks
+    def test_answerThatRaisesIsLogged(self):
+        """
+        An exception an answer raises is logged, and the replies read with its reply still
+        go to their own commands, on the same connection.
+        """
+        store, client = yield self.connected()
+        protocol = client._protocol
+
+        def broken(result):
+            raise ZeroDivisionError("a broken answer")
+
+        self.assertIsNone(client.execute([[b"ECHO", b"a"]], answer=broken))
+        after = [client.execute([[b"ECHO", b"%d" % i]]) for i in range(3)]
+        last, given = self.answering(client, [[b"ECHO", b"z"]])
+        self.assertEqual((yield defer.gatherResults(after)), [[b"0"], [b"1"], [b"2"]])
+        yield last
+        self.assertEqual(given, [[b"z"]])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertIs(client._protocol, protocol)
+
+    @defer.inlineCallbacks
+    def test_answerWhenRedisFails(self):
+        """
+        An answer is given StoreUnavailable, once, when its reply is late, when its connection
+        is lost, and when Redis cannot be reached.
+        """
+        store, client = yield self.connected(timeout=5)
+        answered, given = self.answering(client, [[b"BLPOP", b"nothing", b"3"]])
+        yield sleep(0.2)
+        self.redis.command(b"CLIENT", b"KILL", b"TYPE", b"normal")
+        yield answered
+        self.assertIsInstance(given[0].value, StoreUnavailable)
+        self.assertIn("was lost", str(given[0].value))
+
+        store, client = yield self.connected(timeout=0.3)
+        pid = self.redis.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answered, late = self.answering(client, [[b"SET", b"k", b"1"]])
+            yield answered
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertIsInstance(late[0].value, StoreUnavailable)
+        self.assertIn("did not answer within", str(late[0].value))
+
+        store, client = yield self.connected()
+        self.redis.stop()
+        self.addCleanup(self.redis.start)
+        client.drop()
+        answered, down = self.answering(client, [[b"SET", b"k", b"2"]])
+        yield answered
+        self.assertIsInstance(down[0].value, StoreUnavailable)
+        self.assertIn("cannot be reached", str(down[0].value))
+        yield sleep(0.1)
+        self.assertEqual([len(given), len(late), len(down)], [1, 1, 1])
+
+    @defer.inlineCallbacks
+    def test_unencodableWithAnAnswer(self):
+        """
+        A command that cannot be encoded raises when sent with an answer too, which is never
+        called; the commands around it are answered.
+        """
+        store, client = yield self.connected()
+        given = []
+        for waiting in (False, True):
+            if waiting:
+                client.drop()
+            before = client.execute([[b"ECHO", b"before"]])
+            with self.assertRaises(TypeError):
+                client.execute([[b"ECHO", "not bytes"]], answer=given.append)
+            self.assertEqual((yield before), [b"before"])
+            self.assertEqual((yield client.execute([[b"PING"]])), ["PONG"])
+        self.assertEqual(given, [])
 
     @defer.inlineCallbacks
     def test_unencodableLeavesNothingBehind(self):

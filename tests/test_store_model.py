@@ -617,19 +617,22 @@ class _Run:
         pending = site.modelPending = {}
         numbers = itertools.count()
 
-        def watched(commands, then=None):
+        def watched(commands, then=None, answer=None):
             number = next(numbers)
             pending[number] = None
+
+            def answered(result):
+                pending.pop(number, None)
+                return result if answer is None else answer(result)
+
             try:
+                if answer is not None:
+                    # Answered without a Deferred (a request's lone session write).
+                    return execute(commands, then, answered)
                 sent = execute(commands, then)
             except BaseException:
                 del pending[number]
                 raise
-
-            def answered(result):
-                pending.pop(number, None)
-                return result
-
             return sent.addBoth(answered)
 
         client.execute = watched

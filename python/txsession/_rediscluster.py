@@ -194,13 +194,20 @@ class ClusterClient:
     # Commands.
 
     def execute(
-        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+        self,
+        commands: list[list[bytes]],
+        then: Callable[[list[Any]], Any] | None = None,
+        answer: Callable[[object], None] | None = None,
     ) -> Deferred[Any]:
         """
         Send each command to the node owning its key; fires with the replies in order (or
         what C{then} makes of them), or fails with L{StoreError}, L{StoreUnavailable}, or
-        what C{then} raised.
+        what C{then} raised. With C{answer}, that result is given to C{answer} instead, and
+        C{None} is returned (as L{txsession.redis._RedisClient.execute}).
         """
+        if answer is not None:
+            self.execute(commands, then).addBoth(_give, answer)
+            return None  # type: ignore[return-value]
         self.roundTrips += 1
         commands = list(commands)
         replies: list[Any] = [None] * len(commands)
@@ -373,3 +380,10 @@ class ClusterClient:
             return succeed(None)
         closing = DeferredList([node.close() for node in self._nodes.values()])
         return closing.addCallback(lambda _: None)
+
+
+def _give(result: object, answer: Callable[[object], None]) -> None:
+    try:
+        answer(result)
+    except BaseException:
+        _log.failure("Unhandled error while answering a Redis reply")

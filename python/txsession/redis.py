@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorTCP, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txsession import _redistracking, _redisurl
@@ -339,15 +340,67 @@ def _noScript(reply: Any) -> bool:
     return isinstance(reply, StoreError) and str(reply).startswith("NOSCRIPT")
 
 
+class _Answer:
+    """
+    What a batch sent by C{execute(..., answer=)} fires instead of a L{Deferred}: the
+    caller's C{answer}, called once, with what the Deferred of C{execute} would fire with
+    (the replies, or what C{then} makes of them) or a L{Failure}. It is the same step, run
+    where the Deferred's callbacks would run, without the Deferred: a session write that is
+    all its request waits for answers in one call from the reply (see L{StoreFlow.flush}).
+    An exception C{answer} raises is logged, as a Deferred leaves an unhandled one.
+    """
+
+    __slots__ = ("called", "client", "then", "answer")
+
+    def __init__(
+        self,
+        client: _RedisClient,
+        then: Callable[[list[Any]], Any] | None,
+        answer: Callable[[object], None],
+    ) -> None:
+        self.called = False
+        self.client = client
+        self.then = then
+        self.answer = answer
+
+    def callback(self, replies: list[Any]) -> None:
+        self.called = True
+        try:
+            result = self.client._scripted(replies, self.then)
+        except BaseException:
+            result = Failure()
+        self._give(result)
+
+    def errback(self, reason: BaseException | Failure) -> None:
+        self.called = True
+        try:
+            result = self.client._unavailable(
+                reason if isinstance(reason, Failure) else Failure(reason)
+            )
+        except BaseException:
+            result = Failure()
+        self._give(result)
+
+    def _give(self, result: object) -> None:
+        try:
+            self.answer(result)
+        except BaseException:
+            _log.failure("Unhandled error while answering a Redis reply")
+
+
 class _Batch:
     """
     Commands sent together, the replies received for them so far, and when they are late.
+    C{deferred} is what their replies fire: a L{Deferred}, or an L{_Answer}.
     """
 
     __slots__ = ("commands", "count", "deferred", "replies", "deadline")
 
     def __init__(
-        self, commands: list[list[bytes]], deferred: Deferred[list[Any]], deadline: float
+        self,
+        commands: list[list[bytes]],
+        deferred: Deferred[list[Any]] | _Answer,
+        deadline: float,
     ) -> None:
         self.commands = commands
         self.count = len(commands)
@@ -546,16 +599,27 @@ class _RedisProtocol(Protocol):
         cannot be encoded raise here, and leave nothing behind that replies would be
         matched to.
         """
+        deferred: Deferred[list[Any]] = Deferred(self._cancelled)
+        self.sendFor(commands, deferred, data)
+        return deferred
+
+    def sendFor(
+        self,
+        commands: list[list[bytes]],
+        deferred: Deferred[list[Any]] | _Answer,
+        data: bytes | None = None,
+    ) -> None:
+        """
+        L{send}, whose replies fire C{deferred}.
+        """
         if data is None:
             data = encode_commands(commands)
-        deferred: Deferred[list[Any]] = Deferred(self._cancelled)
         client = self._client
         clock = client._reactor
         self._waiting.append(_Batch(commands, deferred, clock.seconds() + client._timeout))
         if self._timer is None:
             self._timer = clock.callLater(client._timeout, self._late)
         self._write(data)
-        return deferred
 
     def _cancelled(self, _: Deferred[list[Any]]) -> None:
         # A command's Deferred was cancelled: its replies would now be matched to the wrong
@@ -980,17 +1044,30 @@ class _RedisClient:
         return self._dispatch(commands).addErrback(self._unavailable)
 
     def execute(
-        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+        self,
+        commands: list[list[bytes]],
+        then: Callable[[list[Any]], Any] | None = None,
+        answer: Callable[[object], None] | None = None,
     ) -> Deferred[list[Any]]:
         """
         Send C{commands} in one write; fires with their replies (or what C{then} makes of
         them), or fails with L{StoreError} (an error reply), L{StoreUnavailable}, or what
-        C{then} raised.
+        C{then} raised. With C{answer}, what would fire the Deferred is given to C{answer}
+        instead (C{None} is returned): on a connection that is ready, without a Deferred at
+        all. Commands that cannot be encoded raise, and C{answer} is not called.
         """
         self.roundTrips += 1
-        # One step of the Deferred for both outcomes, C{then} included: a step (adding a
-        # callback, and running it) costs about eight calls of a short Python function, and
-        # a session write answers through several.
+        if answer is not None:
+            # A step of a Deferred (adding a callback, running it) costs about eight calls
+            # of a short Python function, and a session write is answered from here.
+            protocol = self._protocol
+            if protocol is not None and not protocol.ending and self._service.running:
+                protocol.sendFor(commands, _Answer(self, then, answer))
+            else:
+                waiter = _Answer(self, then, answer)
+                self._dispatch(commands).addCallbacks(waiter.callback, waiter.errback)
+            return None  # type: ignore[return-value]
+        # One step of the Deferred for both outcomes, C{then} included.
         return self._dispatch(commands).addCallbacks(
             self._scripted, self._unavailable, callbackArgs=(then,)
         )
@@ -1172,6 +1249,9 @@ class RedisStore:
         with no invalidation.
     """
 
+    # save() takes answer= (see ISessionStore).
+    answers = True
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
@@ -1287,18 +1367,22 @@ class RedisStore:
         return 0 if self._client is None else self._client.roundTrips
 
     def _execute(
-        self, commands: list[list[bytes]], then: Callable[[list[Any]], Any] | None = None
+        self,
+        commands: list[list[bytes]],
+        then: Callable[[list[Any]], Any] | None = None,
+        answer: Callable[[object], None] | None = None,
     ) -> Deferred[Any]:
         """
         Send C{commands}; fires with their replies, or with what C{then} makes of them.
+        With C{answer}, gives it that result instead (see L{_RedisClient.execute}).
         """
         if self._client is None:
             raise RuntimeError(f"{self!r} is not bound to a reactor: give it to a txsession.Site")
         if self.replicas and commands[0][1] != _LOAD_SHA:
             wait = max(1, round(self.timeout * 500))
             commands = [*commands, [b"WAIT", b"%d" % self.replicas, b"%d" % wait]]
-            return self._client.execute(commands, functools.partial(self._replicated, then))
-        return self._client.execute(commands, then)
+            then = functools.partial(self._replicated, then)
+        return self._client.execute(commands, then, answer)
 
     def _replicated(self, then: Callable[[list[Any]], Any] | None, replies: list[Any]) -> Any:
         if replies[-1] < self.replicas:
@@ -1454,7 +1538,12 @@ class RedisStore:
         ends: float | None = None,
         user: str | None = None,
         owner: Any = None,
+        answer: Callable[[object], None] | None = None,
     ) -> Deferred[None]:
+        """
+        L{ISessionStore.save}. With C{answer}, the outcome (C{None} or a L{Failure}) is given
+        to C{answer} instead of a Deferred, and C{None} is returned (L{answers}).
+        """
         key = self._key(uid)
         if storedAs is None:
             mode = b"new"
@@ -1491,7 +1580,7 @@ class RedisStore:
                 None if storedAs is None else command[4],
                 min(timeout, _MAX_SECONDS),
             )
-        return self._execute([command], _saved)
+        return self._execute([command], _saved, answer)
 
     def delete(self, *uids: bytes) -> Deferred[None]:
         keys = [self._key(uid) for uid in uids]

@@ -296,6 +296,9 @@ class StoreFlow:
         self._cached = getattr(store, "cached", None) if caching else None
         self._forget = getattr(store, "forget", None) if caching else None
         self._applied = getattr(store, "applied", None) if caching else None
+        # The store's save takes answer= (ISessionStore): a lone write is answered without
+        # a Deferred.
+        self._answers = bool(getattr(store, "answers", False))
         # Reads this flow answered from copies, without the store: for tests and the bench.
         self.cachedReads = 0
 
@@ -792,11 +795,11 @@ class StoreFlow:
                 waits.extend(outcome.wait() for outcome in change.riding)  # type: ignore[misc]
         if len(plans) == 1 and not waits:
             # The usual case, one write and nothing else: the request is answered from the
-            # write's own callbacks, one step of the Deferred (see L{_RedisClient.execute}).
+            # write's own outcome (see L{_send}).
             self._send(*plans[0], answer=(state, then))
             return True
         for plan in plans:
-            waits.append(self._send(*plan))
+            waits.append(self._send(*plan))  # type: ignore[arg-type]
         if not waits:
             self._written(state)
             return False
@@ -859,12 +862,15 @@ class StoreFlow:
         changed: dict[str, bytes],
         deleted: list[str],
         answer: tuple[RequestSessions, Callable[[object], None]] | None = None,
-    ) -> Deferred[None]:
+    ) -> Deferred[None] | None:
         """
         Send C{change}'s write. The L{Deferred} fires once it has answered, and once the
         writes that carry what the other requests using the session see have (C{None} or a
         failure). With C{answer}, the request's state and continuation, the answer is given
-        (L{_answered}) when that Deferred would fire.
+        (L{_answered}) when that Deferred would fire; and when no other request rides the
+        write, from the write's own outcome (L{_writeAnswered}), with C{None} returned: a
+        store that L{answers<txsession.redis.RedisStore.answers>} calls it from the reply,
+        with no Deferred at all.
         """
         copy = change.copy
         riders: dict[Change, None] = {}
@@ -884,19 +890,21 @@ class StoreFlow:
         if self._cached is not None:
             options["owner"] = self
         change.sending += 1
-        saving = maybeDeferred(
-            self.store.save,
-            target,
-            source,
-            change.session.sessionTimeout,
-            changed,
-            deleted,
-            **options,
-        )
+        save = self.store.save
+        args = (target, source, change.session.sessionTimeout, changed, deleted)
         written = (change, source, target, changed, deleted)
         if answer is not None and not riders:
-            saving.addBoth(self._writeAnswered, written, answer)
-            return saving
+            answered = partial(self._writeAnswered, written, answer)
+            if self._answers:
+                try:
+                    save(*args, answer=answered, **options)
+                except BaseException:
+                    # Nothing was sent.
+                    answered(Failure())
+            else:
+                maybeDeferred(save, *args, **options).addBoth(answered)
+            return None
+        saving = maybeDeferred(save, *args, **options)
         saving.addCallbacks(self._saved, self._notSaved, callbackArgs=written, errbackArgs=written)
         if riders:
             outcome = _Outcome(saving)
@@ -910,9 +918,9 @@ class StoreFlow:
 
     def _writeAnswered(
         self,
-        result: object,
         written: tuple[Any, ...],
         answer: tuple[RequestSessions, Callable[[object], None]],
+        result: object,
     ) -> None:
         """
         The write of L{_send} has answered, and it is all its request waits for: the flow's
