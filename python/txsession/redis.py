@@ -706,7 +706,7 @@ class _RedisProtocol(Protocol):
         # with them is handed out, no copy is used (it was read, so no look at the socket
         # would find it).
         check = self._check
-        check.unread = sum(type(reply) is tuple for reply in replies)
+        check.unread = list(map(type, replies)).count(tuple)
         self._held = []
         try:
             self._handOut(replies)

@@ -1086,11 +1086,11 @@ class StoreFlow:
                 namespaces = change.session.sessionNamespaces
                 values = {key: self.encoded(namespaces, key) for key in keys}
             if keys:
-                change.own.update((key, values.get(key, _ABSENT)) for key in keys)
+                own, ownBefore = change.own, change.ownBefore
                 inFlight, baseline = change.inFlight, change.baseline
-                change.ownBefore.update(
-                    (key, inFlight.get(key, baseline.get(key, _ABSENT))) for key in keys
-                )
+                for key in keys:
+                    own[key] = values.get(key, _ABSENT)
+                    ownBefore[key] = inFlight.get(key, baseline.get(key, _ABSENT))
 
     def _changedKeys(self, change: Change) -> list[str]:
         """
