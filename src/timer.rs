@@ -543,6 +543,17 @@ impl SharedCall {
         self.core.retire(py)
     }
 
+    /// `if call.active(): call.cancel()` in one call, from `Session.expire`: whether the call
+    /// was active (and is cancelled now).
+    #[pyo3(name = "_cancelIfActive")]
+    fn cancel_if_active(&self, py: Python<'_>) -> PyResult<bool> {
+        if !self.is_active(py) {
+            return Ok(false);
+        }
+        self.cancel(py)?;
+        Ok(true)
+    }
+
     /// `reset(timeout)` from `Session.touch`, which just read `now` from `reactor`: the timer
     /// reuses it when it runs on that reactor.
     #[pyo3(name = "_resetFrom")]

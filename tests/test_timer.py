@@ -299,6 +299,34 @@ class SharedTimerTests(unittest.SynchronousTestCase):
         self.assertRaises(AlreadyCancelled, session.touch)
         self.assertRaises(AlreadyCancelled, session._expireCall.cancel)
 
+    def test_expireCancelsOnce(self):
+        """
+        expire() cancels an active call (its one call, _cancelIfActive, says so), and leaves
+        alone one already cancelled, as Twisted's expire() does through active(); a call
+        that ran is not active either.
+        """
+        clock = Clock()
+        site = _sharedSite(clock)
+        live, cancelled, ran = (site.makeSession() for _ in range(3))
+        ranCall = ran._expireCall
+        ranCall.reset(0)
+        clock.advance(0)
+        self.assertTrue(ranCall.called)
+        self.assertFalse(ranCall._cancelIfActive())
+        self.assertFalse(ranCall.cancelled)
+        liveCall = live._expireCall
+        live.expire()
+        self.assertTrue(liveCall.cancelled)
+        self.assertIsNone(live._expireCall)
+        self.assertFalse(liveCall._cancelIfActive())
+        cancelledCall = cancelled._expireCall
+        cancelledCall.cancel()
+        cancelled.expire()
+        self.assertIs(cancelled._expireCall, cancelledCall)
+        self.assertEqual(dict(site.sessions), {})
+        clock.advance(2000)
+        self.assertFalse(liveCall.called)
+
     def test_subclassOverridesRun(self):
         clock = Clock()
         site = _sharedSite(clock)

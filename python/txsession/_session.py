@@ -83,12 +83,19 @@ else:
             self.expireCallbacks = []
             call = self._expireCall
             if call:
-                if type(call) is DelayedCall:
-                    active = not (call.cancelled or call.called)
+                kind = type(call)
+                if kind is _SharedDelayedCall:
+                    # active() and cancel() in one call.
+                    cancelled = call._cancelIfActive()
+                elif kind is DelayedCall:
+                    cancelled = not (call.cancelled or call.called)
+                    if cancelled:
+                        call.cancel()
                 else:
-                    active = call.active()
-                if active:
-                    call.cancel()
+                    cancelled = call.active()
+                    if cancelled:
+                        call.cancel()
+                if cancelled:
                     # Breaks the cycle session -> delayed call -> bound expire -> session.
                     self._expireCall = None
 

@@ -172,6 +172,8 @@ class SharedDelayedCall:
         """Neither called nor cancelled."""
     def cancel(self) -> None:
         """Unschedule; C{AlreadyCancelled} or C{AlreadyCalled} when that is too late."""
+    def _cancelIfActive(self) -> bool:
+        """C{cancel()} if C{active()}, from C{Session.expire}: whether it was active."""
     def _resetFrom(self, reactor: Any, now: float, timeout: float) -> None:
         """C{reset(timeout)} from C{Session.touch}, which just read C{now} from C{reactor}."""
     def reset(self, secondsFromNow: float) -> None:
