@@ -83,19 +83,17 @@ else:
             self.expireCallbacks = []
             call = self._expireCall
             if call:
-                kind = type(call)
-                if kind is _SharedDelayedCall:
+                if type(call) is DelayedCall:
+                    active = not (call.cancelled or call.called)
+                elif type(call) is _SharedDelayedCall:
                     # active() and cancel() in one call.
-                    cancelled = call._cancelIfActive()
-                elif kind is DelayedCall:
-                    cancelled = not (call.cancelled or call.called)
-                    if cancelled:
-                        call.cancel()
+                    if call._cancelIfActive():
+                        self._expireCall = None
+                    return
                 else:
-                    cancelled = call.active()
-                    if cancelled:
-                        call.cancel()
-                if cancelled:
+                    active = call.active()
+                if active:
+                    call.cancel()
                     # Breaks the cycle session -> delayed call -> bound expire -> session.
                     self._expireCall = None
 
