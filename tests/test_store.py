@@ -456,7 +456,8 @@ class ValueTests(StoreTestCase):
         """
         A session whose sessionTimeout a page set to something that is not a number: its
         write is refused before anything is sent (ValueError, logged), the request gets a
-        500, and the session is as it was, in the store and in this site's copy.
+        500, and the session is as it was, in the store and in this site's copy. Its next
+        request gets a 500 too, from touch(), until the timeout is a number again.
         """
 
         class Soon(resource.Resource):
@@ -481,9 +482,46 @@ class ValueTests(StoreTestCase):
         )
         self.flushLoggedErrors(ValueError)
         self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"1"})
+        # Its next use touches it, which raises as Twisted's touch() would: a 500, as
+        # without a store (not a request left unanswered).
+        code, _ = yield self.get(client, a, b"get")
+        self.assertEqual(code, 500)
+        self.assertTrue(self.flushLoggedErrors(TypeError))
         a.sessions[state["session"].encode()].sessionTimeout = 60.0
         code, here = yield self.get(client, a, b"get")
         self.assertEqual((code, here), (200, {"session": state["session"], "values": {"k": 1}}))
+
+    @defer.inlineCallbacks
+    def test_subclassThatOverridesSave(self):
+        """
+        A RedisStore subclass whose save() adds to the Deferred that RedisStore's returns (as
+        one written before save took answer=) is called as before, without answer=: each
+        write answered once, with its 200, and stored. One that does not override save()
+        answers from the reply.
+        """
+        saved = []
+
+        class Counting(RedisStore):
+            def save(self, uid, *args, **kwargs):
+                return (
+                    super().save(uid, *args, **kwargs).addCallback(lambda result: saved.append(uid))
+                )
+
+        class Plain(RedisStore):
+            pass
+
+        a = self.serve(store_app.makeSite(Counting(self.redis.url), 60.0))
+        b = self.serve(store_app.makeSite(Plain(self.redis.url), 60.0))
+        self.assertEqual((a._flow._answers, b._flow._answers), (False, True))
+        client = Client(a.base)
+        for value in (1, 2):
+            code, state = yield self.get(client, a, b"set?key=k&value=%d" % value)
+            self.assertEqual(code, 200)
+        self.assertEqual(saved, [state["session"].encode()] * 2)
+        self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"2"})
+        code, here = yield self.get(client, b, b"set?key=k&value=3")
+        self.assertEqual((code, here["values"]), (200, {"k": 3}))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_jsonRoundTrip(self):
         serializer = JSONSerializer()
@@ -1570,6 +1608,29 @@ class ClientTests(StoreTestCase):
         self.assertIn("cannot be reached", str(down[0].value))
         yield sleep(0.1)
         self.assertEqual([len(given), len(late), len(down)], [1, 1, 1])
+
+    @defer.inlineCallbacks
+    def test_sentByALateCommandsCaller(self):
+        """
+        What the caller of a command that timed out sends from its errback waits for the next
+        connection, and is answered there: it does not go to the connection the timeout
+        ends, whose replies no one would read.
+        """
+        store, client = yield self.connected(timeout=1.0)
+        pid = self.redis.process.pid
+        again = []
+
+        def retry(failure):
+            failure.trap(StoreUnavailable)
+            again.append(client.execute([[b"SET", b"k", b"2"]]))
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield client.execute([[b"SET", b"k", b"1"]]).addErrback(retry)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual((yield again[0]), ["OK"])
+        self.assertEqual(self.redis.command(b"GET", b"k"), b"$1\r\n2\r\n")
 
     @defer.inlineCallbacks
     def test_unencodableWithAnAnswer(self):

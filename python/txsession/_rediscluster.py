@@ -35,6 +35,7 @@ from txsession.redis import (
     _noScript,
     _readOnly,
     _RedisClient,
+    giveAnswer,
 )
 from txsession.store import StoreError, StoreUnavailable
 
@@ -206,7 +207,7 @@ class ClusterClient:
         C{None} is returned (as L{txsession.redis._RedisClient.execute}).
         """
         if answer is not None:
-            self.execute(commands, then).addBoth(_give, answer)
+            self.execute(commands, then).addBoth(giveAnswer, answer)
             return None  # type: ignore[return-value]
         self.roundTrips += 1
         commands = list(commands)
@@ -380,10 +381,3 @@ class ClusterClient:
             return succeed(None)
         closing = DeferredList([node.close() for node in self._nodes.values()])
         return closing.addCallback(lambda _: None)
-
-
-def _give(result: object, answer: Callable[[object], None]) -> None:
-    try:
-        answer(result)
-    except BaseException:
-        _log.failure("Unhandled error while answering a Redis reply")

@@ -369,7 +369,7 @@ class _Answer:
             result = self.client._scripted(replies, self.then)
         except BaseException:
             result = Failure()
-        self._give(result)
+        giveAnswer(result, self.answer)
 
     def errback(self, reason: BaseException | Failure) -> None:
         self.called = True
@@ -379,13 +379,18 @@ class _Answer:
             )
         except BaseException:
             result = Failure()
-        self._give(result)
+        giveAnswer(result, self.answer)
 
-    def _give(self, result: object) -> None:
-        try:
-            self.answer(result)
-        except BaseException:
-            _log.failure("Unhandled error while answering a Redis reply")
+
+def giveAnswer(result: object, answer: Callable[[object], None]) -> None:
+    """
+    C{answer(result)}, for a caller of C{execute(..., answer=)}: an exception it raises is
+    logged, as a Deferred leaves an unhandled one.
+    """
+    try:
+        answer(result)
+    except BaseException:
+        _log.failure("Unhandled error while answering a Redis reply")
 
 
 class _Batch:
@@ -679,10 +684,12 @@ class _RedisProtocol(Protocol):
             self._timer = clock.callLater(left, self._late)
             return
         self._waiting.popleft()
+        # Ending first: what the late command's callers send now waits for the next
+        # connection, instead of going to this one, whose replies would not be read.
+        self.abort()
         if not batch.deferred.called:
             late = f"Redis at {client._url} did not answer within {client._timeout} s"
             batch.deferred.errback(StoreUnavailable(late))
-        self.abort()
 
     def dataReceived(self, data: bytes) -> None:
         try:
@@ -1060,11 +1067,11 @@ class _RedisClient:
         if answer is not None:
             # A step of a Deferred (adding a callback, running it) costs about eight calls
             # of a short Python function, and a session write is answered from here.
+            waiter = _Answer(self, then, answer)
             protocol = self._protocol
             if protocol is not None and not protocol.ending and self._service.running:
-                protocol.sendFor(commands, _Answer(self, then, answer))
+                protocol.sendFor(commands, waiter)
             else:
-                waiter = _Answer(self, then, answer)
                 self._dispatch(commands).addCallbacks(waiter.callback, waiter.errback)
             return None  # type: ignore[return-value]
         # One step of the Deferred for both outcomes, C{then} included.
@@ -1249,7 +1256,8 @@ class RedisStore:
         with no invalidation.
     """
 
-    # save() takes answer= (see ISessionStore).
+    # save() takes answer= (see ISessionStore; a subclass that overrides save is called
+    # without it, unless it sets answers too).
     answers = True
 
     def __init__(

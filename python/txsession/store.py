@@ -191,11 +191,12 @@ class ISessionStore(Interface):
     # (the owner dropped its copy), and its load and save take owner= (the copy read or
     # written is that owner's). RedisStore's cache=True; the owner is a site's request flow.
     #
-    # Optional: a store whose attribute answers is true takes answer= in save: a callable
-    # given what the Deferred would fire with (None, or a Failure), and save then returns
-    # None. Either save raises, having sent nothing and without calling answer, or answer is
-    # called once. (RedisStore answers from the reply, with no Deferred: see storeflow's
-    # _send.)
+    # Optional: a store whose class that defines save also sets answers = True takes
+    # answer= in save: a callable given what the Deferred would fire with (None, or a
+    # Failure), and save then returns None. Either save raises, having sent nothing and
+    # without calling answer, or answer is called once. (RedisStore answers from the reply,
+    # with no Deferred: see storeflow's _send. A subclass that overrides save is called
+    # without answer=, unless it sets answers itself.)
     #
     # Optional: renewedId(uid, fresh) -> bytes. When a store has it, renewSession gives a
     # renamed session the id it returns (made from the fresh random id) instead of the fresh

@@ -298,7 +298,7 @@ class StoreFlow:
         self._applied = getattr(store, "applied", None) if caching else None
         # The store's save takes answer= (ISessionStore): a lone write is answered without
         # a Deferred.
-        self._answers = bool(getattr(store, "answers", False))
+        self._answers = _answers(store)
         # Reads this flow answered from copies, without the store: for tests and the bench.
         self.cachedReads = 0
 
@@ -379,6 +379,11 @@ class StoreFlow:
         except (AlreadyCalled, AlreadyCancelled):
             self.dropFound(session)
             return False
+        except Exception:
+            # What else touch() raises (a sessionTimeout that is not a number, say) fails
+            # the request as a failed read does: its getSession raises it.
+            state.readFailed(Failure())
+            return True
         self._confirm(state, uid, session, copy)
         state.cached[uid] = stamp
         return True
@@ -1556,6 +1561,19 @@ def _cancel(session: Any) -> None:
     call = getattr(session, "_expireCall", None)
     if call is not None and call.active():
         call.cancel()
+
+
+def _answers(store: Any) -> bool:
+    """
+    Whether C{store.save} takes C{answer=} (L{ISessionStore}): said by the class whose
+    C{save} runs. A subclass or a wrapper that overrides C{save} (written against the
+    Deferred it returns, say) is called as a store without the option is, unless it says so
+    itself.
+    """
+    for klass in type(store).__mro__:
+        if "save" in vars(klass):
+            return bool(vars(klass).get("answers", False))
+    return False
 
 
 def _raiseReadFailure(failure: Failure) -> None:
