@@ -496,8 +496,8 @@ class ValueTests(StoreTestCase):
         """
         A RedisStore subclass whose save() adds to the Deferred that RedisStore's returns (as
         one written before save took answer=) is called as before, without answer=: each
-        write answered once, with its 200, and stored. One that does not override save()
-        answers from the reply.
+        write answered once, with its 200, and stored; so is a save set on a store itself,
+        after its site was made. One that does not override save() answers from the reply.
         """
         saved = []
 
@@ -512,7 +512,8 @@ class ValueTests(StoreTestCase):
 
         a = self.serve(store_app.makeSite(Counting(self.redis.url), 60.0))
         b = self.serve(store_app.makeSite(Plain(self.redis.url), 60.0))
-        self.assertEqual((a._flow._answers, b._flow._answers), (False, True))
+        self.assertIsNone(a._flow._answering)
+        self.assertIs(b._flow._answering, RedisStore.save)
         client = Client(a.base)
         for value in (1, 2):
             code, state = yield self.get(client, a, b"set?key=k&value=%d" % value)
@@ -521,6 +522,15 @@ class ValueTests(StoreTestCase):
         self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"2"})
         code, here = yield self.get(client, b, b"set?key=k&value=3")
         self.assertEqual((code, here["values"]), (200, {"k": 3}))
+
+        plain = b.store.save
+        b.store.save = lambda uid, *args, **kwargs: plain(uid, *args, **kwargs).addCallback(
+            lambda result: saved.append(uid)
+        )
+        code, here = yield self.get(client, b, b"set?key=k&value=4")
+        self.assertEqual((code, here["values"]), (200, {"k": 4}))
+        self.assertEqual(len(saved), 3)
+        self.assertEqual(self.stored(state["session"]), {b"m:t": b"60000", b"n:k": b"4"})
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_jsonRoundTrip(self):

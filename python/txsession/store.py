@@ -195,8 +195,8 @@ class ISessionStore(Interface):
     # answer= in save: a callable given what the Deferred would fire with (None, or a
     # Failure), and save then returns None. Either save raises, having sent nothing and
     # without calling answer, or answer is called once. (RedisStore answers from the reply,
-    # with no Deferred: see storeflow's _send. A subclass that overrides save is called
-    # without answer=, unless it sets answers itself.)
+    # with no Deferred: see storeflow's _send. A subclass that overrides save, or a save
+    # set on the store itself, is called without answer=, unless its class sets answers.)
     #
     # Optional: renewedId(uid, fresh) -> bytes. When a store has it, renewSession gives a
     # renamed session the id it returns (made from the fresh random id) instead of the fresh

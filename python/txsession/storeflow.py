@@ -296,9 +296,9 @@ class StoreFlow:
         self._cached = getattr(store, "cached", None) if caching else None
         self._forget = getattr(store, "forget", None) if caching else None
         self._applied = getattr(store, "applied", None) if caching else None
-        # The store's save takes answer= (ISessionStore): a lone write is answered without
-        # a Deferred.
-        self._answers = _answers(store)
+        # The save that takes answer= (ISessionStore), if the store's does: while
+        # store.save is that one, a lone write is answered without a Deferred.
+        self._answering = _answeringSave(store)
         # Reads this flow answered from copies, without the store: for tests and the bench.
         self.cachedReads = 0
 
@@ -900,7 +900,8 @@ class StoreFlow:
         written = (change, source, target, changed, deleted)
         if answer is not None and not riders:
             answered = partial(self._writeAnswered, written, answer)
-            if self._answers:
+            answering = self._answering
+            if answering is not None and getattr(save, "__func__", None) is answering:
                 try:
                     save(*args, answer=answered, **options)
                 except BaseException:
@@ -1563,17 +1564,17 @@ def _cancel(session: Any) -> None:
         call.cancel()
 
 
-def _answers(store: Any) -> bool:
+def _answeringSave(store: Any) -> Any:
     """
-    Whether C{store.save} takes C{answer=} (L{ISessionStore}): said by the class whose
-    C{save} runs. A subclass or a wrapper that overrides C{save} (written against the
-    Deferred it returns, say) is called as a store without the option is, unless it says so
-    itself.
+    The function of C{store}'s C{save} if it takes C{answer=} (L{ISessionStore}), as the
+    class that defines it says; else C{None}. A subclass or a wrapper that overrides
+    C{save} (written against the Deferred it returns, say), or a C{save} set on the store
+    itself, is called as a store without the option is, unless its class says so.
     """
     for klass in type(store).__mro__:
         if "save" in vars(klass):
-            return bool(vars(klass).get("answers", False))
-    return False
+            return vars(klass)["save"] if vars(klass).get("answers", False) else None
+    return None
 
 
 def _raiseReadFailure(failure: Failure) -> None:
