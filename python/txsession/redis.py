@@ -346,7 +346,7 @@ class _Answer:
     caller's C{answer}, called once, with what the Deferred of C{execute} would fire with
     (the replies, or what C{then} makes of them) or a L{Failure}. It is the same step, run
     where the Deferred's callbacks would run, without the Deferred: a session write that is
-    all its request waits for answers in one call from the reply (see L{StoreFlow.flush}).
+    all its request waits for answers in one call from the reply (see L{StoreFlow._send}).
     An exception C{answer} raises is logged, as a Deferred leaves an unhandled one.
     """
 
@@ -1256,8 +1256,8 @@ class RedisStore:
         with no invalidation.
     """
 
-    # save() takes answer= (see ISessionStore; a subclass that overrides save is called
-    # without it, unless it sets answers too).
+    # save() takes answer= (see ISessionStore; a subclass that overrides save, or a save
+    # set on the store itself, is called without it, unless its class sets answers too).
     answers = True
 
     def __init__(
