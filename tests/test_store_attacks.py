@@ -826,3 +826,76 @@ class FailedValueDefectTests(AttackTestCase):
         code, _ = yield slow
         self.assertEqual(code, 200)
         self.assertEqual(self.storedValues(uid), {"k": 0, "a": 1})
+
+
+class SharedFailureDefectTests(AttackTestCase):
+    def test_oneExceptionRaisedInManyRequests(self):
+        """
+        One exception fails many requests' reads (every command that waited for a connection
+        that could not be made). Raising it in each request's getSession added that
+        request's frames to it: the failure of the next request, made from it, carried them
+        all, so the tracebacks logged grew request by request and held every earlier
+        request's frames. Each request raises a copy now, and the exception is left as it
+        was.
+        """
+        from twisted.python.failure import Failure
+
+        from txsession.storeflow import _raiseReadFailure
+
+        def getSession(failure):
+            _raiseReadFailure(failure)
+
+        shared = StoreUnavailable("Redis at redis://127.0.0.1:1/0 cannot be reached")
+        shared.__cause__ = ConnectionRefusedError("refused")
+        depths = []
+        for _ in range(4):
+            failure = Failure(shared)
+            with self.assertRaises(StoreUnavailable) as raised:
+                getSession(failure)
+            self.assertIsNot(raised.exception, shared)
+            self.assertEqual(raised.exception.args, shared.args)
+            self.assertIs(raised.exception.__cause__, shared.__cause__)
+            traceback, depth = raised.exception.__traceback__, 0
+            while traceback is not None:
+                depth, traceback = depth + 1, traceback.tb_next
+            depths.append(depth)
+        self.assertIsNone(shared.__traceback__)
+        self.assertEqual(depths, [depths[0]] * 4)
+
+        class Odd(Exception):
+            def __init__(self, a, b):
+                super().__init__(f"{a}{b}")
+
+        odd = Odd("x", "y")
+        with self.assertRaises(Odd) as raised:
+            _raiseReadFailure(Failure(odd))
+        self.assertIs(raised.exception, odd)
+        self.assertIsNone(odd.__context__)
+
+    @defer.inlineCallbacks
+    def test_requestsFailedTogetherLogTracebacksOfTheirOwn(self):
+        """
+        Requests on a site whose Redis stops answering connections, sent together (they wait
+        for the same connection, which cannot be made) and then one after the other: each
+        gets a 503, and each 503 is logged with a traceback as long as the first one's.
+        """
+        site, proxy = yield self.proxied(timeout=2.0)
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=k&value=1", sync=False)
+        uid = state["session"]
+        yield proxy.down()
+        together = yield defer.gatherResults(
+            [self.get(_withCookie(site, uid), site, b"get", sync=False) for _ in range(12)]
+        )
+        after = []
+        for _ in range(4):
+            after.append((yield self.get(_withCookie(site, uid), site, b"get", sync=False)))
+        self.assertEqual([code for code, _ in together + after], [503] * 16)
+        lengths = [
+            len(event["log_failure"].getTraceback().splitlines())
+            for event in self.logged
+            if isinstance(getattr(event.get("log_failure"), "value", None), StoreUnavailable)
+        ]
+        self.assertEqual(len(lengths), 16)
+        self.assertLessEqual(max(lengths), min(lengths) + 2, lengths)
+        self.flushLoggedErrors(StoreUnavailable)

@@ -21,6 +21,7 @@ evicted or timed out.
 from __future__ import annotations
 
 import weakref
+from copy import copy as _shallowCopy
 from functools import partial
 from itertools import count
 from typing import Any, Callable
@@ -338,8 +339,9 @@ class StoreFlow:
                 and copy.renaming is None
                 and self._useCached(state, uid, session, copy)
             ):
-                # As the store holds it: used as a read that found it unchanged would.
-                self.cachedReads += 1
+                # As the store holds it: used as a read that found it unchanged would (or
+                # failed as a read does, see _useCached).
+                continue
             else:
                 reading.append(uid)
         if not reading:
@@ -386,6 +388,7 @@ class StoreFlow:
             return True
         self._confirm(state, uid, session, copy)
         state.cached[uid] = stamp
+        self.cachedReads += 1
         return True
 
     def _loaded(self, state: RequestSessions, uids: list[bytes], results: list[Any]) -> None:
@@ -1578,7 +1581,27 @@ def _answeringSave(store: Any) -> Any:
 
 
 def _raiseReadFailure(failure: Failure) -> None:
-    failure.raiseException()
+    """
+    Raise the exception that failed a request's read, in that request's C{getSession}. One
+    exception can fail many requests: the commands that waited for a connection that could
+    not be made all fail with one, and so does every read while Redis cannot be reached.
+    Raising an exception adds the frames it passes through to its traceback, so each
+    request raises a copy (same type, arguments and cause), from the traceback the failure
+    holds: no request's logged traceback carries the frames of the ones before it, nor keeps
+    them alive. An exception that cannot be copied is raised itself.
+    """
+    exception = failure.value
+    try:
+        raised = _shallowCopy(exception)
+    except Exception:
+        raised = exception
+    if raised is exception or type(raised) is not type(exception):
+        # Raised outside the except clause: the copy's own error is not made its context.
+        failure.raiseException()
+    raised.__cause__ = exception.__cause__
+    raised.__context__ = exception.__context__
+    raised.__suppress_context__ = exception.__suppress_context__
+    raise raised.with_traceback(failure.tb)
 
 
 def _allAnswered(waits: list[Deferred[Any]]) -> Deferred[None]:
