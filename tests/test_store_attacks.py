@@ -829,48 +829,27 @@ class FailedValueDefectTests(AttackTestCase):
 
 
 class SharedFailureDefectTests(AttackTestCase):
-    def test_oneExceptionRaisedInManyRequests(self):
+    def test_eachCallerFailsWithAnExceptionOfItsOwn(self):
         """
-        One exception fails many requests' reads (every command that waited for a connection
-        that could not be made). Raising it in each request's getSession added that
-        request's frames to it: the failure of the next request, made from it, carried them
-        all, so the tracebacks logged grew request by request and held every earlier
-        request's frames. Each request raises a copy now, and the exception is left as it
-        was.
+        While Redis cannot be reached for a reason the client keeps as a StoreUnavailable
+        (a Sentinel that names no primary, say), each command fails with an exception of its
+        own, saying the same with the same cause: one shared by several requests, raised in
+        each one's getSession, carried every earlier request's frames into the next one's
+        logged traceback (and kept them alive).
         """
-        from twisted.python.failure import Failure
-
-        from txsession.storeflow import _raiseReadFailure
-
-        def getSession(failure):
-            _raiseReadFailure(failure)
-
-        shared = StoreUnavailable("Redis at redis://127.0.0.1:1/0 cannot be reached")
-        shared.__cause__ = ConnectionRefusedError("refused")
-        depths = []
-        for _ in range(4):
-            failure = Failure(shared)
-            with self.assertRaises(StoreUnavailable) as raised:
-                getSession(failure)
-            self.assertIsNot(raised.exception, shared)
-            self.assertEqual(raised.exception.args, shared.args)
-            self.assertIs(raised.exception.__cause__, shared.__cause__)
-            traceback, depth = raised.exception.__traceback__, 0
-            while traceback is not None:
-                depth, traceback = depth + 1, traceback.tb_next
-            depths.append(depth)
-        self.assertIsNone(shared.__traceback__)
-        self.assertEqual(depths, [depths[0]] * 4)
-
-        class Odd(Exception):
-            def __init__(self, a, b):
-                super().__init__(f"{a}{b}")
-
-        odd = Odd("x", "y")
-        with self.assertRaises(Odd) as raised:
-            _raiseReadFailure(Failure(odd))
-        self.assertIs(raised.exception, odd)
-        self.assertIsNone(odd.__context__)
+        store = RedisStore("redis://127.0.0.1:1/0")
+        store.bind(reactor)
+        self.addCleanup(store.close)
+        cause = ConnectionRefusedError("refused")
+        down = StoreUnavailable("Redis at redis://127.0.0.1:1/0 cannot be reached")
+        down.__cause__ = cause
+        store._client._down = down
+        failures = [store._client._unreachable() for _ in range(3)]
+        self.assertEqual(len({id(failure) for failure in failures + [down]}), 4)
+        for failure in failures:
+            self.assertIs(type(failure), StoreUnavailable)
+            self.assertEqual(failure.args, down.args)
+            self.assertIs(failure.__cause__, cause)
 
     @defer.inlineCallbacks
     def test_requestsFailedTogetherLogTracebacksOfTheirOwn(self):
@@ -899,3 +878,36 @@ class SharedFailureDefectTests(AttackTestCase):
         self.assertEqual(len(lengths), 16)
         self.assertLessEqual(max(lengths), min(lengths) + 2, lengths)
         self.flushLoggedErrors(StoreUnavailable)
+
+    @defer.inlineCallbacks
+    def test_aStoresOwnFailureIsLoggedAsItWasRaised(self):
+        """
+        A store's own exception reaches the log as the store raised it: the very exception,
+        its message as its class made it (a copy made from its arguments would run its
+        __init__ again, and say something else).
+        """
+
+        class Refused(Exception):
+            def __init__(self, backend):
+                super().__init__(f"the session backend {backend} refused the read")
+
+        raised = Refused("users-db")
+
+        class Failing(RedisStore):
+            def load(self, uids, owner=None):
+                return defer.fail(raised)
+
+        site = self.serve(store_app.makeSite(Failing(self.redis.url, cache=False)))
+        client = Client(site.base)
+        _, state = yield self.get(client, site, b"set?key=k&value=1", sync=False)
+        code, _ = yield self.get(_withCookie(site, state["session"]), site, b"get", sync=False)
+        self.assertEqual(code, 500)
+        logged = [
+            event["log_failure"].value
+            for event in self.logged
+            if isinstance(getattr(event.get("log_failure"), "value", None), Refused)
+        ]
+        self.assertEqual(logged, [raised])
+        self.assertIs(logged[0], raised)
+        self.assertEqual(str(raised), "the session backend users-db refused the read")
+        self.flushLoggedErrors(Refused)

@@ -772,6 +772,21 @@ class _RedisProtocol(Protocol):
                 )
 
 
+def _own(reason: StoreUnavailable) -> StoreUnavailable:
+    """
+    A L{StoreUnavailable} of its own for one caller, saying what C{reason} says, with its
+    cause. One exception must not fail several callers: each request raises its failure in
+    its C{getSession}, which adds the request's frames to the exception's traceback, and the
+    next request's failure, made from it, would log and keep alive all of them.
+    """
+    if type(reason) is not StoreUnavailable:
+        return reason
+    own = StoreUnavailable(*reason.args)
+    own.__cause__ = reason.__cause__
+    own.__suppress_context__ = reason.__suppress_context__
+    return own
+
+
 class _RedisFactory(Factory):
     def __init__(self, client: _RedisClient) -> None:
         self._client = client
@@ -1106,7 +1121,7 @@ class _RedisClient:
             entry.stopWaiting()
             # One cancelled meanwhile (by a callback of another's) has failed already.
             if not entry.deferred.called:
-                entry.deferred.errback(reason)
+                entry.deferred.errback(_own(reason))
 
     def _failNextIfStopped(self) -> None:
         if not self._service.running:
@@ -1119,7 +1134,7 @@ class _RedisClient:
     def _unreachable(self) -> StoreUnavailable:
         down = self._down
         if isinstance(down, StoreUnavailable):
-            return down
+            return _own(down)
         return StoreUnavailable(f"Redis at {self._url} cannot be reached: {down}")
 
     def _scripted(self, replies: list[Any], then: Callable[[list[Any]], Any] | None) -> Any:

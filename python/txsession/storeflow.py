@@ -21,7 +21,6 @@ evicted or timed out.
 from __future__ import annotations
 
 import weakref
-from copy import copy as _shallowCopy
 from functools import partial
 from itertools import count
 from typing import Any, Callable
@@ -1581,27 +1580,7 @@ def _answeringSave(store: Any) -> Any:
 
 
 def _raiseReadFailure(failure: Failure) -> None:
-    """
-    Raise the exception that failed a request's read, in that request's C{getSession}. One
-    exception can fail many requests: the commands that waited for a connection that could
-    not be made all fail with one, and so does every read while Redis cannot be reached.
-    Raising an exception adds the frames it passes through to its traceback, so each
-    request raises a copy (same type, arguments and cause), from the traceback the failure
-    holds: no request's logged traceback carries the frames of the ones before it, nor keeps
-    them alive. An exception that cannot be copied is raised itself.
-    """
-    exception = failure.value
-    try:
-        raised = _shallowCopy(exception)
-    except Exception:
-        raised = exception
-    if raised is exception or type(raised) is not type(exception):
-        # Raised outside the except clause: the copy's own error is not made its context.
-        failure.raiseException()
-    raised.__cause__ = exception.__cause__
-    raised.__context__ = exception.__context__
-    raised.__suppress_context__ = exception.__suppress_context__
-    raise raised.with_traceback(failure.tb)
+    failure.raiseException()
 
 
 def _allAnswered(waits: list[Deferred[Any]]) -> Deferred[None]:
