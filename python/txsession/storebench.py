@@ -6,7 +6,9 @@ turn by one client over loopback: Twisted's site and txsession's in memory (one 
 txsession's on the Redis store (one process, with client-side caching, the default, and
 without it), and two txsession processes on the store, each on its own port, every session
 used by one connection to each process (round-robin). Every request asks for its session;
-one workload changes a key each time, the other only reads. Two more rows put the one
+one workload changes a key each time, the other only reads. For the reads, a floor row, not a
+product: the store process with every request that finds its session's copy good keeping none of
+the consistency model's records (L{_floorSite}). Two more rows put the one
 process on a Redis reached over TLS (certificates made for the run, which needs the C{tls}
 extra) and on a Redis Cluster of three nodes (which needs C{redis-cli}); each is left out,
 saying why, when it cannot run.
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from twisted.web import resource, server
 
@@ -41,12 +44,15 @@ SCENARIOS = [
     ("Twisted, 1 process, in memory", "twisted", 1),
     ("txsession, 1 process, in memory", "memory", 1),
     ("txsession, 1 process, Redis store", "store", 1),
+    ("floor: the copy's check alone", "floor", 1),
     ("txsession, 1 process, Redis store, cache=False", "nocache", 1),
     ("txsession, 2 processes, Redis store", "store", 2),
     ("txsession, 1 process, Redis over TLS", "tls", 1),
     ("txsession, 1 process, Redis Cluster (3 nodes)", "cluster", 1),
 ]
 WORKLOADS = [("changes a key", b"/count"), ("reads only", b"/read")]
+# Rows measured for the reads only: the floor keeps no record of a change to write.
+READS_ONLY = {"floor"}
 
 
 class _Read(resource.Resource):
@@ -66,6 +72,48 @@ class _Trips(resource.Resource):
     def render_GET(self, request):
         store = getattr(self.holder[0], "store", None)
         return str(store.roundTrips if store is not None else 0).encode()
+
+
+def _floorSite(root: resource.Resource, url: str) -> server.Site:
+    """
+    Not a product, a bound for the reads: a store site on which a request that carries one
+    session id, whose copy the store says is good (the check a cached read makes: its stamp,
+    the tracking table's room, no push waiting), finds that session and touches it, and keeps
+    none of the consistency model's records: no record of the request or of its use of the
+    session, no comparison at its end, no response held until the session is written, no
+    release. Any other request (one that makes a session, say) goes the store's way.
+    """
+    import txsession
+    from txsession.redis import RedisStore
+    from txsession.storeflow import StoreFlow
+
+    class Flow(StoreFlow):
+        def read(self, request: Any, uids: list[bytes]) -> Any:
+            if len(uids) == 1:
+                session = self.site.sessions.get(uids[0])
+                if session in self.copies and self._cached(uids[0], self):  # type: ignore[misc]
+                    session.touch()
+                    return None
+            return super().read(request, uids)
+
+        def getSession(self, request: Any, secure: bool, cookiename: bytes) -> Any:
+            if request._txsStore is None:
+                uid = request.getCookie(cookiename)
+                session = self.site.sessions.get(uid) if uid else None
+                if session is not None:
+                    return session, False
+            return super().getSession(request, secure, cookiename)
+
+    class Request(txsession.Request):
+        def render(self, resrc: Any) -> Any:
+            if self._txsStore is None:
+                return server.Request.render(self, resrc)
+            return super().render(resrc)
+
+    store = RedisStore(url)
+    site = txsession.Site(root, store=store, requestFactory=Request)
+    site._flow = Flow(site, store, False)
+    return site
 
 
 def server_main(mode: str, url: str) -> None:
@@ -90,6 +138,8 @@ def server_main(mode: str, url: str) -> None:
             ca = ssl.Certificate.loadPEM(f.read())
         tls = ssl.optionsForClientTLS("localhost", trustRoot=ca)
         site = txsession.Site(root, store=RedisStore(url, tls=tls))
+    elif mode == "floor":
+        site = _floorSite(root, url)
     else:
         store = RedisStore(url, cache=mode != "nocache", cluster=mode == "cluster")
         site = txsession.Site(root, store=store)
@@ -342,6 +392,7 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         pids: dict[int, int] = {}
         ports = {"twisted": [start("twisted")], "memory": [start("memory")]}
         ports["store"] = [start("store"), start("store")]
+        ports["floor"] = [start("floor")]
         ports["nocache"] = [start("nocache")]
         try:
             tls = _TLSRedis()
@@ -363,13 +414,14 @@ def main(url: str | None, rounds: int, seconds: float, jsonPath: str | None) -> 
         )
         results = {}
         for workload, path in WORKLOADS:
-            rates: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
-            trips: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
-            cpu: dict[str, list[float]] = {name: [] for name, _, _ in scenarios}
-            for _, mode, count in scenarios:
+            measured = [s for s in scenarios if path == b"/read" or s[1] not in READS_ONLY]
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in measured}
+            trips: dict[str, list[float]] = {name: [] for name, _, _ in measured}
+            cpu: dict[str, list[float]] = {name: [] for name, _, _ in measured}
+            for _, mode, count in measured:
                 _load(ports[mode][:count], path, min(seconds, 0.5))  # warm-up
             for _ in range(rounds):
-                for name, mode, count in scenarios:
+                for name, mode, count in measured:
                     used = ports[mode][:count]
                     servers = [pids[port] for port in used]
                     before = _trips(used)
