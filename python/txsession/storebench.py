@@ -112,7 +112,7 @@ def _floorSite(root: resource.Resource, url: str) -> server.Site:
 
     store = RedisStore(url)
     site = txsession.Site(root, store=store, requestFactory=Request)
-    site._flow = Flow(site, store, False)
+    site._flow = Flow(site, store, site._flow.storeEmptySessions)
     return site
 
 
